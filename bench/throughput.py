@@ -1,0 +1,136 @@
+"""Training and evaluation throughput of a preset on this device: ``python bench/throughput.py``.
+
+Prints images/s, peak memory and (with --peak-tflops) model FLOPs utilisation, for each option toggled
+on/off (bf16 coupling networks, torch.compile, channels-last; CUDA only) with its ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from empirical.flows import Glow  # noqa: E402
+from empirical.likelihood import bits_per_dim, dequantize  # noqa: E402
+from empirical.presets import get_preset  # noqa: E402
+
+SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "fashionmnist": (1, 28, 28), "mnist": (1, 28, 28)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(preset_name: str, model_name: str, dataset: str, device: torch.device, batch: int, iters: int,
+            amp: bool, compile_: bool, channels_last: bool) -> dict:
+    preset = get_preset(preset_name, model_name, SHAPES[dataset])
+    model = Glow(preset.model).to(device)
+    for m in model.modules():
+        if hasattr(m, "amp_dtype"):
+            m.amp_dtype = torch.bfloat16 if amp else None
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model.log_prob) if compile_ else model.log_prob
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    images = torch.randint(0, 256, (batch, *SHAPES[dataset]), dtype=torch.uint8, device=device)
+    dims = preset.model.dims
+
+    def x():
+        t = dequantize(images)
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+    model.train()
+    with torch.no_grad():
+        model.log_prob(x())  # actnorm init
+
+    def train_step():
+        loss = bits_per_dim(fwd(x()), dims).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        loss = bits_per_dim(model.log_prob(x()), dims).mean()
+        loss.backward()
+    train_flops = counter.get_total_flops() / batch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        train_step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        train_step()
+    _sync(device)
+    train_ips = batch * iters / (time.perf_counter() - t0)
+    model.eval()
+    with torch.no_grad():
+        fwd(x())
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fwd(x())
+        _sync(device)
+    eval_ips = batch * iters / (time.perf_counter() - t0)
+    return {"preset": preset_name, "model": model_name, "dataset": dataset, "batch": batch, "amp": amp,
+            "compile": compile_, "channels_last": channels_last, "train_img_s": train_ips, "eval_img_s": eval_ips,
+            "peak_mem_mb": _peak_mb(device), "train_gflop_per_img": train_flops / 1e9}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--model", default="glow", choices=["glow", "cvglow"])
+    p.add_argument("--dataset", default="cifar10", choices=list(SHAPES))
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--peak-tflops", type=float, help="device peak (e.g. 989 for H100 bf16) for MFU")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    base = dict(amp=False, compile_=False, channels_last=False)
+    variants = [base]
+    if device.type == "cuda":
+        variants += [replace_dict(base, amp=True), replace_dict(base, amp=True, compile_=True),
+                     replace_dict(base, amp=True, channels_last=True)]
+    rows = [measure(args.preset, args.model, args.dataset, device, args.batch, args.iters, **v) for v in variants]
+    ref = rows[0]
+    print(f"{args.model}/{args.preset} on {args.dataset}-shaped batches of {args.batch}, device {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
+    print(f"{'bf16':>5} {'compile':>7} {'ch-last':>7} {'train img/s':>12} {'ratio':>6} {'eval img/s':>11} "
+          f"{'ratio':>6} {'peak MB':>8} {'GFLOP/img':>9} {'MFU':>6}")
+    for r in rows:
+        mfu = (r["train_img_s"] * r["train_gflop_per_img"] / 1e3 / args.peak_tflops) if args.peak_tflops else None
+        r["mfu"] = mfu
+        print(f"{r['amp']!s:>5} {r['compile']!s:>7} {r['channels_last']!s:>7} {r['train_img_s']:>12.1f} "
+              f"{r['train_img_s'] / ref['train_img_s']:>6.2f} {r['eval_img_s']:>11.1f} "
+              f"{r['eval_img_s'] / ref['eval_img_s']:>6.2f} {r['peak_mem_mb']:>8.0f} {r['train_gflop_per_img']:>9.3f} "
+              f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%':>6}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def replace_dict(d: dict, **kw) -> dict:
+    return {**d, **kw}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,1 @@
+"""Datasets, flows, training and exact bits/dim evaluation."""

@@ -1,0 +1,388 @@
+"""Datasets in their official formats: registry, readers, root lookup, validation, caching.
+
+Every loader returns uint8 images N×C×H×W and int64 labels. Files may be plain, ``.gz`` or ``.xz``.
+Roots are searched in this order: explicit ``data_dir`` (``--data-dir``), ``$DGM_OOD_DATA``,
+``<repo>/data``, ``<repo>/../shared/data``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import pickle
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from empirical.errors import DataError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPRESSIONS = ("", ".gz", ".xz")
+SYNTHETIC = ("constant", "noise")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a dataset is: shape, official counts, where its files live under a root."""
+
+    name: str
+    shape: tuple[int, int, int]
+    counts: dict[str, int]
+    folders: tuple[str, ...]  # candidate sub-folders of a root (our mirror's, then torchvision's)
+    files: dict[str, tuple[str, ...]]  # split -> official file names (without compression suffix)
+    reader: str
+    display: str
+
+
+_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset("cifar10", (3, 32, 32), {"train": 50_000, "test": 10_000},
+                       ("cifar-10/cifar-10-batches-py", "cifar-10-batches-py"),
+                       {"train": _CIFAR10_TRAIN, "test": ("test_batch",)}, "cifar", "CIFAR-10"),
+    "cifar100": Dataset("cifar100", (3, 32, 32), {"train": 50_000, "test": 10_000},
+                        ("cifar-100/cifar-100-python", "cifar-100-python"),
+                        {"train": ("train",), "test": ("test",)}, "cifar", "CIFAR-100"),
+    "svhn": Dataset("svhn", (3, 32, 32), {"train": 73_257, "test": 26_032},
+                    ("svhn", "SVHN", ""),
+                    {"train": ("train_32x32.mat",), "test": ("test_32x32.mat",)}, "svhn", "SVHN"),
+    "mnist": Dataset("mnist", (1, 28, 28), {"train": 60_000, "test": 10_000},
+                     ("mnist", "MNIST/raw"),
+                     {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                      "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}, "idx", "MNIST"),
+    "fashionmnist": Dataset("fashionmnist", (1, 28, 28), {"train": 60_000, "test": 10_000},
+                            ("fashion-mnist", "FashionMNIST/raw"),
+                            {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")},
+                            "idx", "FashionMNIST"),
+}
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+
+
+def dataset_info(name: str) -> Dataset:
+    """The registry entry for ``name``, or a DataError that lists the known names."""
+    if name not in DATASETS:
+        known = ", ".join([*DATASETS, *SYNTHETIC])
+        raise DataError(f"unknown dataset {name!r}; known datasets: {known}")
+    return DATASETS[name]
+
+
+def display_name(name: str) -> str:
+    """Human name for reports ("CIFAR-10", "uniform noise")."""
+    return DATASETS[name].display if name in DATASETS else {"constant": "constant colour",
+                                                            "noise": "uniform noise"}.get(name, name)
+
+
+# --------------------------------------------------------------------------------------- roots
+def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Roots in lookup order: explicit, $DGM_OOD_DATA, <repo>/data, <repo>/../shared/data."""
+    roots = []
+    if data_dir is not None:
+        roots.append(Path(data_dir))
+    if os.environ.get("DGM_OOD_DATA"):
+        roots.append(Path(os.environ["DGM_OOD_DATA"]))
+    roots += [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+    return roots
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suffix in COMPRESSIONS:
+        path = folder / (stem + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+def locate(name: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Paths of the official files of ``name``/``split`` under the first root that has them all."""
+    info = dataset_info(name)
+    if split not in info.counts:
+        raise DataError(f"unknown split {split!r} for {name}; splits: {', '.join(info.counts)}")
+    searched = []
+    for root in candidate_roots(data_dir):
+        for sub in info.folders:
+            folder = root / sub if sub else root
+            searched.append(folder)
+            found = [_find(folder, stem) for stem in info.files[split]]
+            if all(found):
+                return found  # type: ignore[return-value]
+            if name == "cifar10" and (archive := _find(folder.parent, CIFAR10_ARCHIVE)):
+                return [archive]
+        if name == "cifar10" and (archive := root / CIFAR10_ARCHIVE).is_file():
+            return [archive]
+    wanted = ", ".join(info.files[split])
+    hint = ""
+    if name == "svhn":
+        hint = (f" SVHN is not in the offline mirror: put the official {info.files[split][0]} "
+                f"(from http://ufldl.stanford.edu/housenumbers/) in <data-dir>/svhn/, or pass "
+                f"download=True (--download) on a machine with a network.")
+    where = "\n  ".join(str(p) for p in dict.fromkeys(searched))
+    raise DataError(f"{info.display} {split} split not found: need {wanted} (plain, .gz or .xz); "
+                    f"searched:\n  {where}\n{hint}".rstrip())
+
+
+# ------------------------------------------------------------------------------------ readers
+def read_bytes(path: Path) -> bytes:
+    """The file's content, decompressed transparently by suffix (.gz, .xz)."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        if path.suffix == ".xz":
+            with lzma.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        raise DataError(f"corrupt or truncated file {path}: {err}") from err
+
+
+def _unpickle(raw: bytes, source: str) -> dict:
+    try:
+        obj = pickle.loads(raw, encoding="bytes")
+    except Exception as err:  # pickle raises many types on corrupt input
+        raise DataError(f"corrupt CIFAR pickle {source}: {err}") from err
+    if not isinstance(obj, dict) or b"data" not in obj:
+        raise DataError(f"{source} is not a CIFAR python batch (no b'data' key)")
+    return obj
+
+
+def _cifar_arrays(batch: dict, source: str) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = batch.get(b"labels", batch.get(b"fine_labels"))
+    if labels is None:
+        raise DataError(f"{source} has neither b'labels' nor b'fine_labels'")
+    labels = np.asarray(labels, dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise DataError(f"{source}: expected data N×3072 with N labels, got data {data.shape} "
+                        f"and {labels.shape[0]} labels")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10/100 python batches (R, G, B planes of 32×32, row-major) or the official tar.gz."""
+    if len(paths) == 1 and paths[0].name.startswith(CIFAR10_ARCHIVE):
+        return _read_cifar_archive(paths[0], split)
+    parts = [_cifar_arrays(_unpickle(read_bytes(p), str(p)), str(p)) for p in paths]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def _read_cifar_archive(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    stems = DATASETS["cifar10"].files[split]
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            missing = [s for s in stems if s not in members]
+            if missing:
+                raise DataError(f"{path} lacks {', '.join(missing)}")
+            parts = []
+            for stem in stems:
+                raw = tar.extractfile(members[stem]).read()  # type: ignore[union-attr]
+                parts.append(_cifar_arrays(_unpickle(raw, f"{path}:{stem}"), f"{path}:{stem}"))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"corrupt or truncated archive {path}: {err}") from err
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def _parse_idx(raw: bytes, source: str, magic: int) -> np.ndarray:
+    if len(raw) < 8:
+        raise DataError(f"{source} is too short to be an idx file ({len(raw)} bytes)")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise DataError(f"{source}: idx magic number {found}, expected {magic}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) if dims else 0
+    if len(raw) - offset != expected:
+        raise DataError(f"{source}: header says {dims} ({expected} bytes of data) but the file has "
+                        f"{len(raw) - offset}: truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def read_idx(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-style idx pair: images (magic 2051, N×28×28) and labels (magic 2049, N)."""
+    images = _parse_idx(read_bytes(paths[0]), str(paths[0]), 2051)
+    labels = _parse_idx(read_bytes(paths[1]), str(paths[1]), 2049).astype(np.int64)
+    if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+        raise DataError(f"{paths[0]} holds {images.shape} images but {paths[1]} {labels.shape[0]} labels")
+    return images[:, None].copy(), labels
+
+
+def read_svhn(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN cropped digits .mat: X is 32×32×3×N uint8, y is N×1 with 10 meaning digit 0."""
+    import scipy.io
+
+    path = paths[0]
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(read_bytes(path)))
+    except DataError:
+        raise
+    except Exception as err:  # scipy raises several types on corrupt input
+        raise DataError(f"corrupt SVHN file {path}: {err}") from err
+    if "X" not in mat or "y" not in mat:
+        raise DataError(f"{path} lacks the 'X' and 'y' arrays of the official SVHN layout")
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
+        raise DataError(f"{path}: expected X 32×32×3×N and y N×1, got X {x.shape}, y {y.shape}")
+    y[y == 10] = 0
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8), y
+
+
+READERS: dict[str, Callable[[list[Path], str], tuple[np.ndarray, np.ndarray]]] = {
+    "cifar": read_cifar, "idx": read_idx, "svhn": read_svhn,
+}
+
+
+# -------------------------------------------------------------------------------------- cache
+def cache_dir() -> Path:
+    """Where decoded arrays are cached: $DGM_OOD_CACHE or ~/.cache/dgm-ood."""
+    return Path(os.environ.get("DGM_OOD_CACHE", Path.home() / ".cache" / "dgm-ood"))
+
+
+def _cache_key(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _save_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+# --------------------------------------------------------------------------------------- load
+def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
+         allow_nonstandard: bool = False, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images N×C×H×W and int64 labels of an official split, validated.
+
+    ``allow_nonstandard`` accepts well-formed files whose image count differs from the official one
+    (tests' small files; runs on them are plumbing, not results).
+    """
+    info = dataset_info(name)
+    try:
+        paths = locate(name, split, data_dir)
+    except DataError:
+        if not download:
+            raise
+        _download(name, split, data_dir)
+        paths = locate(name, split, data_dir)
+    cached = cache_dir() / f"{name}-{split}-{_cache_key(paths)}.npz"
+    if use_cache and cached.is_file():
+        try:
+            with np.load(cached) as z:
+                images, labels = z["images"], z["labels"]
+        except Exception:
+            images = None
+        if images is not None:
+            return _validate(info, split, images, labels, paths, allow_nonstandard)
+    images, labels = READERS[info.reader](paths, split)
+    images, labels = _validate(info, split, images, labels, paths, allow_nonstandard)
+    if use_cache:
+        _save_cache(cached, images, labels)
+    return images, labels
+
+
+def _validate(info: Dataset, split: str, images: np.ndarray, labels: np.ndarray, paths: list[Path],
+              allow_nonstandard: bool) -> tuple[np.ndarray, np.ndarray]:
+    files = ", ".join(str(p) for p in paths)
+    if images.dtype != np.uint8 or images.shape[1:] != info.shape:
+        raise DataError(f"{info.display} {split} from {files}: expected uint8 images N×"
+                        f"{'×'.join(map(str, info.shape))}, got {images.dtype} {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise DataError(f"{info.display} {split} from {files}: {images.shape[0]} images but "
+                        f"{labels.shape[0]} labels")
+    n_classes = 100 if info.name == "cifar100" else 10
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError(f"{info.display} {split} from {files}: labels outside 0..{n_classes - 1}")
+    expected = info.counts[split]
+    if images.shape[0] != expected and not allow_nonstandard:
+        raise DataError(f"{info.display} {split} from {files}: {images.shape[0]} images, the official "
+                        f"split has {expected} (truncated file? pass allow_nonstandard / "
+                        f"--allow-nonstandard-data for small test files)")
+    return images, labels
+
+
+def _download(name: str, split: str, data_dir: str | os.PathLike | None) -> None:
+    """Fetch the official files with torchvision's downloaders into the first writable root."""
+    import torchvision.datasets as tvd
+
+    root = Path(data_dir) if data_dir else candidate_roots()[0 if os.environ.get("DGM_OOD_DATA") else 0]
+    root.mkdir(parents=True, exist_ok=True)
+    train = split == "train"
+    try:
+        if name == "cifar10":
+            tvd.CIFAR10(str(root), train=train, download=True)
+        elif name == "cifar100":
+            tvd.CIFAR100(str(root), train=train, download=True)
+        elif name == "svhn":
+            tvd.SVHN(str(root / "svhn"), split=split, download=True)
+        elif name == "mnist":
+            tvd.MNIST(str(root), train=train, download=True)
+        elif name == "fashionmnist":
+            tvd.FashionMNIST(str(root), train=train, download=True)
+    except Exception as err:  # network errors come in many types
+        raise DataError(f"could not download {name} {split} into {root}: {err}") from err
+
+
+# ------------------------------------------------------------------------- shapes and synthetic
+def match_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Map images to ``shape`` explicitly (Serrà et al. 2020): zero-pad or centre-crop H×W,
+    replicate grey to RGB, or RGB to grey by ITU-R 601 luma (rounded)."""
+    c, h, w = shape
+    x = images
+    if x.shape[1] == 1 and c == 3:
+        x = np.repeat(x, 3, axis=1)
+    elif x.shape[1] == 3 and c == 1:
+        luma = np.tensordot(np.array([0.299, 0.587, 0.114]), x.astype(np.float64), axes=([0], [1]))
+        x = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, None]
+    elif x.shape[1] != c:
+        raise DataError(f"cannot map {x.shape[1]} channels to {c}")
+    dh, dw = h - x.shape[2], w - x.shape[3]
+    if dh >= 0 and dw >= 0:
+        x = np.pad(x, ((0, 0), (0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)))
+    elif dh <= 0 and dw <= 0:
+        top, left = -dh // 2, -dw // 2
+        x = x[:, :, top: top + h, left: left + w]
+    else:
+        raise DataError(f"cannot map {x.shape[2]}×{x.shape[3]} images to {h}×{w}")
+    return np.ascontiguousarray(x)
+
+
+def synthetic(name: str, shape: tuple[int, int, int], n: int, seed: int) -> np.ndarray:
+    """``constant``: each image one uniform random colour; ``noise``: i.i.d. uniform pixels."""
+    rng = np.random.default_rng(seed)
+    if name == "constant":
+        colour = rng.integers(0, 256, size=(n, shape[0], 1, 1), dtype=np.uint8)
+        return np.ascontiguousarray(np.broadcast_to(colour, (n, *shape)))
+    if name == "noise":
+        return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    raise DataError(f"unknown synthetic dataset {name!r}; known: {', '.join(SYNTHETIC)}")
+
+
+def load_as(name: str, split: str, shape: tuple[int, int, int], *, match: bool,
+            data_dir: str | os.PathLike | None = None, download: bool = False,
+            allow_nonstandard: bool = False, synthetic_n: int = 10_000, seed: int = 0) -> np.ndarray:
+    """Images of ``name`` in ``shape``: synthetic sets are made in it; real ones must already have it
+    unless ``match`` maps them (a clear error otherwise)."""
+    if name in SYNTHETIC:
+        return synthetic(name, shape, synthetic_n, seed)
+    images, _ = load(name, split, data_dir, download=download, allow_nonstandard=allow_nonstandard)
+    if images.shape[1:] == tuple(shape):
+        return images
+    if not match:
+        raise DataError(f"{display_name(name)} images are {'×'.join(map(str, images.shape[1:]))} but the "
+                        f"model takes {'×'.join(map(str, shape))}; pass --match to zero-pad/crop and "
+                        f"convert channels explicitly")
+    return match_shape(images, shape)

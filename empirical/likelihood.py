@@ -1,0 +1,51 @@
+"""Dequantisation and the nats <-> bits/dim conversion: the 8-bit discretisation term lives here only.
+
+A model of continuous x̃ ∈ [0,1)^D gives the discrete 8-bit image x the log-likelihood
+    log P(x) ≥ E_u[log p(x̃)] - D·log 256,    x̃ = (x + u) / 256,  u ~ U[0,1)^D,
+and bits/dim = -log P(x) / (D·log 2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LEVELS = 256
+
+
+def discretisation_nats(dims: int) -> float:
+    """D·log 256: the change of variables from [0,256)^D (unit bins) to [0,1)^D."""
+    return dims * math.log(LEVELS)
+
+
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x̃ = (x + u) / 256 with u ~ U[0,1); returns a new tensor (the input is never modified)."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"dequantize expects uint8 images, got {x.dtype}")
+    u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
+    return (x.to(dtype) + u) / LEVELS
+
+
+def bits_per_dim(log_px_nats: torch.Tensor | float, dims: int) -> torch.Tensor | float:
+    """bpd = -(log p(x̃) - D·log 256) / (D·log 2) for log p(x̃) in nats per image on [0,1)^D."""
+    return -(log_px_nats - discretisation_nats(dims)) / (dims * math.log(2))
+
+
+def discrete_log_likelihood(log_px_nats: torch.Tensor | float, dims: int) -> torch.Tensor | float:
+    """log P(x) in nats of the 8-bit image: log p(x̃) - D·log 256."""
+    return log_px_nats - discretisation_nats(dims)
+
+
+def bpd_to_nats(bpd: float, dims: int) -> float:
+    """Inverse of ``bits_per_dim``: log p(x̃) in nats per image."""
+    return -bpd * dims * math.log(2) + discretisation_nats(dims)
+
+
+def nats_gap_to_bpd(gap_nats: float, dims: int) -> float:
+    """A likelihood gap E_q[log p] - E_p[log p] (nats/image) as bpd(p) - bpd(q) = gap / (D·log 2).
+
+    Same sign convention in both units: positive means q gets the higher likelihood.
+    """
+    return gap_nats / (dims * math.log(2))

@@ -1,0 +1,199 @@
+"""The one trainer: ``python -m empirical.train --dataset cifar10 --model glow --preset cpu``.
+
+Minimises bits/dim of dequantised images with Adam/Adamax, linear warm-up and gradient clipping.
+The uint8 training set lives on the training device and batches are drawn from a generator seeded
+by (seed, step), so a resumed run sees exactly the batches and noise it would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from empirical import data
+from empirical.checkpoint import code_version, load_checkpoint, save_checkpoint, write_json
+from empirical.cli import run_cli
+from empirical.errors import CheckpointError, TrainingError
+from empirical.evaluate import evaluate
+from empirical.flows import Glow
+from empirical.likelihood import bits_per_dim, dequantize
+from empirical.presets import MODELS, PRESETS, Preset, TrainConfig, get_preset
+
+CHECKPOINT = "last.pt"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+
+
+def _make_optimizer(model: Glow, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "adamax":
+        return torch.optim.Adamax(model.parameters(), lr=cfg.lr)
+    raise TrainingError(f"unknown optimizer {cfg.optimizer!r}; use adam or adamax")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    step: int
+    test_bpd: float | None
+    seconds: float
+
+
+def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_dir: str | None = None,
+          device: str = "auto", resume: bool = False, train_subset: int | None = None,
+          allow_nonstandard: bool = False, command: str | None = None, progress: bool = True) -> TrainResult:
+    """Train (or resume) ``model_name`` on ``dataset`` with ``preset``; checkpoints go to ``out_dir``."""
+    cfg = preset.train
+    dev = resolve_device(device)
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT
+
+    images, _ = data.load(dataset, "train", data_dir, allow_nonstandard=allow_nonstandard)
+    if train_subset:
+        images = images[:train_subset]
+    test_images, _ = data.load(dataset, "test", data_dir, allow_nonstandard=allow_nonstandard)
+    test_images = test_images[: cfg.eval_images]
+    if tuple(images.shape[1:]) != preset.model.shape:
+        raise TrainingError(f"{dataset} images are {images.shape[1:]}, preset expects {preset.model.shape}")
+    train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
+
+    model = Glow(preset.model).to(dev)
+    optimizer = _make_optimizer(model, cfg)
+    start, history = 0, []
+    if resume and ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path)
+        same_schedule = {**payload["train_config"], "steps": cfg.steps} == cfg.to_dict()
+        if payload["model_config"] != preset.model.to_dict() or not same_schedule:
+            raise CheckpointError(f"{ckpt_path} was trained with other hyperparameters; use another --out "
+                                  f"or drop --resume (only --steps may change on resume)")
+        model.load_state_dict(payload["model_state"])
+        optimizer.load_state_dict(payload["optimizer_state"])
+        start, history = payload["step"], payload["history"]
+        print(f"resuming {ckpt_path} at step {start}/{cfg.steps}", file=sys.stderr)
+    elif ckpt_path.exists() and not resume:
+        raise CheckpointError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
+
+    if dev.type == "cuda":
+        for module in model.modules():
+            if hasattr(module, "amp_dtype"):
+                module.amp_dtype = torch.bfloat16 if cfg.amp else None
+    forward = torch.compile(model.log_prob) if (cfg.compile and dev.type == "cuda") else model.log_prob
+
+    hparams = {"dataset": dataset, "model": model_name, "preset": preset.name,
+               "model_config": preset.model.to_dict(), "train_config": cfg.to_dict(),
+               "train_images": int(images.shape[0]), "code_version": code_version(),
+               "command": command or shlex.join(sys.argv), "device": str(dev)}
+    write_json(out_dir / "hparams.json", hparams)
+
+    def save(step: int) -> None:
+        save_checkpoint(ckpt_path, {**hparams, "step": step, "history": history,
+                                    "model_state": model.state_dict(),
+                                    "optimizer_state": optimizer.state_dict()})
+
+    dims = preset.model.dims
+    model.train()
+    if start == 0:  # ActNorm's data-dependent initialisation on a larger batch
+        init = train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:512]
+                       .to(dev)]
+        with torch.no_grad():
+            model.log_prob(dequantize(init, _step_generator(cfg.seed, -1, dev)))
+    t0, last_test = time.time(), None
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc=f"{dataset} {model_name}/{preset.name}", mininterval=5, file=sys.stderr)
+    seen = 0
+    for step in bar:
+        gen = _step_generator(cfg.seed, step, dev)
+        idx = torch.randint(len(train_x), (cfg.batch_size,), generator=gen, device=dev)
+        x = dequantize(train_x[idx], gen)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = bits_per_dim(forward(x), dims).mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {step} (lr {lr:.2e}); training stopped. The last good "
+                f"checkpoint is {ckpt_path if ckpt_path.exists() else 'not written yet'}; lower the "
+                f"learning rate or lengthen the warm-up and resume.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        seen += cfg.batch_size
+        done = step + 1
+        if done % 10 == 0:
+            bar.set_postfix(bpd=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            model.eval()
+            last_test = float(evaluate(model, test_images, device=dev).bpd.mean())
+            model.train()
+            history.append({"step": done, "train_bpd": float(loss.item()), "test_bpd": last_test,
+                            "seconds": time.time() - t0})
+            bar.write(f"step {done}: train bpd {loss.item():.3f}, test bpd {last_test:.3f} "
+                      f"({len(test_images)} test images)", file=sys.stderr)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save(done)
+    bar.close()
+    if start >= cfg.steps:
+        last_test = history[-1]["test_bpd"] if history else None
+    return TrainResult(ckpt_path, max(start, cfg.steps), last_test, time.time() - t0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m empirical.train", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.DATASETS)}")
+    p.add_argument("--model", default="glow", choices=MODELS)
+    p.add_argument("--preset", default="cpu", choices=PRESETS)
+    p.add_argument("--out", type=Path, help="checkpoint folder (default runs/train/DATASET-MODEL-PRESET)")
+    p.add_argument("--data-dir", help="dataset root (else $DGM_OOD_DATA, <repo>/data, ../shared/data)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-subset", type=int, help="use only the first N training images")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile on CUDA")
+    p.add_argument("--allow-nonstandard-data", action="store_true",
+                   help="accept well-formed files with non-official image counts (plumbing only)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    info = data.dataset_info(args.dataset)
+    preset = get_preset(args.preset, args.model, info.shape, steps=args.steps, batch_size=args.batch_size,
+                        lr=args.lr, seed=args.seed, compile=args.compile)
+    out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=args.device,
+                   resume=args.resume, train_subset=args.train_subset,
+                   allow_nonstandard=args.allow_nonstandard_data, progress=not args.no_progress)
+    bpd = "n/a" if result.test_bpd is None or math.isnan(result.test_bpd) else f"{result.test_bpd:.3f}"
+    print(f"{args.dataset} {args.model}/{args.preset}: step {result.step}, test bpd {bpd} "
+          f"({min(preset.train.eval_images, info.counts['test'])} test images), "
+          f"{result.seconds:.0f} s; checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
+

@@ -1,0 +1,125 @@
+"""The trainer through its CLI on a small official-format dataset: loss goes down, resume, NaN stop."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from empirical import train as train_mod
+from empirical.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from empirical.cli import run_cli
+from empirical.errors import CheckpointError, TrainingError
+from empirical.evaluate import evaluate
+from empirical.presets import get_preset
+from tests import datafiles
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("DGM_OOD_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    # structured images (a blurred blob per image) so there is something to learn
+    yy, xx = np.mgrid[:28, :28]
+    imgs = []
+    for _ in range(256):
+        cy, cx = rng.integers(8, 20, 2)
+        blob = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30)
+        imgs.append(np.clip(blob + rng.integers(0, 8, (28, 28)), 0, 255))
+    imgs = np.array(imgs, dtype=np.uint8)
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    labels = np.zeros(256, dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(datafiles.idx_bytes(imgs, 2051))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(datafiles.idx_bytes(labels, 2049))
+    return tmp_path / "data"
+
+
+def _cli(tiny_data, out, *extra):
+    return run_cli(train_mod.main, ["--dataset", "fashionmnist", "--preset", "smoke", "--out", str(out), "--data-dir",
+                           str(tiny_data), "--allow-nonstandard-data", "--no-progress", *extra])
+
+
+def test_train_resume_and_loss_goes_down(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert _cli(tiny_data, out, "--steps", "20") == 0
+    first = load_checkpoint(out / "last.pt")
+    assert first["step"] == 20
+    hparams = json.loads((out / "hparams.json").read_text())
+    assert hparams["model_config"]["levels"] == 2 and hparams["train_config"]["steps"] == 20
+    assert _cli(tiny_data, out, "--steps", "40", "--resume") == 0
+    second = load_checkpoint(out / "last.pt")
+    assert second["step"] == 40
+    bpds = [h["test_bpd"] for h in second["history"]]
+    assert bpds[-1] < bpds[0], f"test bpd did not go down: {bpds}"
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
+    assert _cli(tiny_data, tmp_path / "a", "--steps", "20") == 0
+    assert _cli(tiny_data, tmp_path / "b", "--steps", "10") == 0
+    assert _cli(tiny_data, tmp_path / "b", "--steps", "20", "--resume") == 0
+    a, b = (load_checkpoint(tmp_path / d / "last.pt")["model_state"] for d in "ab")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_existing_run_needs_resume(tiny_data, tmp_path):
+    assert _cli(tiny_data, tmp_path / "r", "--steps", "5") == 0
+    assert _cli(tiny_data, tmp_path / "r", "--steps", "5") == 2  # clear error, no traceback
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    assert _cli(tiny_data, out, "--steps", "20") == 0
+    good = load_checkpoint(out / "last.pt")["step"]
+    real = train_mod.bits_per_dim
+    calls = {"n": 0}
+
+    def poisoned(log_px, dims):
+        calls["n"] += 1
+        value = real(log_px, dims)
+        return value * float("nan") if calls["n"] > 3 else value
+
+    monkeypatch.setattr(train_mod, "bits_per_dim", poisoned)
+    preset = get_preset("smoke", "glow", (1, 28, 28), steps=40)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 2\d.*last good checkpoint"):
+        train_mod.train("fashionmnist", "glow", preset, out, data_dir=str(tiny_data), resume=True,
+                        allow_nonstandard=True, progress=False)
+    assert load_checkpoint(out / "last.pt")["step"] == good
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"model_state": {}, "step": 1})
+
+    def boom(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model_state": {}, "step": 2})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_evaluate_is_deterministic_and_leaves_input_untouched(tiny_data, tmp_path):
+    assert _cli(tiny_data, tmp_path / "e", "--steps", "5") == 0
+    model, _ = model_from_checkpoint(tmp_path / "e" / "last.pt")
+    images = np.random.default_rng(0).integers(0, 256, (10, 1, 28, 28), dtype=np.uint8)
+    before = images.copy()
+    a = evaluate(model, images, batch_size=4, seed=3)
+    b = evaluate(model, images, batch_size=4, seed=3)
+    assert np.array_equal(images, before)
+    assert np.array_equal(a.bpd, b.bpd) and np.allclose(a.log_px, a.density + a.volume)
+    assert not np.array_equal(a.bpd, evaluate(model, images, seed=4).bpd)

@@ -1,0 +1,1 @@
+"""The paper's second-order explanation: symbolic derivation, dataset statistics, predicted gaps."""

@@ -1,0 +1,1 @@
+"""Orchestration and presentation: train or load, evaluate, predict, report."""

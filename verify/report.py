@@ -1,0 +1,123 @@
+"""Verdict, terminal summary, report.md and results.json for one comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from empirical.checkpoint import write_json
+
+
+def sign_word(gap_nats: float) -> str:
+    return "HIGHER" if gap_nats > 0 else "LOWER"
+
+
+def verdict(in_name: str, out_name: str, gap_bpd: float, gap_bpd_stderr: float, predictions: dict) -> str:
+    """One line: which test set gets the higher likelihood, and whether each prediction has its sign.
+
+    ``gap_bpd`` = bpd(IN-test) - bpd(OUT-test): positive means OUT gets the higher likelihood.
+    ``predictions`` maps a name to a predicted gap in bpd (or None when it does not apply).
+    """
+    if abs(gap_bpd) <= 2 * gap_bpd_stderr:
+        head = (f"{out_name}-test and {in_name}-test get no significantly different likelihood "
+                f"(gap {gap_bpd:+.3f} ± {gap_bpd_stderr:.3f} bpd)")
+    else:
+        word = "HIGHER" if gap_bpd > 0 else "LOWER"
+        head = f"{out_name}-test gets {word} likelihood than {in_name}-test (gap {gap_bpd:+.3f} bpd)"
+    parts = []
+    for name, pred in predictions.items():
+        if pred is None:
+            parts.append(f"{name}: n/a")
+            continue
+        same = (pred > 0) == (gap_bpd > 0)
+        parts.append(f"{name} predicts the {'same' if same else 'OPPOSITE'} sign ({pred:+.3f} bpd)")
+    return head + "; second-order theory: " + ", ".join(parts)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def bpd_table(results: dict) -> list[str]:
+    """The paper-style table: dataset, images evaluated, bits/dim ± s.e., density and volume parts."""
+    rows = ["| data | images | bits/dim | density (nats) | volume (nats) |", "|---|---:|---:|---:|---:|"]
+    for key in ("in_train", "in_test", "out_test"):
+        s = results["summary"][key]
+        rows.append(f"| {results['labels'][key]} | {s['n']} | {s['bpd']['mean']:.3f} ± {s['bpd']['stderr']:.3f} "
+                    f"| {s['density_nats']['mean']:.1f} | {s['volume_nats']['mean']:.1f} |")
+    return rows
+
+
+def terminal_summary(results: dict) -> str:
+    lines = [f"{results['model']} / preset {results['preset']} trained on {results['labels']['in_train']}"
+             f" ({results['device']})", *bpd_table(results), "", results["verdict"]]
+    pred = results["prediction"]
+    for name in ("closed_form", "exact_second_order", "averaged_curvature"):
+        p = pred.get(name)
+        if p is None:
+            lines.append(f"  {name}: n/a (needs --model cvglow)")
+            continue
+        err = f" ± {p['stderr']:.1f}" if "stderr" in p else ""
+        ratio = results["ratios"].get(name)
+        lines.append(f"  {name}: {p['gap_nats']:+.1f}{err} nats/image ({p['gap_bpd']:+.4f} bpd), "
+                     f"ratio to measured {_fmt(ratio, 2)}")
+    lines.append(f"  measured: {results['gap_nats']:+.1f} nats/image ({results['gap_bpd']:+.4f} bpd)")
+    if results.get("plumbing"):
+        lines.append("  PLUMBING RUN on non-standard data: not a result")
+    lines.append(f"report: {results['out_dir']}/report.md")
+    return "\n".join(lines)
+
+
+def write_report(results: dict, out_dir: Path) -> None:
+    """report.md (tables, verdict, predictions, diagnostics, figures, provenance) and results.json."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "results.json", results)
+    L = results["labels"]
+    pred = results["prediction"]
+    md = [f"# {L['in_test']} vs {L['out_test']} under {results['model']} ({results['preset']} preset)", ""]
+    if results.get("plumbing"):
+        md += ["> **PLUMBING RUN** on non-standard (test-made) data files: these numbers are not results.", ""]
+    md += [f"**Verdict.** {results['verdict']}", "", "## Bits per dimension", "", *bpd_table(results), "",
+           f"Gap: bpd(IN-test) − bpd(OUT-test) = **{results['gap_bpd']:+.4f} ± {results['gap_bpd_stderr']:.4f}**"
+           f" bits/dim; mean log p(OUT) − mean log p(IN-test) = **{results['gap_nats']:+.1f}** nats/image.",
+           "", "## Density and volume", "",
+           f"Δ density = {results['decomposition']['delta']['density_nats']:+.1f} nats, "
+           f"Δ volume = {results['decomposition']['delta']['volume_nats']:+.1f} nats (OUT − IN-test); "
+           f"the gap is carried by the **{results['decomposition']['carried_by']}** term.", "",
+           "## Second-order predictions", "",
+           "| prediction | gap (nats/image) | gap (bpd) | sign agrees | ratio to measured |",
+           "|---|---:|---:|:---:|---:|"]
+    for name in ("closed_form", "exact_second_order", "averaged_curvature"):
+        p = pred.get(name)
+        if p is None:
+            md.append(f"| {name} | n/a | n/a | n/a | n/a |")
+            continue
+        err = f" ± {p['stderr']:.1f}" if "stderr" in p else ""
+        agree = results["agreement"].get(f"sign_{name}")
+        md.append(f"| {name} | {p['gap_nats']:+.1f}{err} | {p['gap_bpd']:+.4f} | {'yes' if agree else 'no'} | "
+                  f"{_fmt(results['ratios'].get(name), 2)} |")
+    md.append(f"| measured | {results['gap_nats']:+.1f} | {results['gap_bpd']:+.4f} | | |")
+    ex = pred["exact_second_order"]
+    qc = results["quadratic_check"]
+    md += ["", f"Exact second order at x0 = {results['x0']}: gradient term {ex['gradient_term']:+.1f}, curvature "
+           f"term {ex['curvature_term']:+.1f} nats ({ex['n_samples']['in_test']} + {ex['n_samples']['out_test']}"
+           f" Hessian-vector products).", "",
+           "How quadratic is log p? (Taylor polynomial at x0 vs log p averaged over the same sampled images)", "",
+           "| data | Taylor E[log p] | sampled E[log p] |", "|---|---:|---:|"]
+    for key in ("in_test", "out_test"):
+        md.append(f"| {L[key]} | {qc[key]['taylor_at_x0']:.1f} | {qc[key]['sampled_log_p']:.1f} |")
+    mdiff = results["mean_difference"]
+    md += ["", f"Mean equality: per-channel mean difference (OUT − IN-test, pixel units) "
+           f"{[round(v, 2) for v in mdiff['per_channel_mean_diff']]}; RMS over dimensions {mdiff['rms_diff']:.2f}, "
+           f"{_fmt(mdiff['relative'], 2)} × IN-test's RMS standard deviation "
+           f"({'small' if (mdiff['relative'] or 0) < 0.25 else 'NOT small: the first-order term matters'}).", "",
+           "## Graying", "", "| α | measured Δ log p | exact second order | closed form |", "|---:|---:|---:|---:|"]
+    g = results["graying"]
+    for i, a in enumerate(g["alphas"]):
+        cf = g["closed_form"][i] if g["closed_form"] else None
+        md.append(f"| {a:.2f} | {g['measured'][i]:+.1f} | {g['exact_second_order'][i]:+.1f} | {_fmt(cf, 1)} |")
+    md += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in results["figures"]]
+    prov = results["provenance"]
+    md += ["", "## Provenance", "", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
+           f"- device: {prov['device']}", f"- torch {prov['torch']}, started {prov['started']}, "
+           f"wall-clock {prov['seconds']:.0f} s", f"- checkpoint: `{results['checkpoint']}`"]
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
