@@ -63,11 +63,9 @@ _ARCH = {
     "gpu": {28: (2, 8, 400, 20_000), 32: (3, 8, 400, 30_000)},
 }
 _TRAIN = {
-    "smoke": TrainConfig(steps=40, batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200,
-                         checkpoint_every=20),
-    "cpu": TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup=100, eval_every=500, eval_images=1000),
-    "gpu": TrainConfig(steps=30_000, batch_size=256, lr=1e-3, warmup=1000, eval_every=2000,
-                       eval_images=10_000, checkpoint_every=1000),
+    "smoke": dict(batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200, checkpoint_every=20),
+    "cpu": dict(batch_size=64, lr=2e-3, warmup=100, eval_every=500, eval_images=1000),
+    "gpu": dict(batch_size=256, lr=1e-3, warmup=1000, eval_every=2000, eval_images=10_000, checkpoint_every=1000),
 }
 _BUDGET = {
     "smoke": EvalBudget(in_train=200, in_test=200, out_test=200, hvp_samples=8, gray_images=50),
@@ -91,5 +89,6 @@ def get_preset(name: str, model: str, shape: tuple[int, int, int], **train_overr
     config = GlowConfig(shape=tuple(shape), levels=levels, steps=steps, hidden=hidden,
                         coupling="additive" if additive else "affine",
                         prior="fixed" if additive else "learned")
-    train = replace(_TRAIN[name], steps=train_steps, **{k: v for k, v in train_overrides.items() if v is not None})
+    train = replace(TrainConfig(steps=train_steps, **_TRAIN[name]),
+                    **{k: v for k, v in train_overrides.items() if v is not None})
     return Preset(name, config, train, _BUDGET[name])
