@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.graying_curve(ALPHAS, measured_gray, {"exact second order": so["graying"],
                                                       **({"closed form": cf["graying"]} if cf else {})},
                               out_dir / "graying.png"),
-        figures.decomposition_bars({k: {p: (s[p]["mean"], s[p]["stderr"]) for p in ("density_nats", "volume_nats")}
-                                    for k, s in summary.items()}, labels, out_dir / "decomposition.png"),
+        figures.decomposition_histograms({k: {"density": e.density, "volume": e.volume} for k, e in evals.items()},
+                                         labels, out_dir / "decomposition.png"),
     ]
     results = {
         "in": args.in_dataset, "out": args.out_dataset, "model": args.model, "preset": preset_name,
@@ -199,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                     "exact_second_order": so["graying"], "closed_form": cf["graying"] if cf else None},
         "summary": summary, "labels": labels, "figures": [str(p) for p in fig_paths], "out_dir": str(out_dir),
     }
-    out_name = data.display_name(args.out_dataset) + (" (matched)" if args.match else "")
-    results["verdict"] = verdict(data.display_name(args.in_dataset), out_name, gap_bpd, gap_bpd_se,
+    results["verdict"] = verdict(labels["in_test"], labels["out_test"], gap_bpd, gap_bpd_se,
                                  {k: (p["gap_bpd"] if p else None) for k, p in prediction.items()})
     results["provenance"] = {"command": shlex.join(["python", "-m", "verify.compare", *(argv or sys.argv[1:])]),
                              "commit": git_commit(), "device": device_description(device),

@@ -11,18 +11,18 @@ def sign_word(gap_nats: float) -> str:
     return "HIGHER" if gap_nats > 0 else "LOWER"
 
 
-def verdict(in_name: str, out_name: str, gap_bpd: float, gap_bpd_stderr: float, predictions: dict) -> str:
+def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float, predictions: dict) -> str:
     """One line: which test set gets the higher likelihood, and whether each prediction has its sign.
 
     ``gap_bpd`` = bpd(IN-test) - bpd(OUT-test): positive means OUT gets the higher likelihood.
     ``predictions`` maps a name to a predicted gap in bpd (or None when it does not apply).
     """
     if abs(gap_bpd) <= 2 * gap_bpd_stderr:
-        head = (f"{out_name}-test and {in_name}-test get no significantly different likelihood "
+        head = (f"{out_label} and {in_label} get no significantly different likelihood "
                 f"(gap {gap_bpd:+.3f} ± {gap_bpd_stderr:.3f} bpd)")
     else:
         word = "HIGHER" if gap_bpd > 0 else "LOWER"
-        head = f"{out_name}-test gets {word} likelihood than {in_name}-test (gap {gap_bpd:+.3f} bpd)"
+        head = f"{out_label} gets {word} likelihood than {in_label} (gap {gap_bpd:+.3f} bpd)"
     parts = []
     for name, pred in predictions.items():
         if pred is None:
@@ -47,19 +47,27 @@ def bpd_table(results: dict) -> list[str]:
     return rows
 
 
+PREDICTIONS = ("closed_form", "exact_second_order", "averaged_curvature")
+
+
+def prediction_rows(results: dict) -> list[tuple[str, dict | None, str, str]]:
+    """(name, prediction or None, formatted nats ± s.e., formatted ratio to the measured gap)."""
+    rows = []
+    for name in PREDICTIONS:
+        p = results["prediction"].get(name)
+        nats = "n/a" if p is None else f"{p['gap_nats']:+.1f}" + (f" ± {p['stderr']:.1f}" if "stderr" in p else "")
+        rows.append((name, p, nats, _fmt(results["ratios"].get(name), 2)))
+    return rows
+
+
 def terminal_summary(results: dict) -> str:
     lines = [f"{results['model']} / preset {results['preset']} trained on {results['labels']['in_train']}"
              f" ({results['device']})", *bpd_table(results), "", results["verdict"]]
-    pred = results["prediction"]
-    for name in ("closed_form", "exact_second_order", "averaged_curvature"):
-        p = pred.get(name)
+    for name, p, nats, ratio in prediction_rows(results):
         if p is None:
             lines.append(f"  {name}: n/a (needs --model cvglow)")
-            continue
-        err = f" ± {p['stderr']:.1f}" if "stderr" in p else ""
-        ratio = results["ratios"].get(name)
-        lines.append(f"  {name}: {p['gap_nats']:+.1f}{err} nats/image ({p['gap_bpd']:+.4f} bpd), "
-                     f"ratio to measured {_fmt(ratio, 2)}")
+        else:
+            lines.append(f"  {name}: {nats} nats/image ({p['gap_bpd']:+.4f} bpd), ratio to measured {ratio}")
     lines.append(f"  measured: {results['gap_nats']:+.1f} nats/image ({results['gap_bpd']:+.4f} bpd)")
     if results.get("plumbing"):
         lines.append("  PLUMBING RUN on non-standard data: not a result")
@@ -86,15 +94,12 @@ def write_report(results: dict, out_dir: Path) -> None:
            "## Second-order predictions", "",
            "| prediction | gap (nats/image) | gap (bpd) | sign agrees | ratio to measured |",
            "|---|---:|---:|:---:|---:|"]
-    for name in ("closed_form", "exact_second_order", "averaged_curvature"):
-        p = pred.get(name)
+    for name, p, nats, ratio in prediction_rows(results):
         if p is None:
             md.append(f"| {name} | n/a | n/a | n/a | n/a |")
             continue
-        err = f" ± {p['stderr']:.1f}" if "stderr" in p else ""
-        agree = results["agreement"].get(f"sign_{name}")
-        md.append(f"| {name} | {p['gap_nats']:+.1f}{err} | {p['gap_bpd']:+.4f} | {'yes' if agree else 'no'} | "
-                  f"{_fmt(results['ratios'].get(name), 2)} |")
+        agree = "yes" if results["agreement"].get(f"sign_{name}") else "no"
+        md.append(f"| {name} | {nats} | {p['gap_bpd']:+.4f} | {agree} | {ratio} |")
     md.append(f"| measured | {results['gap_nats']:+.1f} | {results['gap_bpd']:+.4f} | | |")
     ex = pred["exact_second_order"]
     qc = results["quadratic_check"]

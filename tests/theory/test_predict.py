@@ -12,6 +12,7 @@ from empirical.errors import TheoryError
 from empirical.flows import Glow, GlowConfig
 from tests.helpers import randomize
 from theory.predict import (
+    averaged_curvature,
     closed_form,
     derived_coefficients,
     linear_path_curvature,
@@ -171,3 +172,21 @@ def test_graying_prediction_is_exact_for_a_quadratic_model():
         for a, pred in zip(alphas, curve, strict=True):
             blend = (a * torch.from_numpy(imgs).double() + (1 - a) * 128 + 0.5) / 256
             assert pred == pytest.approx(float(model.log_prob(blend).mean() - base), rel=1e-6, abs=1e-6)
+
+
+def test_averaged_curvature_matches_autograd_on_a_quadratic_model():
+    model = _cvglow(4).linear_path()
+    gen = torch.Generator().manual_seed(0)
+    pts, v_p, v_q = (torch.rand(6, 1, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    mu_p, mu_q = (torch.rand(1, 1, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    got = averaged_curvature(model, pts, v_p - 0.5, v_q - 0.5, mu_p, mu_q, batch_size=4)
+
+    def f(v):
+        return model.log_prob(v.view(1, 1, 4, 4))[0]
+
+    hess = torch.autograd.functional.hessian(f, pts[0].flatten())
+    g_bar = torch.stack([torch.autograd.functional.jacobian(f, p.flatten()) for p in pts]).mean(0)
+    vq, vp = (v_q - 0.5).flatten(1), (v_p - 0.5).flatten(1)
+    quad_q, quad_p = (torch.einsum("bi,ij,bj->b", v, hess, v) for v in (vq, vp))
+    expected = float(g_bar @ (mu_q - mu_p).flatten() + 0.5 * (quad_q - quad_p).mean())
+    assert got["gap_nats"] == pytest.approx(expected, rel=1e-9)

@@ -129,7 +129,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     (0.01, 0.02, {"exact": 0.3}, ["no significantly different likelihood"]),
 ])
 def test_verdict(gap, se, preds, expect):
-    line = verdict("CIFAR-10", "SVHN", gap, se, preds)
+    line = verdict("CIFAR-10-test", "SVHN-test", gap, se, preds)
     for text in expect:
         assert text in line
 
