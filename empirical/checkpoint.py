@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from empirical.errors import CheckpointError
-from empirical.flows import Glow, GlowConfig
+from empirical.models import build_model
 
 FORMAT = 1
 _PACKAGE = Path(__file__).resolve().parent
@@ -65,11 +65,11 @@ def load_checkpoint(path: Path) -> dict:
     return payload
 
 
-def model_from_checkpoint(path: Path) -> tuple[Glow, dict]:
+def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model of a checkpoint in eval mode; returns (model, payload)."""
     payload = load_checkpoint(path)
     try:
-        model = Glow(GlowConfig(**payload["model_config"]))
+        model = build_model(payload["model"], payload["model_config"])
         model.load_state_dict(payload["model_state"])
     except (TypeError, KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} does not fit the current model code: {err}") from err

@@ -16,60 +16,56 @@ import torch
 from empirical import data
 from empirical.checkpoint import model_from_checkpoint
 from empirical.cli import run_cli
-from empirical.flows import Glow
-from empirical.likelihood import bits_per_dim, dequantize
+from empirical.likelihood import bits_per_dim
 
 
 @dataclass
 class Evaluation:
-    """Per-image results in nats (float64); log_px = density + volume is log p(x̃) on [0,1)^D."""
+    """Per-image results in nats (float64): log_px = log p(x̃) on [0,1)^D, and the model's parts
+    (Glow: ``density`` + ``volume`` = log_px; VAE: ``elbo``, a lower bound; PixelCNN: none)."""
 
-    density: np.ndarray
-    volume: np.ndarray
+    log_px: np.ndarray
+    parts: dict[str, np.ndarray]
     dims: int
-
-    @property
-    def log_px(self) -> np.ndarray:
-        return self.density + self.volume
 
     @property
     def bpd(self) -> np.ndarray:
         return bits_per_dim(self.log_px, self.dims)
 
     def summary(self) -> dict:
-        """Means and standard errors of bpd, log p(x̃), density and volume."""
-        n = len(self.density)
+        """Means and standard errors of bpd, log p(x̃) and each part."""
+        n = len(self.log_px)
 
         def stat(v: np.ndarray) -> dict:
             return {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
 
         return {"n": n, "bpd": stat(self.bpd), "log_px_nats": stat(self.log_px),
-                "density_nats": stat(self.density), "volume_nats": stat(self.volume)}
+                **{f"{k}_nats": stat(v) for k, v in self.parts.items()}}
 
 
 @torch.no_grad()
-def evaluate(model: Glow, images: np.ndarray | torch.Tensor, *, batch_size: int = 500, seed: int = 0,
+def evaluate(model: torch.nn.Module, images: np.ndarray | torch.Tensor, *, batch_size: int = 500, seed: int = 0,
              device: torch.device | str | None = None) -> Evaluation:
-    """Evaluate uint8 images N×C×H×W with dequantisation noise from a fixed seed.
+    """Evaluate uint8 images N×C×H×W; any noise (dequantisation, IWAE samples) comes from a fixed seed.
 
-    The caller's array is never modified (each batch is copied to a new float tensor).
+    The caller's array is never modified (each batch is copied to the device as a new tensor).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     images = torch.as_tensor(images)
-    density, volume = [], []
+    outs: dict[str, list[torch.Tensor]] = {}
     try:
         for start in range(0, len(images), batch_size):
-            x = dequantize(images[start: start + batch_size], gen).to(device)
-            d, v = model.log_prob_parts(x)
-            density.append(d.double().cpu())
-            volume.append(v.double().cpu())
+            result = model.log_likelihood(images[start: start + batch_size].to(device), gen)
+            for k, v in result.items():
+                outs.setdefault(k, []).append(v.double().cpu())
     finally:
         model.train(was_training)
-    cat = (lambda parts: torch.cat(parts).numpy()) if density else (lambda parts: np.zeros(0))
-    return Evaluation(cat(density), cat(volume), int(np.prod(images.shape[1:])))
+    cat = {k: torch.cat(v).numpy() for k, v in outs.items()}
+    log_px = cat.pop("log_px", np.zeros(0))
+    return Evaluation(log_px, cat, int(np.prod(images.shape[1:])))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         images = images[: args.limit]
     result = evaluate(model, images, seed=args.seed, device=args.device)
     s = result.summary()
+    parts = "".join(f", {k.removesuffix('_nats')} {s[k]['mean']:.1f} nats" for k in s if k.endswith("_nats")
+                    and k != "log_px_nats")
     print(f"{args.dataset} {args.split} under {payload['model']} trained on {payload['dataset']} "
-          f"(step {payload['step']}): {s['n']} images, bpd {s['bpd']['mean']:.4f} ± {s['bpd']['stderr']:.4f}, "
-          f"density {s['density_nats']['mean']:.1f} nats, volume {s['volume_nats']['mean']:.1f} nats")
+          f"(step {payload['step']}): {s['n']} images, bpd {s['bpd']['mean']:.4f} ± {s['bpd']['stderr']:.4f}{parts}")
     if args.json:
-        args.json.write_text(json.dumps({"summary": s, "bpd": result.bpd.tolist(),
-                                         "density_nats": result.density.tolist(),
-                                         "volume_nats": result.volume.tolist()}))
+        per_image = {"bpd": result.bpd.tolist(), "log_px_nats": result.log_px.tolist(),
+                     **{f"{k}_nats": v.tolist() for k, v in result.parts.items()}}
+        args.json.write_text(json.dumps({"summary": s, **per_image}))
     return 0
 
 

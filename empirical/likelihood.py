@@ -3,6 +3,11 @@
 A model of continuous x̃ ∈ [0,1)^D gives the discrete 8-bit image x the log-likelihood
     log P(x) ≥ E_u[log p(x̃)] - D·log 256,    x̃ = (x + u) / 256,  u ~ U[0,1)^D,
 and bits/dim = -log P(x) / (D·log 2).
+
+Discrete models (PixelCNN, the VAE's discretised likelihood) give log P(x) exactly and need no
+dequantisation. The whole pipeline speaks log p(x̃) in nats; a discrete model enters it through
+``discrete_to_density_nats``: log p(x̃) := log P(x) + D·log 256, the density that is constant on each
+1/256 bin, so the one ``bits_per_dim`` formula returns exactly -log P(x)/(D·log 2) for it.
 """
 
 from __future__ import annotations
@@ -21,11 +26,20 @@ def discretisation_nats(dims: int) -> float:
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """x̃ = (x + u) / 256 with u ~ U[0,1); returns a new tensor (the input is never modified)."""
+    """x̃ = (x + u) / 256 with u ~ U[0,1); returns a new tensor (the input is never modified).
+
+    The noise is drawn on the generator's device, so it does not depend on where the model runs.
+    """
     if x.dtype != torch.uint8:
         raise TypeError(f"dequantize expects uint8 images, got {x.dtype}")
-    u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
+    device = generator.device if generator is not None else x.device
+    u = torch.rand(x.shape, generator=generator, dtype=dtype, device=device).to(x.device)
     return (x.to(dtype) + u) / LEVELS
+
+
+def discrete_to_density_nats(log_p_discrete: torch.Tensor, dims: int) -> torch.Tensor:
+    """log p(x̃) = log P(x) + D·log 256 for a discrete model (no dequantisation noise, exact)."""
+    return log_p_discrete + discretisation_nats(dims)
 
 
 def bits_per_dim(log_px_nats: torch.Tensor | float, dims: int) -> torch.Tensor | float:

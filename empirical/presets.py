@@ -1,18 +1,18 @@
 """Named presets: the exact hyperparameters of every model, for every image shape.
 
-Models: ``glow`` (affine couplings, learned top prior) and ``cvglow`` (constant-volume Glow: additive
-couplings, fixed N(0, 1) top prior, as the paper's analysis needs). Presets: ``smoke`` (tests, seconds),
-``cpu`` (minutes on 2 cores), ``gpu`` (the paper's "smaller Glow": 3 levels × 8 steps, 400 channels).
+Models: ``glow`` (affine couplings, learned top prior), ``cvglow`` (constant-volume Glow: additive
+couplings, fixed N(0, 1) top prior, as the paper's analysis needs), ``pixelcnn`` and ``vae``. Presets:
+``smoke`` (tests, seconds), ``cpu`` (minutes on 2 cores), ``gpu`` (paper-sized; for Glow the paper's
+"smaller Glow": 3 levels × 8 steps, 400 channels).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from empirical.errors import DgmOodError
-from empirical.flows import GlowConfig
-
-MODELS = ("glow", "cvglow")
+from empirical.models import FAMILIES, MODELS
 
 
 @dataclass(frozen=True)
@@ -50,18 +50,33 @@ class EvalBudget:
 @dataclass(frozen=True)
 class Preset:
     name: str
-    model: GlowConfig
+    model: Any  # GlowConfig, PixelCNNConfig or VAEConfig
     train: TrainConfig
     budget: EvalBudget
 
 
-# (levels, steps per level, hidden channels, training steps) by image size; the rest of the schedule by preset.
-# cpu: sized for ≤15 min of verify.compare on 2 cores (train img/s there: CIFAR Glow 250, CV-Glow 345;
-# FashionMNIST Glow 345, CV-Glow 505; see bench/throughput.py).
-_ARCH = {
-    "smoke": {28: (2, 2, 16, 40), 32: (2, 2, 16, 40)},
-    "cpu": {28: (2, 4, 64, 5000), 32: (3, 4, 64, 3000)},
-    "gpu": {28: (2, 8, 400, 20_000), 32: (3, 8, 400, 30_000)},
+# Architecture and number of training steps per (family, preset, image size). cpu: sized for ≤15 min of
+# verify.compare on 2 cores (train img/s there: CIFAR Glow 250, CV-Glow 345; FashionMNIST Glow 345,
+# CV-Glow 505, PixelCNN 98 at hidden 36, VAE 920; see bench/throughput.py). A CPU PixelCNN on CIFAR-10
+# (about 30 img/s) learns little in that time: use the gpu preset for it.
+_ARCH: dict[str, dict[str, dict[int, tuple[dict, int]]]] = {
+    "glow": {
+        "smoke": {28: (dict(levels=2, steps=2, hidden=16), 40), 32: (dict(levels=2, steps=2, hidden=16), 40)},
+        "cpu": {28: (dict(levels=2, steps=4, hidden=64), 5000), 32: (dict(levels=3, steps=4, hidden=64), 3000)},
+        "gpu": {28: (dict(levels=2, steps=8, hidden=400), 20_000),
+                32: (dict(levels=3, steps=8, hidden=400), 30_000)},
+    },
+    "pixelcnn": {
+        "smoke": {28: (dict(hidden=12, blocks=2), 40), 32: (dict(hidden=12, blocks=2), 40)},
+        "cpu": {28: (dict(hidden=32, blocks=4), 900), 32: (dict(hidden=24, blocks=4), 400)},
+        "gpu": {28: (dict(hidden=120, blocks=12), 20_000), 32: (dict(hidden=192, blocks=15), 30_000)},
+    },
+    "vae": {
+        "smoke": {28: (dict(latent=8, hidden=16, eval_samples=10), 40),
+                  32: (dict(latent=8, hidden=16, eval_samples=10), 40)},
+        "cpu": {28: (dict(latent=32, hidden=64), 5000), 32: (dict(latent=64, hidden=64), 4000)},
+        "gpu": {28: (dict(latent=64, hidden=128), 20_000), 32: (dict(latent=128, hidden=128), 30_000)},
+    },
 }
 _TRAIN = {
     "smoke": dict(batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200, checkpoint_every=20),
@@ -73,23 +88,31 @@ _BUDGET = {
     "cpu": EvalBudget(in_train=2000, in_test=None, out_test=None, hvp_samples=96, gray_images=500),
     "gpu": EvalBudget(in_train=10_000, in_test=None, out_test=None, hvp_samples=512, gray_images=2000),
 }
-PRESETS = tuple(_ARCH)
+# Families that evaluate slowly on a CPU evaluate fewer images there (always printed): IWAE with k = 100 costs
+# 100 decoder passes per image (about 25 img/s on 2 cores); a PixelCNN about 270 img/s at 28×28.
+_FAMILY_BUDGET = {
+    "vae": {"cpu": EvalBudget(in_train=1000, in_test=2000, out_test=2000, hvp_samples=0, gray_images=200),
+            "gpu": EvalBudget(in_train=5000, in_test=None, out_test=None, hvp_samples=0, gray_images=1000)},
+    "pixelcnn": {"cpu": EvalBudget(in_train=1000, in_test=5000, out_test=5000, hvp_samples=0, gray_images=200)},
+}
+PRESETS = ("smoke", "cpu", "gpu")
 
 
 def get_preset(name: str, model: str, shape: tuple[int, int, int], **train_overrides) -> Preset:
     """The preset ``name`` for ``model`` on images of ``shape``; overrides replace TrainConfig fields."""
     if model not in MODELS:
         raise DgmOodError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
-    if name not in _ARCH:
+    if name not in PRESETS:
         raise DgmOodError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    family = "glow" if model in ("glow", "cvglow") else model
     size = shape[1]
-    if size not in _ARCH[name]:
-        raise DgmOodError(f"preset {name!r} has no architecture for {size}×{size} images")
-    levels, steps, hidden, train_steps = _ARCH[name][size]
-    additive = model == "cvglow"
-    config = GlowConfig(shape=tuple(shape), levels=levels, steps=steps, hidden=hidden,
-                        coupling="additive" if additive else "affine",
-                        prior="fixed" if additive else "learned")
+    if size not in _ARCH[family][name]:
+        raise DgmOodError(f"preset {name!r} has no {model} architecture for {size}×{size} images")
+    arch, train_steps = _ARCH[family][name][size]
+    if model == "cvglow":
+        arch = {**arch, "coupling": "additive", "prior": "fixed"}
+    config = FAMILIES[model][0](shape=tuple(shape), **arch)
     train = replace(TrainConfig(steps=train_steps, **_TRAIN[name]),
                     **{k: v for k, v in train_overrides.items() if v is not None})
-    return Preset(name, config, train, _BUDGET[name])
+    budget = _FAMILY_BUDGET.get(model, {}).get(name, _BUDGET[name])
+    return Preset(name, config, train, budget)

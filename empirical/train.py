@@ -23,9 +23,9 @@ from empirical.checkpoint import code_version, load_checkpoint, save_checkpoint,
 from empirical.cli import run_cli
 from empirical.errors import CheckpointError, TrainingError
 from empirical.evaluate import evaluate
-from empirical.flows import Glow
-from empirical.likelihood import bits_per_dim, dequantize
-from empirical.presets import MODELS, PRESETS, Preset, TrainConfig, get_preset
+from empirical.likelihood import bits_per_dim
+from empirical.models import MODELS, build_model
+from empirical.presets import PRESETS, Preset, TrainConfig, get_preset
 
 CHECKPOINT = "last.pt"
 
@@ -41,7 +41,7 @@ def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generat
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
-def _make_optimizer(model: Glow, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.optimizer == "adamax":
@@ -75,7 +75,7 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
         raise TrainingError(f"{dataset} images are {images.shape[1:]}, preset expects {preset.model.shape}")
     train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
 
-    model = Glow(preset.model).to(dev)
+    model = build_model(model_name, preset.model).to(dev)
     optimizer = _make_optimizer(model, cfg)
     start, history = 0, []
     if resume and ckpt_path.exists():
@@ -95,7 +95,7 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
         for module in model.modules():
             if hasattr(module, "amp_dtype"):
                 module.amp_dtype = torch.bfloat16 if cfg.amp else None
-    forward = torch.compile(model.log_prob) if (cfg.compile and dev.type == "cuda") else model.log_prob
+    forward = torch.compile(model.log_likelihood) if (cfg.compile and dev.type == "cuda") else model.log_likelihood
 
     hparams = {"dataset": dataset, "model": model_name, "preset": preset.name,
                "model_config": preset.model.to_dict(), "train_config": cfg.to_dict(),
@@ -110,11 +110,11 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
 
     dims = preset.model.dims
     model.train()
-    if start == 0:  # ActNorm's data-dependent initialisation on a larger batch
+    if start == 0:  # data-dependent initialisation (Glow's ActNorm) on a larger batch
         init = train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:512]
                        .to(dev)]
         with torch.no_grad():
-            model.log_prob(dequantize(init, _step_generator(cfg.seed, -1, dev)))
+            model.log_likelihood(init, _step_generator(cfg.seed, -1, dev))
     t0, last_test = time.time(), None
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                desc=f"{dataset} {model_name}/{preset.name}", mininterval=5, file=sys.stderr)
@@ -122,11 +122,10 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
     for step in bar:
         gen = _step_generator(cfg.seed, step, dev)
         idx = torch.randint(len(train_x), (cfg.batch_size,), generator=gen, device=dev)
-        x = dequantize(train_x[idx], gen)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = bits_per_dim(forward(x), dims).mean()
+        loss = bits_per_dim(forward(train_x[idx], gen)["log_px"], dims).mean()
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"loss became {loss.item()} at step {step} (lr {lr:.2e}); training stopped. The last good "

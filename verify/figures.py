@@ -84,3 +84,22 @@ def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: di
     axes[0].set_ylabel("density")
     axes[0].legend(frameon=False, fontsize=8)
     return _save(fig, path)
+
+
+def family_histograms(per_image: dict[str, dict[str, np.ndarray]], labels: dict[str, str],
+                      dims: dict[str, int], path: Path) -> Path:
+    """One panel per model family: histograms of per-image log p(x) (discrete, nats) for the three sets."""
+    from empirical.likelihood import discrete_log_likelihood
+
+    fig, axes = plt.subplots(1, len(per_image), figsize=(4.2 * len(per_image), 3.4))
+    for ax, (name, sets) in zip(np.atleast_1d(axes), per_image.items(), strict=True):
+        values = {k: discrete_log_likelihood(v, dims[name]) for k, v in sets.items()}
+        allv = np.concatenate(list(values.values()))
+        bins = np.linspace(*np.percentile(allv, [0.5, 99.5]), 60)
+        for key, v in values.items():
+            ax.hist(v, bins=bins, density=True, alpha=0.45, color=COLOURS[key], label=labels[key])
+        ax.set_title(name)
+        ax.set_xlabel("log p(x)  [nats per image]")
+    np.atleast_1d(axes)[0].set_ylabel("density")
+    np.atleast_1d(axes)[0].legend(frameon=False, fontsize=8)
+    return _save(fig, path)

@@ -38,12 +38,16 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 
 def bpd_table(results: dict) -> list[str]:
-    """The paper-style table: dataset, images evaluated, bits/dim ± s.e., density and volume parts."""
-    rows = ["| data | images | bits/dim | density (nats) | volume (nats) |", "|---|---:|---:|---:|---:|"]
+    """The paper-style table: dataset, images evaluated, bits/dim ± s.e., and the model's parts in nats
+    (Glow: density and volume; VAE: the ELBO bound)."""
+    parts = [k for k in results["summary"]["in_test"] if k.endswith("_nats") and k != "log_px_nats"]
+    head = "".join(f" {p.removesuffix('_nats')} (nats) |" for p in parts)
+    rows = [f"| data | images | bits/dim |{head}", "|---|---:|---:|" + "---:|" * len(parts)]
     for key in ("in_train", "in_test", "out_test"):
         s = results["summary"][key]
-        rows.append(f"| {results['labels'][key]} | {s['n']} | {s['bpd']['mean']:.3f} ± {s['bpd']['stderr']:.3f} "
-                    f"| {s['density_nats']['mean']:.1f} | {s['volume_nats']['mean']:.1f} |")
+        cells = "".join(f" {s[p]['mean']:.1f} |" for p in parts)
+        rows.append(f"| {results['labels'][key]} | {s['n']} | {s['bpd']['mean']:.3f} ± {s['bpd']['stderr']:.3f} |"
+                    + cells)
     return rows
 
 
@@ -65,10 +69,12 @@ def terminal_summary(results: dict) -> str:
              f" ({results['device']})", *bpd_table(results), "", results["verdict"]]
     for name, p, nats, ratio in prediction_rows(results):
         if p is None:
-            lines.append(f"  {name}: n/a (needs --model cvglow)")
+            lines.append(f"  {name}: n/a")
         else:
             lines.append(f"  {name}: {nats} nats/image ({p['gap_bpd']:+.4f} bpd), ratio to measured {ratio}")
     lines.append(f"  measured: {results['gap_nats']:+.1f} nats/image ({results['gap_bpd']:+.4f} bpd)")
+    if results["prediction"].get("note"):
+        lines.append(f"  note: {results['prediction']['note']}")
     if results.get("plumbing"):
         lines.append("  PLUMBING RUN on non-standard data: not a result")
     lines.append(f"report: {results['out_dir']}/report.md")
@@ -86,12 +92,18 @@ def write_report(results: dict, out_dir: Path) -> None:
         md += ["> **PLUMBING RUN** on non-standard (test-made) data files: these numbers are not results.", ""]
     md += [f"**Verdict.** {results['verdict']}", "", "## Bits per dimension", "", *bpd_table(results), "",
            f"Gap: bpd(IN-test) − bpd(OUT-test) = **{results['gap_bpd']:+.4f} ± {results['gap_bpd_stderr']:.4f}**"
-           f" bits/dim; mean log p(OUT) − mean log p(IN-test) = **{results['gap_nats']:+.1f}** nats/image.",
-           "", "## Density and volume", "",
-           f"Δ density = {results['decomposition']['delta']['density_nats']:+.1f} nats, "
-           f"Δ volume = {results['decomposition']['delta']['volume_nats']:+.1f} nats (OUT − IN-test); "
-           f"the gap is carried by the **{results['decomposition']['carried_by']}** term.", "",
-           "## Second-order predictions", "",
+           f" bits/dim; mean log p(OUT) − mean log p(IN-test) = **{results['gap_nats']:+.1f}** nats/image.", ""]
+    if results["model"] == "vae":
+        md += ["log p is the IWAE estimate (a lower bound that tightens with k); the ELBO is listed per set "
+               "below as a looser bound.", ""]
+        md += [f"- {L[k]}: ELBO {results['summary'][k]['elbo_nats']['mean']:.1f} nats (bound)"
+               for k in ("in_train", "in_test", "out_test")] + [""]
+    if results["decomposition"]:
+        dec = results["decomposition"]
+        md += ["## Density and volume", "",
+               f"Δ density = {dec['delta']['density_nats']:+.1f} nats, Δ volume = {dec['delta']['volume_nats']:+.1f} "
+               f"nats (OUT − IN-test); the gap is carried by the **{dec['carried_by']}** term.", ""]
+    md += ["## Second-order predictions", "",
            "| prediction | gap (nats/image) | gap (bpd) | sign agrees | ratio to measured |",
            "|---|---:|---:|:---:|---:|"]
     for name, p, nats, ratio in prediction_rows(results):
@@ -101,28 +113,73 @@ def write_report(results: dict, out_dir: Path) -> None:
         agree = "yes" if results["agreement"].get(f"sign_{name}") else "no"
         md.append(f"| {name} | {nats} | {p['gap_bpd']:+.4f} | {agree} | {ratio} |")
     md.append(f"| measured | {results['gap_nats']:+.1f} | {results['gap_bpd']:+.4f} | | |")
-    ex = pred["exact_second_order"]
-    qc = results["quadratic_check"]
-    md += ["", f"Exact second order at x0 = {results['x0']}: gradient term {ex['gradient_term']:+.1f}, curvature "
+    if pred.get("note"):
+        md += ["", f"Note: {pred['note']}."]
+    md += _second_order_details(results)
+    md += _graying_and_provenance(results)
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+
+
+def _second_order_details(results: dict) -> list[str]:
+    ex, qc, L = results["prediction"]["exact_second_order"], results["quadratic_check"], results["labels"]
+    md = []
+    if ex is not None:
+        md += ["", f"Exact second order at x0 = {results['x0']}: gradient term {ex['gradient_term']:+.1f}, curvature "
            f"term {ex['curvature_term']:+.1f} nats ({ex['n_samples']['in_test']} + {ex['n_samples']['out_test']}"
            f" Hessian-vector products).", "",
            "How quadratic is log p? (Taylor polynomial at x0 vs log p averaged over the same sampled images)", "",
            "| data | Taylor E[log p] | sampled E[log p] |", "|---|---:|---:|"]
-    for key in ("in_test", "out_test"):
-        md.append(f"| {L[key]} | {qc[key]['taylor_at_x0']:.1f} | {qc[key]['sampled_log_p']:.1f} |")
+        for key in ("in_test", "out_test"):
+            md.append(f"| {L[key]} | {qc[key]['taylor_at_x0']:.1f} | {qc[key]['sampled_log_p']:.1f} |")
     mdiff = results["mean_difference"]
     md += ["", f"Mean equality: per-channel mean difference (OUT − IN-test, pixel units) "
            f"{[round(v, 2) for v in mdiff['per_channel_mean_diff']]}; RMS over dimensions {mdiff['rms_diff']:.2f}, "
            f"{_fmt(mdiff['relative'], 2)} × IN-test's RMS standard deviation "
            f"({'small' if (mdiff['relative'] or 0) < 0.25 else 'NOT small: the first-order term matters'}).", "",
-           "## Graying", "", "| α | measured Δ log p | exact second order | closed form |", "|---:|---:|---:|---:|"]
+           ]
+    return md
+
+
+def _graying_and_provenance(results: dict) -> list[str]:
     g = results["graying"]
+    md = ["## Graying", "", f"x_α = α·x + (1−α)·128 on {g['n_images']} IN-test images; Δ log p against α = 1.", "",
+          "| α | measured Δ log p | exact second order | closed form |", "|---:|---:|---:|---:|"]
     for i, a in enumerate(g["alphas"]):
+        ex = g["exact_second_order"][i] if g["exact_second_order"] else None
         cf = g["closed_form"][i] if g["closed_form"] else None
-        md.append(f"| {a:.2f} | {g['measured'][i]:+.1f} | {g['exact_second_order'][i]:+.1f} | {_fmt(cf, 1)} |")
+        md.append(f"| {a:.2f} | {g['measured'][i]:+.1f} | {_fmt(ex, 1)} | {_fmt(cf, 1)} |")
     md += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in results["figures"]]
     prov = results["provenance"]
     md += ["", "## Provenance", "", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
            f"- device: {prov['device']}", f"- torch {prov['torch']}, started {prov['started']}, "
            f"wall-clock {prov['seconds']:.0f} s", f"- checkpoint: `{results['checkpoint']}`"]
-    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    return md
+
+
+def write_families(runs: dict[str, dict], out_dir: Path) -> None:
+    """One table and one figure for several model families on the same pair (the paper's Figure 1 layout)."""
+    import numpy as np
+
+    from verify.figures import family_histograms
+
+    first = next(iter(runs.values()))
+    L = first["labels"]
+    md = [f"# {L['in_test']} vs {L['out_test']}: model families ({first['preset']} preset)", "",
+          f"| model | {L['in_train']} | {L['in_test']} | {L['out_test']} | gap (bpd) | OUT higher? |",
+          "|---|---:|---:|---:|---:|:---:|"]
+    per_image = {}
+    for name, r in runs.items():
+        b = r["bpd"]
+        md.append(f"| {name} | {b['in_train']:.3f} | {b['in_test']:.3f} | {b['out_test']:.3f} | "
+                  f"{r['gap_bpd']:+.3f} ± {r['gap_bpd_stderr']:.3f} | {'yes' if r['gap_bpd'] > 0 else 'no'} |")
+        with np.load(Path(r["out_dir"]) / "per_image.npz") as z:
+            per_image[name] = {k: z[f"{k}_log_px_nats"] for k in ("in_train", "in_test", "out_test")}
+    md += ["", "bits/dim (means); VAE values are IWAE estimates (bounds). Reports: "
+           + ", ".join(f"[{n}]({n}/report.md)" for n in runs), ""]
+    fig = family_histograms(per_image, L, {n: r["dims"] for n, r in runs.items()}, Path(out_dir) / "families.png")
+    md += [f"![families]({Path(fig).name})", "", f"- command: `{first['provenance']['command']}`",
+           f"- commit: `{first['provenance']['commit']}`", f"- device: {first['provenance']['device']}"]
+    write_json(Path(out_dir) / "families.json", {n: {k: r[k] for k in ("bpd", "gap_bpd", "gap_bpd_stderr", "gap_nats",
+                                                                       "n_images", "verdict")}
+                                                 for n, r in runs.items()})
+    (Path(out_dir) / "families.md").write_text("\n".join(md) + "\n")

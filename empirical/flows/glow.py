@@ -15,6 +15,7 @@ from torch import nn
 
 from empirical.errors import DataError
 from empirical.flows.layers import FlowStep, Split, Squeeze, gaussian_log_density
+from empirical.likelihood import dequantize
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,12 @@ class Glow(nn.Module):
         """(density, volume) = (log p_z(f(x̃)), log|det ∂f/∂x̃|), nats per image."""
         _, density, volume = self.encode(x)
         return density, volume
+
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Dequantise uint8 images and return log p(x̃) (``log_px``) with its density and volume parts."""
+        dtype = next(self.parameters()).dtype
+        density, volume = self.log_prob_parts(dequantize(x, generator, dtype))
+        return {"log_px": density + volume, "density": density, "volume": volume}
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x̃) in nats per image, for dequantised x̃ ∈ [0,1)^D."""

@@ -13,20 +13,28 @@ from empirical.likelihood import (
     bpd_to_nats,
     dequantize,
     discrete_log_likelihood,
+    discrete_to_density_nats,
     discretisation_nats,
     nats_gap_to_bpd,
 )
 
 
 class UniformDensity(torch.nn.Module):
-    """p(x̃) = 1 on [0,1)^D: log p = 0, split as density 0 and volume 0."""
+    """p(x̃) = 1 on [0,1)^D: log p = 0."""
 
     def __init__(self):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def log_prob_parts(self, x):
-        return torch.zeros(len(x)), torch.zeros(len(x))
+    def log_likelihood(self, x, generator=None):
+        return {"log_px": torch.zeros(len(x))}
+
+
+def test_discrete_model_conversion_is_exact():
+    # a discrete model with P(x) = 256^-D is the uniform density: exactly 8 bpd, no noise involved
+    dims = 12
+    log_p = torch.full((3,), -dims * math.log(256))
+    assert bits_per_dim(discrete_to_density_nats(log_p, dims), dims).tolist() == pytest.approx([8.0] * 3)
 
 
 def test_uniform_density_gives_exactly_8_bpd():
