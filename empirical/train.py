@@ -116,6 +116,7 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
         with torch.no_grad():
             model.log_likelihood(init, _step_generator(cfg.seed, -1, dev))
     t0, last_test = time.time(), None
+    before = history[-1]["seconds"] if history else 0.0  # wall-clock of earlier sessions of this run
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                desc=f"{dataset} {model_name}/{preset.name}", mininterval=5, file=sys.stderr)
     seen = 0
@@ -144,7 +145,7 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
             last_test = float(evaluate(model, test_images, device=dev).bpd.mean())
             model.train()
             history.append({"step": done, "train_bpd": float(loss.item()), "test_bpd": last_test,
-                            "seconds": time.time() - t0})
+                            "seconds": before + time.time() - t0, "device": str(dev)})
             bar.write(f"step {done}: train bpd {loss.item():.3f}, test bpd {last_test:.3f} "
                       f"({len(test_images)} test images)", file=sys.stderr)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:

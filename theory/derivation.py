@@ -51,14 +51,15 @@ D = sp.Symbol("D", integer=True, positive=True)
 x, x0, mu_q, mu_p, g = (sp.MatrixSymbol(n, D, 1) for n in ("x", "x_0", "mu_q", "mu_p*", "g"))
 H, S_q, S_p, S_r = (sp.MatrixSymbol(n, D, D) for n in ("H", "Sigma_q", "Sigma_p*", "Sigma_r"))
 mu_r = sp.MatrixSymbol("mu_r", D, 1)
-L0 = sp.Symbol("log_p(x_0)")
+L0 = sp.Symbol("log p(x0)")
 sigma = sp.Symbol("sigma_psi", positive=True)
 T = sp.Function("T")
 E_q, E_p, E_r = (sp.Function(n) for n in ("E_q", "E_p*", "E_r"))
 
 
 def _scalar(m: sp.MatrixExpr) -> sp.Expr:
-    return m[0, 0]
+    """A 1×1 matrix expression as a scalar that still prints as matrix algebra: tr(gᵀ(x - x0))."""
+    return sp.Trace(m)
 
 
 def instantiate(expr: sp.Basic, values: dict) -> sp.Basic:

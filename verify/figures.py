@@ -73,8 +73,13 @@ def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: di
                                         ("volume", "volume  log|det ∂f/∂x|")), strict=True):
         values = np.concatenate([v[part] for v in parts.values()])
         lo, hi = np.percentile(values, [0.5, 99.5])
-        if hi - lo < 1e-6 * max(1.0, abs(hi)):  # constant volume (CV-Glow): one spike
-            lo, hi = lo - 1, hi + 1
+        if hi - lo < 1e-6 * max(1.0, abs(hi)):  # constant volume (CV-Glow): say so instead of a spike
+            ax.text(0.5, 0.5, f"constant for every image:\n{lo:.1f} nats", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         bins = np.linspace(lo, hi, 60)
         for key, v in parts.items():
             ax.hist(v[part], bins=bins, density=True, alpha=0.45, color=COLOURS[key],
