@@ -23,6 +23,8 @@ def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float
     else:
         word = "HIGHER" if gap_bpd > 0 else "LOWER"
         head = f"{out_label} gets {word} likelihood than {in_label} (gap {gap_bpd:+.3f} bpd)"
+    if all(p is None for p in predictions.values()):
+        return head + "; the second-order theory does not apply to this model (see the note)"
     parts = []
     for name, pred in predictions.items():
         if pred is None:

@@ -148,6 +148,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
                                                   "closed: n/a"]),
     (-0.5, 0.01, {"exact": 0.2}, ["gets LOWER", "OPPOSITE sign"]),
     (0.01, 0.02, {"exact": 0.3}, ["no significantly different likelihood"]),
+    (1.7, 0.01, {"exact": None, "closed": None}, ["gets HIGHER", "does not apply"]),
 ])
 def test_verdict(gap, se, preds, expect):
     line = verdict("CIFAR-10-test", "SVHN-test", gap, se, preds)
