@@ -8,36 +8,28 @@ spot of masked convolutions; the two-stack vertical/horizontal variant is not im
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.errors import DataError
+from empirical.config import ImageModelConfig, check_images
 from empirical.likelihood import LEVELS, discrete_to_density_nats
 
 
 @dataclass(frozen=True)
-class PixelCNNConfig:
-    shape: tuple[int, int, int]
+class PixelCNNConfig(ImageModelConfig):
     hidden: int = 64  # channels of the residual stream (a multiple of the image channels)
     blocks: int = 6
     kernel: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(self.shape))
+        super().__post_init__()
         if self.hidden % self.shape[0]:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of the {self.shape[0]} image channels")
 
-    @property
-    def dims(self) -> int:
-        return math.prod(self.shape)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -90,9 +82,7 @@ class PixelCNN(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """N×256×C×H×W logits of every sub-pixel given the earlier ones (x uint8)."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.config.shape:
-            raise DataError(f"wrong image shape {tuple(x.shape)}: this model takes N×"
-                            f"{'×'.join(map(str, self.config.shape))}")
+        check_images(x, self.config.shape)
         return self.network(x.to(self.inp.weight.dtype) / 127.5 - 1.0)
 
     def network(self, xs: torch.Tensor) -> torch.Tensor:

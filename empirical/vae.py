@@ -9,35 +9,28 @@ which increases with k towards log p(x); IWAE_1 is a one-sample ELBO. Training m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.errors import DataError
+from empirical.config import ImageModelConfig, check_images
 from empirical.likelihood import discrete_to_density_nats
 
 
 @dataclass(frozen=True)
-class VAEConfig:
-    shape: tuple[int, int, int]
+class VAEConfig(ImageModelConfig):
     latent: int = 32
     hidden: int = 64
     eval_samples: int = 100  # k of the IWAE estimate used for evaluation
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(self.shape))
+        super().__post_init__()
         if self.shape[1] % 4 or self.shape[2] % 4:
             raise ValueError(f"VAE needs image sizes divisible by 4, got {self.shape[1]}×{self.shape[2]}")
 
-    @property
-    def dims(self) -> int:
-        return math.prod(self.shape)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -70,11 +63,6 @@ class VAE(nn.Module):
         self.dec = nn.Sequential(nn.ELU(), nn.ConvTranspose2d(2 * hid, hid, 4, 2, 1), nn.ELU(),
                                  nn.ConvTranspose2d(hid, 2 * c, 4, 2, 1))
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.config.shape:
-            raise DataError(f"wrong image shape {tuple(x.shape)}: this model takes N×"
-                            f"{'×'.join(map(str, self.config.shape))}")
-
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) = N(μ, exp(log_std)²)."""
         mu, log_std = self.to_q(self.enc(x.to(self.to_q.weight.dtype) / 127.5 - 1.0)).chunk(2, dim=1)
@@ -89,7 +77,7 @@ class VAE(nn.Module):
     def iwae(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
              chunk: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
         """(IWAE_k, mean one-sample ELBO) in nats per image of the 8-bit image, from the same k samples."""
-        self._check(x)
+        check_images(x, self.config.shape)
         mu, log_std = self.encode(x)
         weights = []
         for start in range(0, k, chunk):
@@ -107,7 +95,7 @@ class VAE(nn.Module):
 
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One-sample reconstruction term with the analytic KL(q(z|x) ‖ N(0, I)), nats per image."""
-        self._check(x)
+        check_images(x, self.config.shape)
         mu, log_std = self.encode(x)
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
                           device=generator.device if generator is not None else mu.device).to(mu.device)

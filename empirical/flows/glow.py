@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from empirical.errors import DataError
+from empirical.config import ImageModelConfig, check_images
 from empirical.flows.layers import FlowStep, Split, Squeeze, gaussian_log_density
 from empirical.likelihood import dequantize
 
 
 @dataclass(frozen=True)
-class GlowConfig:
+class GlowConfig(ImageModelConfig):
     """Exact hyperparameters of a Glow; saved beside every checkpoint."""
 
-    shape: tuple[int, int, int]
     levels: int
     steps: int
     hidden: int
@@ -33,7 +32,7 @@ class GlowConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(self.shape))
+        super().__post_init__()
         c, h, w = self.shape
         if h % 2**self.levels or w % 2**self.levels:
             raise ValueError(f"{h}×{w} images cannot be squeezed {self.levels} times (need multiples of "
@@ -41,12 +40,6 @@ class GlowConfig:
         if self.prior not in ("learned", "fixed"):
             raise ValueError(f"prior must be 'learned' or 'fixed', got {self.prior!r}")
 
-    @property
-    def dims(self) -> int:
-        return math.prod(self.shape)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Glow(nn.Module):
@@ -78,14 +71,9 @@ class Glow(nn.Module):
             self.register_buffer("prior_log_std", torch.full((1, *self.top_shape), math.log(config.prior_std)))
 
     # ------------------------------------------------------------------------------ density
-    def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.config.shape:
-            raise DataError(f"wrong image shape {tuple(x.shape)}: this model takes N×"
-                            f"{'×'.join(map(str, self.config.shape))}")
-
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """x̃ -> (latents, log p_z(f(x̃)), log|det ∂f/∂x̃|); latents listed per split, then the top."""
-        self._check(x)
+        check_images(x, self.config.shape)
         h = x - 0.5
         density = h.new_zeros(h.shape[0])
         volume = h.new_zeros(h.shape[0])
