@@ -59,6 +59,9 @@ def graying_curve(alphas: list[float], measured: list[float], predicted: dict[st
     for (name, curve), style in zip(predicted.items(), ("s--", "^:"), strict=False):
         ax.plot(alphas, curve, style, label=f"predicted: {name}")
     ax.axhline(0, color="0.7", lw=0.8)
+    scale = max([abs(v) for v in measured] + [1.0])
+    if any(abs(v) > 20 * scale for curve in predicted.values() for v in curve):  # keep the measured curve visible
+        ax.set_yscale("symlog", linthresh=scale)
     ax.set_xlabel("α  (1 = original image, 0 = mid-grey)")
     ax.set_ylabel("Δ log p  [nats per image]")
     ax.set_title("Graying: x_α = α·x + (1-α)·128")
