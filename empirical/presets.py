@@ -56,8 +56,8 @@ class Preset:
 
 
 # Architecture and number of training steps per (family, preset, image size). cpu: sized for ≤15 min of
-# verify.compare on 2 cores (train img/s there: CIFAR Glow 250, CV-Glow 345; FashionMNIST Glow 345,
-# CV-Glow 505, PixelCNN 98 at hidden 36, VAE 920; see bench/throughput.py). A CPU PixelCNN on CIFAR-10
+# verify.compare on 2 cores (in-run train img/s there: CIFAR Glow 250, CV-Glow 345; FashionMNIST Glow 345,
+# CV-Glow 505, PixelCNN 128, VAE 920; steady-state rates: bench/throughput.py). A CPU PixelCNN on CIFAR-10
 # (about 30 img/s) learns little in that time: use the gpu preset for it.
 _ARCH: dict[str, dict[str, dict[int, tuple[dict, int]]]] = {
     "glow": {
