@@ -318,7 +318,7 @@ def _download(name: str, split: str, data_dir: str | os.PathLike | None) -> None
     """Fetch the official files with torchvision's downloaders into the first writable root."""
     import torchvision.datasets as tvd
 
-    root = Path(data_dir) if data_dir else candidate_roots()[0 if os.environ.get("DGM_OOD_DATA") else 0]
+    root = Path(data_dir) if data_dir else candidate_roots()[0]  # $DGM_OOD_DATA if set, else <repo>/data
     root.mkdir(parents=True, exist_ok=True)
     train = split == "train"
     try:

@@ -183,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     preset = get_preset(args.preset, args.model, info.shape, steps=args.steps, batch_size=args.batch_size,
                         lr=args.lr, seed=args.seed, compile=args.compile)
     out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=args.device,
                    resume=args.resume, train_subset=args.train_subset,
                    allow_nonstandard=args.allow_nonstandard_data, progress=not args.no_progress)
