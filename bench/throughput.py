@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(amp=False, compile_=False, channels_last=False)
     variants = [base]
     if device.type == "cuda":
-        variants += [replace_dict(base, amp=True), replace_dict(base, amp=True, compile_=True),
-                     replace_dict(base, amp=True, channels_last=True)]
+        variants += [{**base, "amp": True}, {**base, "amp": True, "compile_": True},
+                     {**base, "amp": True, "channels_last": True}]
     rows = [measure(args.preset, args.model, args.dataset, device, args.batch, args.iters, **v) for v in variants]
     ref = rows[0]
     print(f"{args.model}/{args.preset} on {args.dataset}-shaped batches of {args.batch}, device {device} "
@@ -125,10 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
-
-
-def replace_dict(d: dict, **kw) -> dict:
-    return {**d, **kw}
 
 
 if __name__ == "__main__":

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from empirical.checkpoint import write_json
-
-
-def sign_word(gap_nats: float) -> str:
-    return "HIGHER" if gap_nats > 0 else "LOWER"
+from verify.figures import family_histograms
 
 
 def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float, predictions: dict) -> str:
@@ -160,10 +159,6 @@ def _graying_and_provenance(results: dict) -> list[str]:
 
 def write_families(runs: dict[str, dict], out_dir: Path) -> None:
     """One table and one figure for several model families on the same pair (the paper's Figure 1 layout)."""
-    import numpy as np
-
-    from verify.figures import family_histograms
-
     first = next(iter(runs.values()))
     L = first["labels"]
     md = [f"# {L['in_test']} vs {L['out_test']}: model families ({first['preset']} preset)", "",
