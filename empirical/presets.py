@@ -100,8 +100,12 @@ _FAMILY_TRAIN = {"vae": {"cpu": dict(eval_images=200), "gpu": dict(eval_images=2
 PRESETS = ("smoke", "cpu", "gpu")
 
 
-def get_preset(name: str, model: str, shape: tuple[int, int, int], **train_overrides) -> Preset:
-    """The preset ``name`` for ``model`` on images of ``shape``; overrides replace TrainConfig fields."""
+def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prior: str | None = None,
+               **train_overrides) -> Preset:
+    """The preset ``name`` for ``model`` on images of ``shape``; overrides replace TrainConfig fields.
+
+    ``split_prior="fixed"`` gives a flow the paper's exact model class (every split latent N(0, σ_ψ²)).
+    """
     if model not in MODELS:
         raise DgmOodError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
     if name not in PRESETS:
@@ -113,6 +117,12 @@ def get_preset(name: str, model: str, shape: tuple[int, int, int], **train_overr
     arch, train_steps = _ARCH[family][name][size]
     if model == "cvglow":
         arch = {**arch, "coupling": "additive", "prior": "fixed"}
+    if split_prior is not None:
+        if family != "glow":
+            raise DgmOodError(f"--split-prior applies to flows (glow, cvglow), not to {model}")
+        if split_prior not in ("learned", "fixed"):
+            raise DgmOodError(f"unknown split prior {split_prior!r}; use learned or fixed")
+        arch = {**arch, "split_prior": split_prior}
     config = FAMILIES[model][0](shape=tuple(shape), **arch)
     schedule = {**_TRAIN[name], **_FAMILY_TRAIN.get(model, {}).get(name, {})}
     train = replace(TrainConfig(steps=train_steps, **schedule),

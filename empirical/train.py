@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--split-prior", choices=["learned", "fixed"],
+                   help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's model class")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile on CUDA")
     p.add_argument("--allow-nonstandard-data", action="store_true",
@@ -180,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = data.dataset_info(args.dataset)
-    preset = get_preset(args.preset, args.model, info.shape, steps=args.steps, batch_size=args.batch_size,
-                        lr=args.lr, seed=args.seed, compile=args.compile)
+    preset = get_preset(args.preset, args.model, info.shape, split_prior=args.split_prior, steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, compile=args.compile)
     out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
     result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=args.device,
                    resume=args.resume, train_subset=args.train_subset,

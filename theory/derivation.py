@@ -31,7 +31,8 @@ ASSUMPTIONS: dict[str, Assumption] = {a.key: a for a in [
     Assumption("linear_path", "the coupling networks contribute nothing to the Hessian: f is the linear "
                "map x ↦ M x + b of the actnorm-scaled 1×1 convolutions, M = U_K⋯U_1 at every pixel"),
     Assumption("diagonal_covariance", "Σ_q and Σ_p* are diagonal (per-dimension variances σ²_{h,w,c})"),
-    Assumption("no_channel_mixing", "every U_k is diagonal (needed only for the paper's printed form)"),
+    Assumption("no_channel_mixing", "the paper's (Π_k Σ_j u_kcj)² stands for ‖M_:,c‖²: true when every U_k is "
+               "diagonal (sufficient, not necessary: pure permutations also give equality), false in general"),
 ]}
 
 
@@ -278,9 +279,13 @@ PAPER_FORM = sp.Eq(sp.MatrixSymbol("c_paper", C_DEMO, 1), sp.Matrix(PAPER_COEFF)
 
 
 def _check_paper_form(rng: random.Random) -> bool:
-    """With diagonal U_k (no channel mixing) the paper's coefficient equals the derived ‖M_{:,c}‖²."""
+    """The paper's coefficient equals the derived ‖M_{:,c}‖² with diagonal U_k (no channel mixing), and also
+    with pure permutation matrices (which do move channels): diagonal is sufficient, not necessary."""
     diag = {U[k][c, j]: 0 for k in range(K_DEMO) for c in range(C_DEMO) for j in range(C_DEMO) if c != j}
-    return all(sp.simplify((PAPER_COEFF[c] - DERIVED_COEFF[c]).subs(diag)) == 0 for c in range(C_DEMO))
+    diagonal_ok = all(sp.simplify((PAPER_COEFF[c] - DERIVED_COEFF[c]).subs(diag)) == 0 for c in range(C_DEMO))
+    swap = {U[k][c, j]: int(c != j) for k in range(K_DEMO) for c in range(C_DEMO) for j in range(C_DEMO)}
+    permutation_ok = all(PAPER_COEFF[c].subs(swap) == DERIVED_COEFF[c].subs(swap) == 1 for c in range(C_DEMO))
+    return diagonal_ok and permutation_ok
 
 
 def paper_discrepancy(seed: int = 0) -> dict:
@@ -317,10 +322,12 @@ STEPS: list[Step] = [
          f"per input channel (shown for {P_DEMO} pixels)", CLOSED_FORM, ("diagonal_covariance",),
          _check_closed_form,
          note="every coefficient is ≥ 0, so lower variance in every dimension ⇒ higher likelihood"),
-    Step("paper_form", "The paper prints the coefficient as (Π_k Σ_j u_kcj)²: equal to ‖M_{:,c}‖² only "
-         "without channel mixing", PAPER_FORM, ("no_channel_mixing",), _check_paper_form,
-         note="with mixing 1×1 convs the two differ (see paper_discrepancy()); both are ≥ 0, so the "
-              "sign argument survives when all Δσ² share a sign"),
+    Step("paper_form", "The paper prints the coefficient as (Π_k Σ_j u_kcj)²: equal to ‖M_{:,c}‖² when every "
+         "U_k is diagonal, or a pure permutation; not in general", PAPER_FORM, ("no_channel_mixing",),
+         _check_paper_form,
+         note="diagonal U_k is sufficient, not necessary (permutations give 1 = 1); with general mixing the two "
+              "differ (see paper_discrepancy()); both are ≥ 0, so the sign argument survives when all Δσ² share "
+              "a sign"),
 ]
 
 

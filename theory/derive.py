@@ -24,9 +24,11 @@ def main(argv: list[str] | None = None) -> int:
         if step.note:
             print(f"  note: {step.note}")
     d = paper_discrepancy(args.seed)
-    print(f"\nPaper vs derived coefficient with channel mixing (u = {d['u']}):\n"
+    print(f"\nPaper vs derived coefficient with general channel mixing (u = {d['u']}):\n"
           f"  paper (Π_k Σ_j u_kcj)² = {[round(v, 4) for v in d['paper']]}\n"
-          f"  derived ‖M_:,c‖²       = {[round(v, 4) for v in d['derived']]}")
+          f"  derived ‖M_:,c‖²       = {[round(v, 4) for v in d['derived']]}\n"
+          f"They agree when every U_k is diagonal, and also when every U_k is a pure permutation (both 1): "
+          f"diagonal is sufficient, not necessary.")
     if not args.check:
         return 0
     print("\nChecks (random concrete instances)")

@@ -1,7 +1,8 @@
 """Train (or reuse), measure, predict and judge: ``python -m verify.compare fashionmnist mnist``.
 
 Does a model trained on IN give OUT's test set a higher likelihood than IN's own test set, by how
-much, and does the second-order theory predict it?
+much, and does the second-order theory predict it? The pipeline: prepare (data, model) → measure
+(per-image likelihoods) → predict (theory.predict, the ledger) → report (verify.report, verify.figures).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +27,19 @@ from empirical.errors import CheckpointError, DgmOodError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import discrete_log_likelihood
 from empirical.models import FLOWS, MODELS
-from empirical.presets import PRESETS, get_preset
+from empirical.presets import PRESETS, Preset, get_preset
 from empirical.train import CHECKPOINT, resolve_device, train
-from theory.predict import closed_form, second_order
-from theory.statistics import compute_stats, mean_difference
+from theory import ledger
+from theory.predict import predict
+from theory.quadratic import Moments
+from theory.statistics import DatasetStats, compute_stats, mean_difference
 from verify import figures
 from verify.report import terminal_summary, verdict, write_families, write_report
 
 ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
 REPO = Path(__file__).resolve().parent.parent
+SETS = ("in_train", "in_test", "out_test")
 
 
 def device_description(device: torch.device) -> str:
@@ -59,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("in_dataset", metavar="IN", help=f"training dataset: {', '.join(data.DATASETS)}")
     p.add_argument("out_dataset", metavar="OUT",
                    help=f"OOD dataset: {', '.join([*data.DATASETS, *data.SYNTHETIC])}")
-    p.add_argument("--model", default="cvglow", choices=MODELS,
+    p.add_argument("--model", choices=MODELS,
                    help="cvglow (constant-volume Glow, default: every prediction applies), glow (affine), "
-                        "pixelcnn or vae")
+                        "pixelcnn or vae; with --checkpoint the checkpoint's own family")
+    p.add_argument("--split-prior", choices=["learned", "fixed"],
+                   help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's exact model class "
+                        "(default: learned conditional priors)")
     p.add_argument("--all-models", action="store_true",
                    help="run the --model flow (default cvglow), pixelcnn and vae on the same pair; one table "
                         "and one figure (each model's report in its own folder)")
@@ -81,13 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _get_model(args, model_name: str, preset, device):
+# ------------------------------------------------------------------------------------------ prepare
+@dataclass
+class Run:
+    """Everything a comparison works on: the model, its preset and the evaluated image sets."""
+
+    args: argparse.Namespace
+    model_name: str
+    preset: Preset
+    device: torch.device
+    model: torch.nn.Module
+    checkpoint: Path
+    payload: dict
+    in_train: np.ndarray  # the whole split (x0 is its mean)
+    sets: dict[str, np.ndarray]  # the evaluated images: in_train (a subset), in_test, out_test
+    totals: dict[str, int]
+    labels: dict[str, str]
+    started: str  # when the command started (training included in the wall-clock)
+    t0: float
+
+    @property
+    def dims(self) -> int:
+        return self.model.config.dims
+
+    @property
+    def is_flow(self) -> bool:
+        return self.model_name in FLOWS
+
+
+def _get_model(args, model_name: str, preset: Preset, device: torch.device):
     if args.checkpoint:
         model, payload = model_from_checkpoint(args.checkpoint)
-        if tuple(model.config.shape) != data.dataset_info(args.in_dataset).shape:
-            raise CheckpointError(f"{args.checkpoint} models {model.config.shape} images, not {args.in_dataset}'s")
         return model.to(device), args.checkpoint, payload
-    name = f"{args.in_dataset}-{model_name}-{preset.name}-seed{args.seed}-{code_version()}"
+    tag = "-splitfixed" if getattr(preset.model, "split_prior", "learned") == "fixed" else ""
+    name = f"{args.in_dataset}-{model_name}-{preset.name}{tag}-seed{args.seed}-{code_version()}"
     run_dir = args.runs_dir / "models" / name
     ckpt = run_dir / CHECKPOINT
     done = False
@@ -104,7 +139,7 @@ def _get_model(args, model_name: str, preset, device):
               file=sys.stderr)
         train(args.in_dataset, model_name, preset, run_dir, data_dir=args.data_dir, device=str(device),
               resume=ckpt.exists(), allow_nonstandard=args.allow_nonstandard_data,
-              command=shlex.join(["python", "-m", "verify.compare", *sys.argv[1:]]))
+              command=shlex.join(["python", "-m", "verify.compare", *args.argv]))
     model, payload = model_from_checkpoint(ckpt)
     return model.to(device), ckpt, payload
 
@@ -113,121 +148,188 @@ def _limit(images: np.ndarray, n: int | None) -> np.ndarray:
     return images if n is None else images[:n]
 
 
-NOT_A_FLOW = ("{model} has no differentiable log-density in x: the closed form needs a constant-volume flow "
-              "and the second-order predictions need log p(x̃) with a gradient and Hessian ({why})")
-WHY = {"pixelcnn": "a PixelCNN is a discrete model; its continuous relaxation is not used",
-       "vae": "a VAE gives only bounds on log p (ELBO, IWAE), not log p itself"}
-
-
-def _predict(model, in_train, in_test, out_test, stats_p, stats_q, budget, seed, model_name) -> dict:
-    """Theory predictions for flows; for other families None with the reason."""
-    if model_name not in FLOWS:
-        note = NOT_A_FLOW.format(model=model_name, why=WHY[model_name])
-        return {"prediction": {"closed_form": None, "exact_second_order": None, "averaged_curvature": None,
-                               "note": note}, "x0": None, "quadratic_check": None, "graying": None, "closed": None}
-    print(f"second-order predictions from {budget.hvp_samples} samples per dataset", file=sys.stderr)
-    so = second_order(model, in_test, out_test, in_train.mean(0, dtype=np.float64),
-                      n_samples=budget.hvp_samples, seed=seed, alphas=ALPHAS)
-    cf = closed_form(model, stats_q, stats_p, ALPHAS) if model.constant_volume else None
-    prediction = {"closed_form": cf and {k: cf[k] for k in ("gap_nats", "gap_bpd", "coefficient_per_channel",
-                                                            "sum_var_diff_pixels")},
-                  "exact_second_order": so["exact_second_order"], "averaged_curvature": so["averaged_curvature"]}
-    if cf is None:
-        prediction["note"] = "closed form: n/a for affine couplings (volume term not constant); use --model cvglow"
-    return {"prediction": prediction, "x0": so["x0"], "quadratic_check": so["quadratic_check"],
-            "graying": so["graying"], "closed": cf and cf["graying"]}
-
-
-def compare_one(args, model_name: str, out_dir: Path) -> dict:
-    """Train or load ``model_name``, measure, predict, write the report; returns results.json's content."""
+def prepare(args, model_name: str) -> Run:
+    """Resolve the device and preset, load the data, train or load the model."""
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     in_info = data.dataset_info(args.in_dataset)
     device = resolve_device(args.device)
     preset_name = args.preset if args.preset != "auto" else ("gpu" if device.type == "cuda" else "cpu")
-    preset = get_preset(preset_name, model_name, in_info.shape, seed=args.seed)
-    budget = preset.budget
+    # --all-models applies --split-prior to its flow only; asked for one other family, get_preset refuses it
+    split_prior = None if args.all_models and model_name not in FLOWS else args.split_prior
+    preset = get_preset(preset_name, model_name, in_info.shape, seed=args.seed, split_prior=split_prior)
     print(f"preset {preset_name}: {model_name} {preset.model}, {preset.train.steps} training steps of "
           f"{preset.train.batch_size}; device {device_description(device)}", file=sys.stderr)
-
     load = dict(data_dir=args.data_dir, download=args.download, allow_nonstandard=args.allow_nonstandard_data)
     in_train, _ = data.load(args.in_dataset, "train", **load)
     in_test, _ = data.load(args.in_dataset, "test", **load)
     out_test = data.load_as(args.out_dataset, "test", in_info.shape, match=args.match, seed=args.seed,
                             synthetic_n=len(in_test), **load)
     model, ckpt, payload = _get_model(args, model_name, preset, device)
-    model.eval()
-
+    budget = preset.budget
     sets = {"in_train": _limit(in_train, budget.in_train), "in_test": _limit(in_test, budget.in_test),
             "out_test": _limit(out_test, budget.out_test)}
-    totals = {"in_train": len(in_train), "in_test": len(in_test), "out_test": len(out_test)}
-    print("evaluating " + ", ".join(f"{k} {len(v)} of {totals[k]} images" for k, v in sets.items()), file=sys.stderr)
-    evals: dict[str, Evaluation] = {k: evaluate(model, v, seed=args.seed, device=device) for k, v in sets.items()}
-    summary = {k: e.summary() for k, e in evals.items()}
-
-    stats_p, stats_q = compute_stats(in_test), compute_stats(out_test)
-    theory = _predict(model, in_train, sets["in_test"], sets["out_test"], stats_p, stats_q, budget, args.seed,
-                      model_name)
-    prediction = theory["prediction"]
-
-    gray = in_test[: budget.gray_images]
-    gray_ll = [float(evaluate(model, np.rint(a * gray.astype(np.float64) + (1 - a) * 128).astype(np.uint8),
-                              seed=args.seed, device=device).log_px.mean()) for a in ALPHAS]
-    measured_gray = [v - gray_ll[-1] for v in gray_ll]
-
-    dims = preset.model.dims
-    gap_nats = summary["out_test"]["log_px_nats"]["mean"] - summary["in_test"]["log_px_nats"]["mean"]
-    gap_bpd = summary["in_test"]["bpd"]["mean"] - summary["out_test"]["bpd"]["mean"]
-    gap_bpd_se = float(np.hypot(summary["in_test"]["bpd"]["stderr"], summary["out_test"]["bpd"]["stderr"]))
-    predictions = {k: v for k, v in prediction.items() if k != "note"}
-    agreement = {f"sign_{k}": (None if p is None else bool((p["gap_nats"] > 0) == (gap_nats > 0)))
-                 for k, p in predictions.items()}
-    ratios = {k: (None if p is None or gap_nats == 0 else p["gap_nats"] / gap_nats) for k, p in predictions.items()}
     labels = {"in_train": f"{data.display_name(args.in_dataset)}-train",
               "in_test": f"{data.display_name(args.in_dataset)}-test",
               "out_test": f"{data.display_name(args.out_dataset)}-test" + (" (matched)" if args.match else "")}
+    return Run(args, model_name, preset, device, model.eval(), ckpt, payload, in_train, sets,
+               {"in_train": len(in_train), "in_test": len(in_test), "out_test": len(out_test)}, labels, started, t0)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / "per_image.npz", **{f"{k}_log_px_nats": e.log_px for k, e in evals.items()},
-                        **{f"{k}_{p}_nats": v for k, e in evals.items() for p, v in e.parts.items()})
-    fig_paths = [
-        figures.loglik_histograms({k: discrete_log_likelihood(e.log_px, dims) for k, e in evals.items()}, labels,
-                                  f"{model_name} trained on {data.display_name(args.in_dataset)}",
+
+# ------------------------------------------------------------------------------------------ measure
+@dataclass
+class Measurement:
+    evals: dict[str, Evaluation]
+    summary: dict
+    gap_nats: float
+    gap_bpd: float
+    gap_bpd_stderr: float
+    gray_measured: list[float]
+    stats: dict[str, DatasetStats]
+
+
+def measure(run: Run) -> Measurement:
+    """Per-image log-likelihoods of the three sets and of the graying series, and the sets' statistics."""
+    seed, device = run.args.seed, run.device
+    print("evaluating " + ", ".join(f"{k} {len(v)} of {run.totals[k]} images" for k, v in run.sets.items()),
+          file=sys.stderr)
+    evals = {k: evaluate(run.model, v, seed=seed, device=device) for k, v in run.sets.items()}
+    summary = {k: e.summary() for k, e in evals.items()}
+    gray = run.sets["in_test"][: run.preset.budget.gray_images]
+    gray_ll = [float(evaluate(run.model, np.rint(a * gray.astype(np.float64) + (1 - a) * 128).astype(np.uint8),
+                              seed=seed, device=device).log_px.mean()) for a in ALPHAS]
+    stats = {k: compute_stats(run.sets[k], full_cov=run.is_flow, ddof=0) for k in ("in_test", "out_test")}
+    return Measurement(
+        evals, summary,
+        gap_nats=summary["out_test"]["log_px_nats"]["mean"] - summary["in_test"]["log_px_nats"]["mean"],
+        gap_bpd=summary["in_test"]["bpd"]["mean"] - summary["out_test"]["bpd"]["mean"],
+        gap_bpd_stderr=float(np.hypot(summary["in_test"]["bpd"]["stderr"], summary["out_test"]["bpd"]["stderr"])),
+        gray_measured=[v - gray_ll[-1] for v in gray_ll], stats=stats)
+
+
+# ------------------------------------------------------------------------------------------ predict
+NOT_A_FLOW = ("{model} has no differentiable log-density in x: the closed form needs a constant-volume flow "
+              "and the second-order predictions need log p(x̃) with a gradient and Hessian ({why})")
+WHY = {"pixelcnn": "a PixelCNN is a discrete model; its continuous relaxation is not used",
+       "vae": "a VAE gives only bounds on log p (ELBO, IWAE), not log p itself"}
+
+
+def model_class(run: Run) -> str:
+    """Which model class the theory is compared on, in words."""
+    if not run.is_flow:
+        return f"{run.model_name} (not a flow)"
+    cfg = run.model.config
+    kind = "CV-Glow (additive couplings, constant volume)" if run.model.constant_volume else "Glow (affine couplings)"
+    if cfg.paper_class:
+        return f"{kind}, every latent N(0, σ_ψ²) with σ_ψ = {cfg.prior_std:g}: the paper's model class"
+    top = f"fixed N(0, {cfg.prior_std:g}²) top prior" if cfg.prior == "fixed" else "learned top prior"
+    split = "fixed N(0, σ_ψ²) split priors" if cfg.split_prior == "fixed" else "learned conditional split priors"
+    return f"{kind}, {top}, {split}: not the paper's class (its Hessian is not −JᵀJ/σ_ψ²)"
+
+
+def theory_for(run: Run, m: Measurement) -> dict:
+    """The predictions, the ledger and the diagnostics; for models that are not flows, None and the reason."""
+    if not run.is_flow:
+        note = NOT_A_FLOW.format(model=run.model_name, why=WHY[run.model_name])
+        return {"prediction": {"closed_form": None, "exact_second_order": None, "averaged_curvature": None,
+                               "note": note}, "x0": None, "quadratic_check": None, "graying": None, "closed": None,
+                "ledger": None, "hessian_spectrum": None, "linear_path_check": None}
+    budget = run.preset.budget
+    print(f"second-order predictions: exact Hessian at x0 (D = {run.dims}) and a Monte Carlo estimate from "
+          f"{budget.hvp_samples} images per set; the assumption ledger", file=sys.stderr)
+    p, q = Moments.from_stats(m.stats["in_test"]), Moments.from_stats(m.stats["out_test"])
+    pr = predict(run.model, run.in_train.mean(0, dtype=np.float64), run.sets["in_test"], run.sets["out_test"],
+                 gray_images=run.sets["in_test"][: budget.gray_images], alphas=ALPHAS,
+                 n_samples=budget.hvp_samples, seed=run.args.seed, p=p, q=q)
+    prediction = {"closed_form": pr["closed_form"], "exact_second_order": pr["exact_second_order"],
+                  "averaged_curvature": pr["averaged_curvature"]}
+    if pr["closed_form"] is None:
+        prediction["note"] = "closed form: n/a for affine couplings (volume term not constant); use --model cvglow"
+    quadratic_check = pr["taylor_mean"] and {
+        k: {"taylor_at_x0": pr["taylor_mean"][k], "measured_log_p": m.summary[k]["log_px_nats"]["mean"]}
+        for k in ("in_test", "out_test")}
+    book = None
+    if pr["ledger_rows"] is not None:
+        s_in, s_out = m.summary["in_test"], m.summary["out_test"]
+        deltas = {k.removesuffix("_nats"): (s_out[k]["mean"] - s_in[k]["mean"],
+                                            float(np.hypot(s_out[k]["stderr"], s_in[k]["stderr"])))
+                  for k in s_in if k.startswith("latent_") or k == "volume_nats"}
+        se_nats = float(np.hypot(s_in["log_px_nats"]["stderr"], s_out["log_px_nats"]["stderr"]))
+        book = ledger.assemble(ledger.measured_rows(m.gap_nats, se_nats, deltas) + pr["ledger_rows"], run.dims)
+    return {"prediction": prediction, "x0": pr["x0"], "quadratic_check": quadratic_check, "graying": pr["graying"],
+            "closed": pr["graying_closed_form"], "ledger": book, "hessian_spectrum": pr["hessian_spectrum"],
+            "linear_path_check": pr["linear_path_check"]}
+
+
+# ------------------------------------------------------------------------------------------ report
+def _figures(run: Run, m: Measurement, th: dict, out_dir: Path) -> list[Path]:
+    dims, labels = run.dims, run.labels
+    paths = [
+        figures.loglik_histograms({k: discrete_log_likelihood(e.log_px, dims) for k, e in m.evals.items()}, labels,
+                                  f"{run.model_name} trained on {data.display_name(run.args.in_dataset)}",
                                   out_dir / "loglik_hist.png"),
-        figures.moment_histograms({"in_test": (stats_p.mean, stats_p.var), "out_test": (stats_q.mean, stats_q.var)},
-                                  labels, out_dir / "moments.png"),
-        figures.graying_curve(ALPHAS, measured_gray, {
-            **({"exact second order": theory["graying"]} if theory["graying"] else {}),
-            **({"closed form": theory["closed"]} if theory["closed"] else {})}, out_dir / "graying.png"),
+        figures.moment_histograms({k: (s.mean, s.var) for k, s in m.stats.items()}, labels, out_dir / "moments.png"),
+        figures.graying_curve(ALPHAS, m.gray_measured, {
+            **({"exact second order": th["graying"]} if th["graying"] else {}),
+            **({"closed form": th["closed"]} if th["closed"] else {})}, out_dir / "graying.png"),
     ]
-    decomposition = None
-    if model_name in FLOWS:
-        fig_paths.append(figures.decomposition_histograms(
-            {k: {"density": e.parts["density"], "volume": e.parts["volume"]} for k, e in evals.items()},
+    if run.is_flow:
+        paths.append(figures.decomposition_histograms(
+            {k: {"density": e.parts["density"], "volume": e.parts["volume"]} for k, e in m.evals.items()},
             labels, out_dir / "decomposition.png"))
-        delta = {p: summary["out_test"][p]["mean"] - summary["in_test"][p]["mean"]
-                 for p in ("density_nats", "volume_nats")}
-        decomposition = {k: {p: summary[k][p]["mean"] for p in ("density_nats", "volume_nats")} for k in summary}
-        decomposition |= {"delta": delta, "carried_by": "density" if abs(delta["density_nats"]) >=
-                          abs(delta["volume_nats"]) else "volume"}
+    return paths
+
+
+def _decomposition(run: Run, m: Measurement) -> dict | None:
+    if not run.is_flow:
+        return None
+    parts = ("density_nats", "volume_nats")
+    delta = {p: m.summary["out_test"][p]["mean"] - m.summary["in_test"][p]["mean"] for p in parts}
+    dec = {k: {p: m.summary[k][p]["mean"] for p in parts} for k in m.summary}
+    return dec | {"delta": delta, "carried_by": "density" if abs(delta["density_nats"]) >=
+                  abs(delta["volume_nats"]) else "volume"}
+
+
+def results_of(run: Run, m: Measurement, th: dict, fig_paths: list[Path], out_dir: Path) -> dict:
+    """results.json's content."""
+    args = run.args
+    predictions = {k: v for k, v in th["prediction"].items() if k != "note"}
+    agreement = {f"sign_{k}": (None if p is None or m.gap_nats == 0 else bool((p["gap_nats"] > 0) == (m.gap_nats > 0)))
+                 for k, p in predictions.items()}
+    ratios = {k: (None if p is None or m.gap_nats == 0 else p["gap_nats"] / m.gap_nats) for k, p in predictions.items()}
     results = {
-        "in": args.in_dataset, "out": args.out_dataset, "model": model_name, "preset": preset_name, "dims": dims,
-        "match": args.match, "plumbing": bool(args.allow_nonstandard_data),
-        "device": device_description(device), "checkpoint": str(ckpt), "trained_steps": payload["step"],
-        "n_images": {k: float(len(v)) for k, v in sets.items()},
-        "bpd": {k: s["bpd"]["mean"] for k, s in summary.items()},
-        "gap_bpd": gap_bpd, "gap_bpd_stderr": gap_bpd_se, "gap_nats": gap_nats,
-        "decomposition": decomposition, "prediction": prediction, "agreement": agreement, "ratios": ratios,
-        "x0": theory["x0"], "quadratic_check": theory["quadratic_check"],
-        "mean_difference": mean_difference(stats_q, stats_p),
-        "graying": {"alphas": ALPHAS, "n_images": len(gray), "measured": measured_gray,
-                    "exact_second_order": theory["graying"], "closed_form": theory["closed"]},
-        "summary": summary, "labels": labels, "figures": [str(p) for p in fig_paths], "out_dir": str(out_dir),
+        "in": args.in_dataset, "out": args.out_dataset, "model": run.model_name, "preset": run.preset.name,
+        "model_class": model_class(run), "dims": run.dims, "match": args.match,
+        "plumbing": bool(args.allow_nonstandard_data), "device": device_description(run.device),
+        "checkpoint": str(run.checkpoint), "trained_steps": run.payload["step"],
+        "n_images": {k: float(len(v)) for k, v in run.sets.items()},
+        "bpd": {k: s["bpd"]["mean"] for k, s in m.summary.items()},
+        "gap_bpd": m.gap_bpd, "gap_bpd_stderr": m.gap_bpd_stderr, "gap_nats": m.gap_nats,
+        "decomposition": _decomposition(run, m), "prediction": th["prediction"], "agreement": agreement,
+        "ratios": ratios, "ledger": th["ledger"], "hessian_spectrum": th["hessian_spectrum"],
+        "linear_path_check": th["linear_path_check"], "x0": th["x0"], "quadratic_check": th["quadratic_check"],
+        "mean_difference": mean_difference(m.stats["out_test"], m.stats["in_test"]),
+        "graying": {"alphas": ALPHAS, "n_images": min(run.preset.budget.gray_images, len(run.sets["in_test"])),
+                    "measured": m.gray_measured, "exact_second_order": th["graying"], "closed_form": th["closed"]},
+        "summary": m.summary, "labels": run.labels, "figures": [str(p) for p in fig_paths], "out_dir": str(out_dir),
     }
-    results["verdict"] = verdict(labels["in_test"], labels["out_test"], gap_bpd, gap_bpd_se,
+    results["verdict"] = verdict(run.labels["in_test"], run.labels["out_test"], m.gap_bpd, m.gap_bpd_stderr,
                                  {k: (p["gap_bpd"] if p else None) for k, p in predictions.items()})
     results["provenance"] = {"command": shlex.join(["python", "-m", "verify.compare", *args.argv]),
-                             "commit": git_commit(), "device": device_description(device),
-                             "torch": torch.__version__, "started": started, "seconds": time.time() - t0}
+                             "commit": git_commit(), "device": device_description(run.device),
+                             "torch": torch.__version__, "started": run.started, "seconds": time.time() - run.t0}
+    return results
+
+
+def compare_one(args, model_name: str, out_dir: Path) -> dict:
+    """Prepare, measure, predict, report one model on one pair; returns results.json's content."""
+    run = prepare(args, model_name)
+    m = measure(run)
+    th = theory_for(run, m)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_dir / "per_image.npz",
+                        **{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
+                        **{f"{k}_{p}_nats": v for k, e in m.evals.items() for p, v in e.parts.items()})
+    results = results_of(run, m, th, _figures(run, m, th, out_dir), out_dir)
     write_report(results, out_dir)
     print(terminal_summary(results))
     return results
@@ -241,14 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         data.dataset_info(args.out_dataset)
     if args.all_models and args.checkpoint:
         raise DgmOodError("--all-models trains or reuses one model per family; it cannot take --checkpoint")
+    model = args.model or "cvglow"
     preset_tag = args.preset if args.preset != "auto" else ("gpu" if resolve_device(args.device).type == "cuda"
                                                             else "cpu")
     stem = f"{args.in_dataset}-{args.out_dataset}" + ("-match" if args.match else "")
+    tag = "-splitfixed" if args.split_prior == "fixed" else ""
     if not args.all_models:
-        compare_one(args, args.model, args.out or Path("runs/compare") / f"{stem}-{args.model}-{preset_tag}")
+        compare_one(args, model, args.out or Path("runs/compare") / f"{stem}-{model}-{preset_tag}{tag}")
         return 0
-    root = args.out or Path("runs/compare") / f"{stem}-families-{preset_tag}"
-    flow = args.model if args.model in FLOWS else "cvglow"
+    root = args.out or Path("runs/compare") / f"{stem}-families-{preset_tag}{tag}"
+    flow = model if model in FLOWS else "cvglow"
     runs = {m: compare_one(args, m, root / m) for m in (flow, *FAMILY_MODELS)}
     write_families(runs, root)
     print(f"three families: {root}/families.md")
@@ -257,4 +361,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))
-

@@ -1,6 +1,7 @@
 """Multi-scale Glow (Kingma & Dhariwal 2018) and constant-volume Glow (additive couplings).
 
 log p(x̃) = log p_z(f(x̃)) + log|det ∂f/∂x̃|  =  density + volume   (nats, x̃ ∈ [0,1)^D)
+density = Σ_i log p(z_i | z_keep,i) + log p(z_top): one term per split latent and one for the top latent.
 Per level: squeeze, K × (actnorm → 1×1 conv → coupling), then split (all but the last level).
 """
 
@@ -29,6 +30,7 @@ class GlowConfig(ImageModelConfig):
     lu: bool = True
     prior: str = "learned"  # top prior: "learned" N(μ, σ²) per dimension, or "fixed" N(0, prior_std²)
     prior_std: float = 1.0
+    split_prior: str = "learned"  # "learned" conditional N(μ(z), σ(z)²), or "fixed" N(0, prior_std²)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -37,13 +39,21 @@ class GlowConfig(ImageModelConfig):
         if h % 2**self.levels or w % 2**self.levels:
             raise ValueError(f"{h}×{w} images cannot be squeezed {self.levels} times (need multiples of "
                              f"{2**self.levels})")
-        if self.prior not in ("learned", "fixed"):
-            raise ValueError(f"prior must be 'learned' or 'fixed', got {self.prior!r}")
+        for key in ("prior", "split_prior"):
+            if getattr(self, key) not in ("learned", "fixed"):
+                raise ValueError(f"{key} must be 'learned' or 'fixed', got {getattr(self, key)!r}")
+        if not self.prior_std > 0:
+            raise ValueError(f"prior_std must be positive, got {self.prior_std}")
+
+    @property
+    def paper_class(self) -> bool:
+        """Every latent N(0, σ_ψ²): the single Gaussian latent of the paper's derivation."""
+        return self.prior == "fixed" and self.split_prior == "fixed"
 
 
 
 class Glow(nn.Module):
-    """Glow; ``log_prob_parts(x̃) -> (density, volume)`` in nats per image, ``sample(n, T)``."""
+    """Glow; ``encode(x̃) -> (latents, density terms, volume)`` in nats per image, ``sample(n, T)``."""
 
     def __init__(self, config: GlowConfig) -> None:
         super().__init__()
@@ -59,25 +69,32 @@ class Glow(nn.Module):
             self.levels.append(nn.ModuleList(
                 FlowStep(c, config.hidden, config.coupling, config.lu, gen) for _ in range(config.steps)))
             if i < config.levels - 1:
-                split = Split(c)
+                split = Split(c, config.prior_std if config.split_prior == "fixed" else None)
                 self.splits.append(split)
                 c = split.n_keep
         self.top_shape = (c, h, w)
         if config.prior == "learned":
             self.prior_mean = nn.Parameter(torch.zeros(1, *self.top_shape))
             self.prior_log_std = nn.Parameter(torch.zeros(1, *self.top_shape))
-        else:
-            self.register_buffer("prior_mean", torch.zeros(1, *self.top_shape))
-            self.register_buffer("prior_log_std", torch.full((1, *self.top_shape), math.log(config.prior_std)))
+
+    def top_prior(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log σ) of the top latent: learned per dimension, or exactly N(0, prior_std²) (a constant of the
+        config, so σ_ψ is the same number in every precision and for every latent)."""
+        if self.config.prior == "learned":
+            return self.prior_mean, self.prior_log_std
+        return like.new_zeros(()), like.new_full((), math.log(self.config.prior_std))
 
     # ------------------------------------------------------------------------------ density
-    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """x̃ -> (latents, log p_z(f(x̃)), log|det ∂f/∂x̃|); latents listed per split, then the top."""
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """x̃ -> (latents, density terms, log|det ∂f/∂x̃|); latents listed per split, then the top.
+
+        The density terms are log p(z_i | ·) for ``split1``, ``split2``, … and log p(z_top) for ``top``;
+        their sum is log p_z(f(x̃)).
+        """
         check_images(x, self.config.shape)
         h = x - 0.5
-        density = h.new_zeros(h.shape[0])
         volume = h.new_zeros(h.shape[0])
-        zs = []
+        zs, terms = [], {}
         for i, steps in enumerate(self.levels):
             h, _ = self.squeeze(h)
             for step in steps:
@@ -86,11 +103,10 @@ class Glow(nn.Module):
             if i < len(self.splits):
                 split = self.splits[i]
                 zs.append(h[:, split.n_keep:])
-                h, log_pz = split(h)
-                density = density + log_pz
+                h, terms[f"split{i + 1}"] = split(h)
         zs.append(h)
-        density = density + gaussian_log_density(h, self.prior_mean, self.prior_log_std)
-        return zs, density, volume
+        terms["top"] = gaussian_log_density(h, *self.top_prior(h))
+        return zs, terms, volume
 
     def decode(self, zs: list[torch.Tensor | None], temperature: float = 1.0) -> torch.Tensor:
         """Inverse of ``encode``; a ``None`` latent is sampled from its prior at ``temperature``."""
@@ -103,27 +119,27 @@ class Glow(nn.Module):
             h = self.squeeze.inverse(h)
         return h + 0.5
 
-    def log_prob_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(density, volume) = (log p_z(f(x̃)), log|det ∂f/∂x̃|), nats per image."""
-        _, density, volume = self.encode(x)
-        return density, volume
-
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Dequantise uint8 images and return log p(x̃) (``log_px``) with its density and volume parts."""
+        """Dequantise uint8 images; log p(x̃) (``log_px``), its ``density`` and ``volume`` parts, and the
+        density's terms per latent (``latent_split1``, …, ``latent_top``)."""
         dtype = next(self.parameters()).dtype
-        density, volume = self.log_prob_parts(dequantize(x, generator, dtype))
-        return {"log_px": density + volume, "density": density, "volume": volume}
+        _, terms, volume = self.encode(dequantize(x, generator, dtype))
+        density = sum(terms.values())
+        return {"log_px": density + volume, "density": density, "volume": volume,
+                **{f"latent_{k}": v for k, v in terms.items()}}
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x̃) in nats per image, for dequantised x̃ ∈ [0,1)^D."""
-        density, volume = self.log_prob_parts(x)
-        return density + volume
+        _, terms, volume = self.encode(x)
+        return sum(terms.values()) + volume
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """n samples x̃ (not clipped) at prior temperature T."""
-        mean = self.prior_mean.expand(n, *self.top_shape)
-        top = mean + temperature * torch.exp(self.prior_log_std) * torch.randn_like(mean)
+        like = next(self.parameters())
+        mean, log_std = self.top_prior(like)
+        top = mean + temperature * torch.exp(log_std) * torch.randn(n, *self.top_shape, dtype=like.dtype,
+                                                                    device=like.device)
         return self.decode([None] * len(self.splits) + [top], temperature)
 
     # ------------------------------------------------------------------------------ theory
@@ -133,13 +149,13 @@ class Glow(nn.Module):
         return self.config.coupling == "additive"
 
     def linear_path(self) -> Glow:
-        """A copy whose coupling networks and split priors output zero: f becomes linear
-        (actnorm and 1×1 convs only) and every latent Gaussian with fixed parameters."""
+        """A copy whose coupling networks output zero and whose split latents are N(0, σ_ψ²), σ_ψ =
+        ``config.prior_std`` (the top prior is kept): f becomes the linear map of the actnorms and 1×1 convs,
+        and log p a quadratic in x̃."""
         lin = copy.deepcopy(self).eval()
         for module in lin.modules():
             if hasattr(module, "net"):
                 module.net.off = True
         for split in lin.splits:
-            for p in split.prior.parameters():
-                nn.init.zeros_(p)
+            split.fix_prior(self.config.prior_std)
         return lin

@@ -218,15 +218,26 @@ def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Ten
 class Split(nn.Module):
     """Factor out half the channels: x = (z_keep, z_out), z_out ~ N(μ(z_keep), σ(z_keep)²).
 
+    ``fixed_std=None``: μ and log σ come from a zero-initialised 3×3 conv of z_keep (Glow's learned
+    conditional prior); ``fixed_std=σ_ψ``: z_out ~ N(0, σ_ψ²), the one Gaussian latent of the paper's analysis.
     ``forward`` returns (z_keep, log p(z_out | z_keep)): a density term, not a volume term.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, fixed_std: float | None = None) -> None:
         super().__init__()
         self.n_keep = channels // 2
-        self.prior = ZeroConv2d(self.n_keep, 2 * (channels - self.n_keep))
+        self.n_out = channels - self.n_keep
+        self.fixed_std = fixed_std
+        self.prior = None if fixed_std is not None else ZeroConv2d(self.n_keep, 2 * self.n_out)
+
+    def fix_prior(self, std: float) -> None:
+        """Replace the conditional prior by N(0, std²) (its parameters are dropped)."""
+        self.prior, self.fixed_std = None, std
 
     def _params(self, z_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prior is None:
+            mean = z_keep.new_zeros(z_keep.shape[0], self.n_out, *z_keep.shape[2:])
+            return mean, torch.full_like(mean, math.log(self.fixed_std))
         h = self.prior(z_keep)
         return h[:, 0::2], h[:, 1::2]
 

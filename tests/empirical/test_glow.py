@@ -1,5 +1,7 @@
 """Whole Glow / CV-Glow models: invertibility, exact log-det, constant volume, sampling, shape errors."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -22,7 +24,9 @@ def _model(c, size, levels, coupling, lu, seed, prior="learned"):
 def test_glow_round_trip_and_exact_logdet(c, levels, coupling, lu, seed):
     model = _model(c, 4, levels, coupling, lu, seed)
     x = torch.rand(2, c, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    zs, density, volume = model.encode(x)
+    zs, terms, volume = model.encode(x)
+    density = sum(terms.values())
+    assert set(terms) == {*(f"split{i}" for i in range(1, levels)), "top"}
     assert (model.decode(zs) - x).abs().max() < 1e-10
     # log p = density + volume; volume must be log|det| of the map x -> all latents
     def flat_latents(v):
@@ -50,11 +54,13 @@ def test_affine_glow_volume_depends_on_input():
     assert volume.std() > 1e-6
 
 
-def test_fixed_prior_is_a_buffer_with_the_given_std():
-    cfg = GlowConfig((1, 8, 8), 2, 1, 8, coupling="additive", prior="fixed", prior_std=0.5)
-    model = Glow(cfg)
-    assert "prior_log_std" not in dict(model.named_parameters())
-    assert torch.allclose(model.prior_log_std.exp(), torch.tensor(0.5))
+def test_fixed_prior_is_exactly_the_given_normal_in_any_precision():
+    cfg = GlowConfig((1, 8, 8), 2, 1, 8, coupling="additive", prior="fixed", prior_std=0.3)
+    model = Glow(cfg).double()
+    assert not any("prior" in name for name, _ in model.named_parameters() if not name.startswith("splits"))
+    z = torch.randn(4, *model.top_shape, dtype=torch.float64)
+    mean, log_std = model.top_prior(z)
+    assert log_std.item() == math.log(0.3) and mean.item() == 0.0
 
 
 def test_sample_shape_and_inverse_consistency():

@@ -1,6 +1,7 @@
 """Predictions against exact answers: linear Gaussian flows, brute-force Hessians, signs."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,11 +17,12 @@ from theory.predict import (
     closed_form,
     derived_coefficients,
     linear_path_curvature,
+    monte_carlo,
     paper_coefficients,
-    second_order,
+    predict,
     taylor_gap,
 )
-from theory.statistics import DatasetStats
+from theory.quadratic import Moments, exact_quadratic
 
 
 class LinearGaussianFlow(torch.nn.Module):
@@ -29,6 +31,7 @@ class LinearGaussianFlow(torch.nn.Module):
     def __init__(self, a: torch.Tensor, b: torch.Tensor, sigma: float, shape):
         super().__init__()
         self.a, self.b, self.sigma, self.shape = torch.nn.Parameter(a), b, sigma, shape
+        self.config = SimpleNamespace(shape=shape)
 
     def log_prob(self, x):
         z = x.flatten(1) @ self.a.T + self.b
@@ -76,6 +79,11 @@ def test_linear_gaussian_flow_second_order_is_exact(seed, sigma):
     mc = taylor_gap(flow, x0, xp.view(-1, *shape) - x0, xq.view(-1, *shape) - x0, mu_p, mu_q)
     assert abs(mc["gap_nats"] - exact) < 5 * mc["stderr"] + 1e-9
 
+    # the exact Hessian with the exact moments needs no samples at all
+    quad = exact_quadratic(flow, x0.numpy())
+    gap = quad.gap(Moments(mu_p.numpy(), (l_p @ l_p.T).numpy(), 1), Moments(mu_q.numpy(), (l_q @ l_q.T).numpy(), 1))
+    assert gap["gap_nats"] == pytest.approx(exact, rel=1e-9, abs=1e-9)
+
 
 def _cvglow(seed, levels=2, prior_std=1.0, couplings_off=True):
     cfg = GlowConfig((1, 4, 4), levels=levels, steps=2, hidden=4, coupling="additive", prior="fixed",
@@ -87,14 +95,15 @@ def _cvglow(seed, levels=2, prior_std=1.0, couplings_off=True):
                 torch.nn.init.zeros_(module.net.out.conv.weight)
                 torch.nn.init.zeros_(module.net.out.conv.bias)
         for split in model.splits:
-            for p in split.prior.parameters():
-                torch.nn.init.zeros_(p)
+            split.fix_prior(prior_std)  # the paper's class: every latent N(0, σ_ψ²)
     return model
 
 
-def _stats(var, seed):
+def _moments(var_pixels, seed):
+    """Moments (model space) with random means and the given per-dimension pixel variances, diagonal covariance."""
     rng = np.random.default_rng(seed)
-    return DatasetStats(rng.uniform(0, 255, var.shape), var, 100)
+    mean = (rng.uniform(0, 255, var_pixels.size) + 0.5) / 256
+    return Moments(mean, np.diag(np.ravel(var_pixels)) / 256**2, 100)
 
 
 @settings(max_examples=8, deadline=None)
@@ -106,7 +115,7 @@ def test_closed_form_equals_brute_force_hessian(seed, prior_std):
     hess = torch.autograd.functional.hessian(lambda v: model.log_prob(v.view(1, 1, 4, 4))[0],
                                              torch.rand(16, dtype=torch.float64))
     brute = 0.5 * float((torch.diagonal(hess).numpy() * (var_q - var_p).ravel() / 256**2).sum())
-    got = closed_form(model, _stats(var_q, 1), _stats(var_p, 2))["gap_nats"]
+    got = closed_form(model, _moments(var_p, 2), _moments(var_q, 1))["gap_nats"]
     assert got == pytest.approx(brute, rel=1e-7, abs=1e-9)
 
 
@@ -121,7 +130,7 @@ def test_closed_form_from_conv_weights_matches_linear_path(seed, prior_std):
     assert torch.allclose(per_channel, derived_coefficients(model)[:, None].expand_as(per_channel), rtol=1e-8)
 
 
-def test_paper_coefficients_agree_only_without_channel_mixing():
+def test_paper_coefficients_agree_without_channel_mixing():
     model = _cvglow(0, levels=1)
     assert not torch.allclose(paper_coefficients(model), derived_coefficients(model), rtol=1e-3)
     with torch.no_grad():
@@ -132,13 +141,30 @@ def test_paper_coefficients_agree_only_without_channel_mixing():
     assert torch.allclose(paper_coefficients(model), derived_coefficients(model), rtol=1e-10)
 
 
+def test_diagonal_maps_are_sufficient_not_necessary_permutations_also_agree():
+    """Pure permutations move channels, yet both coefficients are 1 for every channel."""
+    model = _cvglow(1, levels=1)
+    perms = [torch.eye(4)[[1, 0, 3, 2]], torch.eye(4)[[2, 3, 1, 0]]]
+    with torch.no_grad():
+        for step, perm in zip(model.levels[0], perms, strict=True):
+            step.invconv.lower.zero_()
+            step.invconv.upper.zero_()
+            step.invconv.log_s.zero_()
+            step.invconv.sign_s.fill_(1.0)
+            step.invconv.perm.copy_(perm)
+            step.actnorm.log_scale.zero_()
+    assert not torch.allclose(model.levels[0][0].invconv.matrix(), torch.eye(4, dtype=torch.float64))
+    ones = torch.ones(4, dtype=torch.float64)
+    assert torch.allclose(paper_coefficients(model), ones) and torch.allclose(derived_coefficients(model), ones)
+
+
 def test_signs_lower_variance_wins_and_swapping_flips():
     model = _cvglow(5)
     high, low = np.full((1, 4, 4), 3000.0), np.full((1, 4, 4), 1000.0)
-    s_high, s_low = _stats(high, 0), _stats(low, 1)
-    lower_q = closed_form(model, s_low, s_high)["gap_nats"]
+    s_high, s_low = _moments(high, 0), _moments(low, 1)
+    lower_q = closed_form(model, s_high, s_low)["gap_nats"]
     assert lower_q > 0  # q has lower variance -> higher predicted likelihood
-    assert closed_form(model, s_high, s_low)["gap_nats"] == pytest.approx(-lower_q)
+    assert closed_form(model, s_low, s_high)["gap_nats"] == pytest.approx(-lower_q)
 
 
 def test_exact_second_order_swaps_sign():
@@ -147,26 +173,28 @@ def test_exact_second_order_swaps_sign():
     a = rng.integers(60, 200, (50, 1, 4, 4), dtype=np.uint8)
     b = rng.integers(100, 156, (50, 1, 4, 4), dtype=np.uint8)
     x0 = np.full((1, 4, 4), 128.0)
-    fwd = second_order(model, a, b, x0, n_samples=50)["exact_second_order"]
-    rev = second_order(model, b, a, x0, n_samples=50)["exact_second_order"]
+    fwd = predict(model, x0, a, b, n_samples=50)["exact_second_order"]
+    rev = predict(model, x0, b, a, n_samples=50)["exact_second_order"]
     assert rev["gap_nats"] == pytest.approx(-fwd["gap_nats"], rel=1e-9)
     assert fwd["gap_nats"] > 0  # b has lower variance around the same centre
+    mc_fwd, mc_rev = fwd["monte_carlo"], rev["monte_carlo"]  # all 50 images: the same swap, same sign
+    assert mc_rev["gap_nats"] == pytest.approx(-mc_fwd["gap_nats"], rel=1e-9) and mc_fwd["gap_nats"] > 0
 
 
 def test_closed_form_refuses_affine_glow():
     cfg = GlowConfig((1, 4, 4), levels=1, steps=1, hidden=4, coupling="affine")
     with pytest.raises(TheoryError, match="constant-volume"):
-        closed_form(Glow(cfg), _stats(np.ones((1, 4, 4)), 0), _stats(np.ones((1, 4, 4)), 1))
+        closed_form(Glow(cfg), _moments(np.ones((1, 4, 4)), 0), _moments(np.ones((1, 4, 4)), 1))
 
 
 def test_graying_prediction_is_exact_for_a_quadratic_model():
-    """For the linear path (log p quadratic) the graying curve equals a direct Taylor evaluation."""
+    """For the linear path (log p quadratic) the graying curve equals a direct evaluation."""
     model = _cvglow(3).linear_path()
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
     x0 = imgs.mean(0)
     alphas = [0.0, 0.5, 1.0]
-    curve = second_order(model, imgs, imgs, x0, n_samples=40, alphas=alphas)["graying"]
+    curve = predict(model, x0, imgs, imgs, gray_images=imgs, n_samples=40, alphas=alphas)["graying"]
     with torch.no_grad():
         base = model.log_prob((torch.from_numpy(imgs).double() + 0.5) / 256).mean()
         for a, pred in zip(alphas, curve, strict=True):
@@ -190,3 +218,16 @@ def test_averaged_curvature_matches_autograd_on_a_quadratic_model():
     quad_q, quad_p = (torch.einsum("bi,ij,bj->b", v, hess, v) for v in (vq, vp))
     expected = float(g_bar @ (mu_q - mu_p).flatten() + 0.5 * (quad_q - quad_p).mean())
     assert got["gap_nats"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_monte_carlo_over_every_image_is_the_exact_second_order():
+    """Sampling all N images (without replacement) makes the Monte Carlo mean the exact finite-set value."""
+    model = _cvglow(11, couplings_off=False)
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (30, 1, 4, 4), dtype=np.uint8)
+    b = rng.integers(40, 200, (30, 1, 4, 4), dtype=np.uint8)
+    x0 = a.mean(0)
+    exact = predict(model, x0, a, b, n_samples=30)["exact_second_order"]
+    assert exact["monte_carlo"]["gap_nats"] == pytest.approx(exact["gap_nats"], rel=1e-9)
+    sub = monte_carlo(model, a, b, x0, n_samples=12, seed=3)["monte_carlo"]
+    assert abs(sub["gap_nats"] - exact["gap_nats"]) < 4 * sub["stderr"]

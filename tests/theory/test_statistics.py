@@ -1,10 +1,11 @@
-"""Streamed float64 moments equal numpy's; caching; mean-difference diagnostic."""
+"""Streamed float64 moments equal numpy's (both normalisations); model-space moments; mean differences."""
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.statistics import cached_stats, compute_stats, mean_difference
+from theory.quadratic import Moments
+from theory.statistics import compute_stats, mean_difference
 
 
 @settings(max_examples=20, deadline=None)
@@ -14,20 +15,19 @@ def test_streamed_moments_equal_numpy(n, batch, seed):
     s = compute_stats(x, batch_size=batch, full_cov=True)
     assert np.allclose(s.mean, x.mean(0)) and np.allclose(s.var, x.var(0, ddof=1))
     assert np.allclose(s.cov, np.cov(x.reshape(n, -1).T.astype(np.float64)))
-    assert np.allclose(s.channel_sums()["var"], x.var(0, ddof=1).sum(axis=(1, 2)))
+    s0 = compute_stats(x, batch_size=batch, full_cov=True, ddof=0)
+    assert np.allclose(s0.var, x.var(0)) and np.allclose(s0.cov, np.cov(x.reshape(n, -1).T.astype(np.float64),
+                                                                         bias=True))
 
 
-def test_model_space_adds_dequantisation_variance():
+def test_model_space_moments_and_dequantisation_variance():
     x = np.random.default_rng(0).integers(0, 256, (30, 1, 2, 2), dtype=np.uint8)
-    mean, var = compute_stats(x).model_space()
-    assert np.allclose(mean, (x.mean(0) + 0.5) / 256) and np.allclose(var, (x.var(0, ddof=1) + 1 / 12) / 256**2)
-
-
-def test_cache_round_trip(tmp_path):
-    x = np.random.default_rng(0).integers(0, 256, (10, 1, 2, 2), dtype=np.uint8)
-    a = cached_stats(x, "t", tmp_path)
-    b = cached_stats(x, "t", tmp_path)
-    assert len(list(tmp_path.glob("stats-t-*.npz"))) == 1 and np.array_equal(a.var, b.var)
+    m = Moments.of_images(x)
+    centres = (x.reshape(30, -1).astype(np.float64) + 0.5) / 256
+    assert np.allclose(m.mean, centres.mean(0)) and np.allclose(m.cov, np.cov(centres.T, bias=True))
+    assert np.allclose(m.dequantised().var, x.reshape(30, -1).var(0) / 256**2 + 1 / (12 * 256**2))
+    gray = m.blend(0.25, 0.5)
+    assert np.allclose(gray.mean, 0.25 * m.mean + 0.375) and np.allclose(gray.cov, m.cov / 16)
 
 
 def test_mean_difference_per_channel():

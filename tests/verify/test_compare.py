@@ -31,17 +31,40 @@ def _check_schema(res: dict) -> None:
     assert cf is None or isinstance(cf["gap_nats"], float)
     assert res["agreement"]["sign_closed_form"] in (True, False, None)
     if res["model"] in ("glow", "cvglow"):
-        assert isinstance(exact["gap_nats"], float) and isinstance(exact["stderr"], float)
+        assert isinstance(exact["gap_nats"], float) and isinstance(exact["monte_carlo"]["stderr"], float)
+        assert exact["gap_nats"] == pytest.approx(exact["gradient_term"] + exact["trace_term"] + exact["mean_term"])
         assert isinstance(res["agreement"]["sign_exact_second_order"], bool)
         for k in ("in_test", "out_test"):
             assert {"density_nats", "volume_nats"} <= set(res["decomposition"][k])
+        _check_ledger(res)
     else:  # no differentiable log-density: predictions are null and say why
         assert exact is None and res["decomposition"] is None and res["prediction"]["note"]
+        assert res["ledger"] is None
     assert len(res["figures"]) == (4 if res["model"] in ("glow", "cvglow") else 3)
     for fig in res["figures"]:
         with open(fig, "rb") as f:
             assert f.read(8) == PNG_MAGIC
         assert imread(fig).shape[0] > 100
+
+
+def _check_ledger(res: dict) -> None:
+    rows = res["ledger"]["rows"]
+    chain = {r["row"]: r for r in rows if r["row"] != 2}
+    assert sorted(chain) == [1, 3, 4, 5, 6, 7]
+    assert chain[1]["gap_nats"] == pytest.approx(res["gap_nats"])
+    assert chain[3]["gap_nats"] == pytest.approx(res["prediction"]["exact_second_order"]["gap_nats"])
+    terms = [r for r in rows if r["row"] == 2]
+    assert {r["key"] for r in terms} >= {"latent_top", "volume"}
+    scale = max(abs(res["summary"][k][f"{p}_nats"]["mean"]) for k in ("in_test", "out_test")
+                for p in ("density", "volume"))  # per-image sums are float32: rounding ~1e-7 of the terms' size
+    assert sum(r["gap_nats"] for r in terms) == pytest.approx(res["gap_nats"], abs=1e-5 * scale)
+    if res["model"] == "cvglow":
+        assert chain[6]["gap_nats"] == pytest.approx(res["prediction"]["closed_form"]["gap_nats"], rel=1e-8)
+        check = res["linear_path_check"]
+        assert check["abs_diff"] < 1e-6 * max(1.0, abs(check["direct_nats"]))
+        assert res["ledger"]["summary"].startswith("The step that moves the number most is row")
+    else:
+        assert all(chain[r]["gap_nats"] is None for r in (4, 5, 6, 7))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +86,27 @@ def test_fashionmnist_mnist_smoke_end_to_end(smoke_run):
     assert res["n_images"] == {"in_train": 200.0, "in_test": 200.0, "out_test": 200.0}
     report = (out / "report.md").read_text()
     assert "Verdict" in report and "Provenance" in report and "commit" in report
+    assert "## Assumption ledger" in report and "not the paper's class" in report
     assert not res["plumbing"]
+
+
+def test_paper_model_class_with_fixed_split_priors(smoke_run):
+    tmp, _, _ = smoke_run
+    out = tmp / "paper-class"
+    assert compare("fashionmnist", "mnist", "--preset", "smoke", "--split-prior", "fixed", "--runs-dir",
+                   str(tmp / "runs"), "--out", str(out), "--data-dir", str(SHARED_DATA)) == 0
+    res = json.loads((out / "results.json").read_text())
+    _check_schema(res)
+    assert "the paper's model class" in res["model_class"] and "splitfixed" in res["checkpoint"]
+    row4 = next(r for r in res["ledger"]["rows"] if r["row"] == 4)
+    assert row4["adds"] == ["linear_path"]  # the Gaussian latent already holds exactly
+
+
+def test_split_prior_is_for_flows_only(smoke_run, capsys):
+    tmp, _, _ = smoke_run
+    assert compare("fashionmnist", "mnist", "--preset", "smoke", "--model", "vae", "--split-prior", "fixed",
+                   "--runs-dir", str(tmp / "runs"), "--data-dir", str(SHARED_DATA)) == 2
+    assert "flows" in capsys.readouterr().err
 
 
 def test_cached_model_is_reused_and_synthetic_out_sets(smoke_run, capsys):
@@ -156,3 +199,18 @@ def test_verdict(gap, se, preds, expect):
         assert text in line
 
 
+
+
+def test_theory_predict_cli_prints_the_ledger(smoke_run, tmp_path, capsys):
+    from theory.predict import main as predict_main
+
+    _, _, res = smoke_run
+    out = tmp_path / "pred.json"
+    assert run_cli(predict_main, ["fashionmnist", "mnist", "--checkpoint", res["checkpoint"], "--samples", "8",
+                                  "--data-dir", str(SHARED_DATA), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "diagonal_covariance" in printed and "moves the number most" in printed
+    pred = json.loads(out.read_text())
+    assert [r["row"] for r in pred["ledger_rows"]] == [3, 4, 5, 6, 7]
+    row6 = next(r for r in pred["ledger_rows"] if r["row"] == 6)  # whole test sets here, so compare row 6 to the
+    assert row6["gap_nats"] == pytest.approx(pred["closed_form"]["gap_nats"], rel=1e-8)  # closed form on them
