@@ -1,21 +1,25 @@
-"""Atomic checkpoints (temp file + rename) with hyperparameters saved beside them as JSON."""
+"""Checkpoints, written atomically (empirical.atomic) and read safely: ``torch.load(weights_only=True)`` loads
+tensors and plain data only, never code."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
+import pickle
+import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from empirical.atomic import atomic_write
 from empirical.errors import CheckpointError
 from empirical.models import build_model
 
 FORMAT = 1
 _PACKAGE = Path(__file__).resolve().parent
+
+
+class CorruptCheckpoint(CheckpointError):
+    """The file is there and readable but is not a valid dgm-ood checkpoint (as opposed to unreadable)."""
 
 
 def code_version() -> str:
@@ -27,50 +31,72 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically."""
-    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def save_checkpoint(path: Path, payload: dict) -> None:
     """torch.save to a temp file in the same folder, fsync, rename: a crash never leaves half a file."""
-    _atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **payload}, f))
+    atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
 def load_checkpoint(path: Path) -> dict:
-    """The checkpoint's payload, or a CheckpointError naming the file and the problem."""
+    """The checkpoint's payload; a CheckpointError if the file is missing or unreadable, a CorruptCheckpoint
+    if its bytes are not a dgm-ood checkpoint (including any pickle that would run code)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with open(path, "rb") as f:
+            payload = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused:
+            raise CorruptCheckpoint(f"refused to load {path}: it names {refused.group(1)}, and a dgm-ood checkpoint "
+                                    f"holds only tensors and plain data (weights_only; nothing in it was run)") from err
+        detail = [line for line in str(err).splitlines() if line.strip()]
+        why = detail[-2] if len(detail) > 2 and "weights only" in detail[0].lower() else detail[0] if detail else ""
+        raise CorruptCheckpoint(f"corrupt checkpoint {path}: not a readable torch file ({why.strip()})") from err
     except Exception as err:  # torch raises many types on corrupt files
-        raise CheckpointError(f"corrupt checkpoint {path}: {err}") from err
+        raise CorruptCheckpoint(f"corrupt checkpoint {path}: {str(err).splitlines()[0] if str(err) else err!r}") \
+            from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model_state" not in payload:
-        raise CheckpointError(f"{path} is not a dgm-ood checkpoint (format {FORMAT})")
+        raise CorruptCheckpoint(f"{path} is not a dgm-ood checkpoint (format {FORMAT})")
     return payload
 
 
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in a state dict that hold NaN or ±inf."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def _mismatch(path: Path, ours: dict, theirs: dict) -> str:
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    shapes = [k for k in ours if k in theirs and tuple(ours[k].shape) != tuple(theirs[k].shape)]
+    parts = [f"{len(v)} {what} (first {v[0]}{shape})" for v, what, shape in (
+        (missing, "tensors missing", ""), (unexpected, "unexpected tensors", ""),
+        (shapes, "shapes differ", f": {tuple(theirs[shapes[0]].shape)} vs {tuple(ours[shapes[0]].shape)}"
+         if shapes else "")) if v]
+    return f"checkpoint {path} does not match the model its config describes: " + "; ".join(parts)
+
+
 def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model of a checkpoint in eval mode; returns (model, payload)."""
+    """Rebuild the model of a checkpoint in eval mode; returns (model, payload). Refuses non-finite weights."""
     payload = load_checkpoint(path)
     try:
         model = build_model(payload["model"], payload["model_config"])
-        model.load_state_dict(payload["model_state"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} does not fit the current model code: {err}") from err
+    except (TypeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} has a model config the current code cannot build: {err}") from err
+    state = payload["model_state"]
+    if not isinstance(state, dict) or set(state) != set(model.state_dict()) or any(
+            tuple(v.shape) != tuple(state[k].shape) for k, v in model.state_dict().items()):
+        raise CheckpointError(_mismatch(path, model.state_dict(), state if isinstance(state, dict) else {}))
+    bad = non_finite_tensors(state)
+    if bad:
+        n_bad = sum(int((~torch.isfinite(state[k])).sum()) for k in bad)
+        total = sum(v.numel() for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({n_bad} of {total} values are NaN or "
+                              f"inf, in {len(bad)} tensors, first {bad[0]}); it cannot give a likelihood")
+    model.load_state_dict(state)
     return model.eval(), payload

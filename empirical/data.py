@@ -1,8 +1,11 @@
 """Datasets in their official formats: registry, readers, root lookup, validation, caching.
 
-Every loader returns uint8 images N×C×H×W and int64 labels. Files may be plain, ``.gz`` or ``.xz``.
-Roots are searched in this order: explicit ``data_dir`` (``--data-dir``), ``$DGM_OOD_DATA``,
-``<repo>/data``, ``<repo>/../shared/data``.
+Every loader returns a ``Split``: uint8 images N×C×H×W, int64 labels and the source files read (path, size,
+SHA-256). Files may be plain, ``.gz`` or ``.xz``. The root is an explicit ``data_dir`` (``--data-dir``) alone,
+else ``$DGM_OOD_DATA`` alone, else ``<repo>/data`` then ``<repo>/../shared/data``: an explicit root that
+lacks the dataset is an error, never a silent fallback. CIFAR pickles go through a restricted unpickler
+(numpy arrays and plain containers only); decoded arrays are cached under a hash of the source bytes and
+verified on every load.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import io
 import lzma
 import os
 import pickle
+import sys
 import tarfile
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from empirical.atomic import atomic_write
 from empirical.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +69,27 @@ DATASETS: dict[str, Dataset] = {
                             "idx", "FashionMNIST"),
 }
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CACHE_FORMAT = b"dgm-ood decoded arrays v2"  # part of every cache key: bump when a reader's output changes
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file a split was read from, as it was on disk."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Split(NamedTuple):
+    """A loaded split: images N×C×H×W uint8, labels int64, and the files it came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    files: tuple[SourceFile, ...]
 
 
 def dataset_info(name: str) -> Dataset:
@@ -80,14 +108,21 @@ def display_name(name: str) -> str:
 
 # --------------------------------------------------------------------------------------- roots
 def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Roots in lookup order: explicit, $DGM_OOD_DATA, <repo>/data, <repo>/../shared/data."""
-    roots = []
+    """The roots to search: an explicit ``data_dir`` alone, else $DGM_OOD_DATA alone, else <repo>/data and
+    <repo>/../shared/data. What a user names must hold the data: it is never silently passed over."""
     if data_dir is not None:
-        roots.append(Path(data_dir))
+        return [Path(data_dir)]
     if os.environ.get("DGM_OOD_DATA"):
-        roots.append(Path(os.environ["DGM_OOD_DATA"]))
-    roots += [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
-    return roots
+        return [Path(os.environ["DGM_OOD_DATA"])]
+    return [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+
+
+def _root_origin(data_dir: str | os.PathLike | None) -> str:
+    if data_dir is not None:
+        return f"the data directory given (--data-dir {data_dir})"
+    if os.environ.get("DGM_OOD_DATA"):
+        return f"$DGM_OOD_DATA={os.environ['DGM_OOD_DATA']}"
+    return ""
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -118,12 +153,18 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None) -> 
     wanted = ", ".join(info.files[split])
     hint = ""
     if name == "svhn":
-        hint = (f" SVHN is not in the offline mirror: put the official {info.files[split][0]} "
+        hint = (f"; SVHN is not in the offline mirror: put the official {info.files[split][0]} "
                 f"(from http://ufldl.stanford.edu/housenumbers/) in <data-dir>/svhn/, or pass "
-                f"download=True (--download) on a machine with a network.")
-    where = "\n  ".join(str(p) for p in dict.fromkeys(searched))
-    raise DataError(f"{info.display} {split} split not found: need {wanted} (plain, .gz or .xz); "
-                    f"searched:\n  {where}\n{hint}".rstrip())
+                f"download=True (--download) on a machine with a network")
+    where = ", ".join(str(p) for p in dict.fromkeys(searched))
+    origin = _root_origin(data_dir)
+    if origin:
+        root = candidate_roots(data_dir)[0]
+        state = "does not exist" if not root.exists() else "is not a folder" if not root.is_dir() else \
+            "does not hold it"
+        hint = f"; {origin} {state}, and it is used alone (no fallback to other roots)" + hint
+    raise DataError(f"{info.display} {split} split not found: need {wanted} (plain, .gz or .xz) in one of: "
+                    f"{where}{hint}")
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -137,13 +178,36 @@ def read_bytes(path: Path) -> bytes:
             with lzma.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, lzma.LZMAError) as err:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
         raise DataError(f"corrupt or truncated file {path}: {err}") from err
+
+
+# What the official CIFAR python files (and numpy's own pickles of uint8 arrays) need, and nothing else.
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                   ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dicts, lists, bytes and numbers only: a file naming any other global (a function
+    to call, such as os.system) is refused before anything runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _RefusedGlobal(f"{module}.{name}")
 
 
 def _unpickle(raw: bytes, source: str) -> dict:
     try:
-        obj = pickle.loads(raw, encoding="bytes")
+        obj = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except _RefusedGlobal as err:
+        raise DataError(f"refused to unpickle {source}: it names {err}, which no CIFAR file contains "
+                        f"(only numpy arrays and plain containers are loaded)") from err
     except Exception as err:  # pickle raises many types on corrupt input
         raise DataError(f"corrupt CIFAR pickle {source}: {err}") from err
     if not isinstance(obj, dict) or b"data" not in obj:
@@ -151,12 +215,26 @@ def _unpickle(raw: bytes, source: str) -> dict:
     return obj
 
 
+def _cifar_labels(labels: object, source: str) -> np.ndarray:
+    if isinstance(labels, np.ndarray) and np.issubdtype(labels.dtype, np.integer) and labels.ndim == 1:
+        return labels.astype(np.int64)
+    if isinstance(labels, list) and all(type(v) is int for v in labels):
+        return np.asarray(labels, dtype=np.int64)
+    raise DataError(f"{source}: labels must be a list of ints, got {type(labels).__name__}"
+                    + (f" of {type(labels[0]).__name__}" if isinstance(labels, list) and labels else ""))
+
+
 def _cifar_arrays(batch: dict, source: str) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    data = batch[b"data"]
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"{source}: b'data' is a {type(data).__name__}, expected a uint8 numpy array")
+    if data.dtype != np.uint8:
+        raise DataError(f"{source}: pixel data are {data.dtype}, expected uint8 (0..255); refusing to convert "
+                        f"(a cast would wrap or truncate values)")
     labels = batch.get(b"labels", batch.get(b"fine_labels"))
     if labels is None:
         raise DataError(f"{source} has neither b'labels' nor b'fine_labels'")
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _cifar_labels(labels, source)
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         raise DataError(f"{source}: expected data N×3072 with N labels, got data {data.shape} "
                         f"and {labels.shape[0]} labels")
@@ -229,8 +307,10 @@ def read_svhn(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
         raise DataError(f"{path}: expected X 32×32×3×N and y N×1, got X {x.shape}, y {y.shape}")
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: pixel data are {x.dtype}, expected uint8 (0..255); refusing to convert")
     y[y == 10] = 0
-    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8), y
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
 
 
 READERS: dict[str, Callable[[list[Path], str], tuple[np.ndarray, np.ndarray]]] = {
@@ -244,31 +324,65 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DGM_OOD_CACHE", Path.home() / ".cache" / "dgm-ood"))
 
 
-def _cache_key(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
+def _hash_sources(paths: list[Path]) -> tuple[str, tuple[SourceFile, ...]]:
+    """SHA-256 of every source file (streamed) and one digest over them all, the cache key."""
+    overall = hashlib.sha256(CACHE_FORMAT)
+    files = []
+    for path in paths:
+        h, size = hashlib.sha256(), 0
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    size += len(chunk)
+        except OSError as err:
+            raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+        files.append(SourceFile(str(path.resolve()), size, h.hexdigest()))
+        overall.update(path.name.encode() + b"\0" + h.digest())
+    return overall.hexdigest(), tuple(files)
 
 
-def _save_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256(str((images.dtype, images.shape, labels.dtype, labels.shape)).encode())
+    h.update(np.ascontiguousarray(images).data)
+    h.update(np.ascontiguousarray(labels).data)
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, source_digest: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays if the entry is intact and belongs to these source bytes, else None (rebuild)."""
+    if not path.is_file():
+        return None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, path)
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+            recorded_source, recorded_arrays = str(z["source_sha256"]), str(z["arrays_sha256"])
+    except Exception as err:  # a damaged .npz raises many types
+        print(f"warning: unreadable cache entry {path} ({type(err).__name__}); rebuilding it", file=sys.stderr)
+        return None
+    if recorded_source != source_digest or recorded_arrays != _arrays_digest(images, labels):
+        print(f"warning: cache entry {path} does not match its source files; rebuilding it", file=sys.stderr)
+        return None
+    return images, labels
+
+
+def _save_cache(path: Path, source_digest: str, images: np.ndarray, labels: np.ndarray) -> None:
+    arrays = dict(images=images, labels=labels, source_sha256=np.array(source_digest),
+                  arrays_sha256=np.array(_arrays_digest(images, labels)))
+    try:
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError:
         pass  # a read-only cache only costs speed
 
 
 # --------------------------------------------------------------------------------------- load
 def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
-         allow_nonstandard: bool = False, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images N×C×H×W and int64 labels of an official split, validated.
+         allow_nonstandard: bool = False, use_cache: bool = True) -> Split:
+    """uint8 images N×C×H×W, int64 labels and the files read, of an official split, validated.
 
     ``allow_nonstandard`` accepts well-formed files whose image count differs from the official one
-    (tests' small files; runs on them are plumbing, not results).
+    (tests' small files; runs on them are plumbing, not results). The decoded arrays are cached under the
+    SHA-256 of the source bytes; an entry that fails its checksum or validation is rebuilt from the source.
     """
     info = dataset_info(name)
     try:
@@ -278,20 +392,18 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *, do
             raise
         _download(name, split, data_dir)
         paths = locate(name, split, data_dir)
-    cached = cache_dir() / f"{name}-{split}-{_cache_key(paths)}.npz"
-    if use_cache and cached.is_file():
+    digest, files = _hash_sources(paths)
+    cached = cache_dir() / f"{name}-{split}-{digest[:24]}.npz"
+    if use_cache and (arrays := _read_cache(cached, digest)) is not None:
         try:
-            with np.load(cached) as z:
-                images, labels = z["images"], z["labels"]
-        except Exception:
-            images = None
-        if images is not None:
-            return _validate(info, split, images, labels, paths, allow_nonstandard)
+            return Split(*_validate(info, split, *arrays, paths, allow_nonstandard), files)
+        except DataError as err:
+            print(f"warning: cache entry {cached} failed validation ({err}); rebuilding it", file=sys.stderr)
     images, labels = READERS[info.reader](paths, split)
     images, labels = _validate(info, split, images, labels, paths, allow_nonstandard)
     if use_cache:
-        _save_cache(cached, images, labels)
-    return images, labels
+        _save_cache(cached, digest, images, labels)
+    return Split(images, labels, files)
 
 
 def _validate(info: Dataset, split: str, images: np.ndarray, labels: np.ndarray, paths: list[Path],
@@ -373,16 +485,16 @@ def synthetic(name: str, shape: tuple[int, int, int], n: int, seed: int) -> np.n
 
 def load_as(name: str, split: str, shape: tuple[int, int, int], *, match: bool,
             data_dir: str | os.PathLike | None = None, download: bool = False,
-            allow_nonstandard: bool = False, synthetic_n: int = 10_000, seed: int = 0) -> np.ndarray:
-    """Images of ``name`` in ``shape``: synthetic sets are made in it; real ones must already have it
-    unless ``match`` maps them (a clear error otherwise)."""
+            allow_nonstandard: bool = False, synthetic_n: int = 10_000, seed: int = 0) -> Split:
+    """``name`` in ``shape``: synthetic sets are made in it (no files, no labels); real ones must already have
+    it unless ``match`` maps them (a clear error otherwise)."""
     if name in SYNTHETIC:
-        return synthetic(name, shape, synthetic_n, seed)
-    images, _ = load(name, split, data_dir, download=download, allow_nonstandard=allow_nonstandard)
-    if images.shape[1:] == tuple(shape):
-        return images
+        return Split(synthetic(name, shape, synthetic_n, seed), np.zeros(0, dtype=np.int64), ())
+    loaded = load(name, split, data_dir, download=download, allow_nonstandard=allow_nonstandard)
+    if loaded.images.shape[1:] == tuple(shape):
+        return loaded
     if not match:
-        raise DataError(f"{display_name(name)} images are {'×'.join(map(str, images.shape[1:]))} but the "
+        raise DataError(f"{display_name(name)} images are {'×'.join(map(str, loaded.images.shape[1:]))} but the "
                         f"model takes {'×'.join(map(str, shape))}; pass --match to zero-pad/crop and "
                         f"convert channels explicitly")
-    return match_shape(images, shape)
+    return loaded._replace(images=match_shape(loaded.images, shape))

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,10 @@ import numpy as np
 import torch
 
 from empirical import data
+from empirical.atomic import write_json
 from empirical.checkpoint import model_from_checkpoint
 from empirical.cli import run_cli
+from empirical.errors import DgmOodError
 from empirical.likelihood import bits_per_dim
 
 
@@ -84,11 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise DgmOodError(f"--limit must be ≥ 1, got {args.limit}")
     model, payload = model_from_checkpoint(args.checkpoint)
     model.to(args.device)
     images = data.load_as(args.dataset, args.split, model.config.shape, match=args.match,
-                          data_dir=args.data_dir, seed=args.seed)
-    if args.limit:
+                          data_dir=args.data_dir, seed=args.seed).images
+    if args.limit is not None:
         images = images[: args.limit]
     result = evaluate(model, images, seed=args.seed, device=args.device)
     s = result.summary()
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         per_image = {"bpd": result.bpd.tolist(), "log_px_nats": result.log_px.tolist(),
                      **{f"{k}_nats": v.tolist() for k, v in result.parts.items()}}
-        args.json.write_text(json.dumps({"summary": s, **per_image}))
+        write_json(args.json, {"summary": s, **per_image})
     return 0
 
 

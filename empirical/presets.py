@@ -8,6 +8,7 @@ couplings, fixed N(0, 1) top prior, as the paper's analysis needs), ``pixelcnn``
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -31,6 +32,19 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bf16 coupling networks on CUDA (log-dets and priors stay fp32)
     compile: bool = False  # torch.compile the flow on CUDA
+
+    def __post_init__(self) -> None:
+        positive_ints = ("steps", "batch_size", "warmup", "eval_every", "eval_images", "checkpoint_every")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise DgmOodError(f"{name} must be a whole number ≥ 1 (--{name.replace('_', '-')}), got {value!r}")
+        for name in ("lr", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise DgmOodError(f"{name} must be a finite number > 0 (--{name.replace('_', '-')}), got {value!r}")
+        if self.optimizer not in ("adam", "adamax"):
+            raise DgmOodError(f"unknown optimizer {self.optimizer!r}; use adam or adamax")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,11 +19,13 @@ import torch
 from tqdm import tqdm
 
 from empirical import data
-from empirical.checkpoint import code_version, load_checkpoint, save_checkpoint, write_json
+from empirical.atomic import write_json
+from empirical.checkpoint import code_version, load_checkpoint, non_finite_tensors, save_checkpoint
 from empirical.cli import run_cli
 from empirical.errors import CheckpointError, TrainingError
 from empirical.evaluate import evaluate
 from empirical.likelihood import bits_per_dim
+from empirical.locking import run_lock
 from empirical.models import MODELS, build_model
 from empirical.presets import PRESETS, Preset, TrainConfig, get_preset
 
@@ -57,33 +59,61 @@ class TrainResult:
     seconds: float
 
 
+def _resume_state(payload: dict, ckpt_path: Path, preset: Preset) -> list[dict]:
+    """Check a checkpoint can be resumed under ``preset``; returns the schedule changes (lr, warm-up, steps) it
+    records, with this resume's changes appended. Anything else that differs is refused."""
+    cfg, old = preset.train, payload["train_config"]
+    changeable = ("steps", "lr", "warmup")
+    if payload["model_config"] != preset.model.to_dict() or {**old, **{k: cfg.to_dict()[k] for k in changeable}} \
+            != cfg.to_dict():
+        raise CheckpointError(f"{ckpt_path} was trained with other hyperparameters; use another --out or drop "
+                              f"--resume (only --steps, --lr and --warmup may change on resume)")
+    changes = list(payload.get("schedule_changes", []))
+    changed = {k: [old[k], cfg.to_dict()[k]] for k in ("lr", "warmup") if old[k] != cfg.to_dict()[k]}
+    if changed:
+        changes.append({"step": payload["step"], **changed})
+    return changes
+
+
 def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_dir: str | None = None,
           device: str = "auto", resume: bool = False, train_subset: int | None = None,
-          allow_nonstandard: bool = False, command: str | None = None, progress: bool = True) -> TrainResult:
-    """Train (or resume) ``model_name`` on ``dataset`` with ``preset``; checkpoints go to ``out_dir``."""
+          allow_nonstandard: bool = False, command: str | None = None, progress: bool = True,
+          wait_for_lock: bool = False) -> TrainResult:
+    """Train (or resume) ``model_name`` on ``dataset`` with ``preset``; checkpoints go to ``out_dir``.
+
+    One process at a time per ``out_dir`` (a lock; ``wait_for_lock`` waits instead of refusing). Every step
+    checks the loss and the gradient norm, every save the parameters: a non-finite value stops training
+    before it reaches the weights, and the last checkpoint written stays the last good one.
+    """
     cfg = preset.train
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
-
-    images, _ = data.load(dataset, "train", data_dir, allow_nonstandard=allow_nonstandard)
-    if train_subset:
-        images = images[:train_subset]
-    test_images, _ = data.load(dataset, "test", data_dir, allow_nonstandard=allow_nonstandard)
-    test_images = test_images[: cfg.eval_images]
+    if train_subset is not None and train_subset < 1:
+        raise TrainingError(f"--train-subset must be ≥ 1, got {train_subset}")
+    train_split = data.load(dataset, "train", data_dir, allow_nonstandard=allow_nonstandard)
+    test_split = data.load(dataset, "test", data_dir, allow_nonstandard=allow_nonstandard)
+    images = train_split.images[:train_subset] if train_subset else train_split.images
+    test_images = test_split.images[: cfg.eval_images]
     if tuple(images.shape[1:]) != preset.model.shape:
         raise TrainingError(f"{dataset} images are {images.shape[1:]}, preset expects {preset.model.shape}")
-    train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
+    with run_lock(out_dir, wait=wait_for_lock, what=f"training {model_name} on {dataset}"):
+        return _train_locked(dataset, model_name, preset, out_dir, ckpt_path, dev, images, test_images,
+                             [f.to_dict() for f in (*train_split.files, *test_split.files)], resume=resume,
+                             command=command, progress=progress)
 
+
+def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, ckpt_path: Path,
+                  dev: torch.device, images, test_images, data_files: list[dict], *, resume: bool,
+                  command: str | None, progress: bool) -> TrainResult:
+    cfg = preset.train
+    train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
     model = build_model(model_name, preset.model).to(dev)
     optimizer = _make_optimizer(model, cfg)
-    start, history = 0, []
+    start, history, changes = 0, [], []
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
-        same_schedule = {**payload["train_config"], "steps": cfg.steps} == cfg.to_dict()
-        if payload["model_config"] != preset.model.to_dict() or not same_schedule:
-            raise CheckpointError(f"{ckpt_path} was trained with other hyperparameters; use another --out "
-                                  f"or drop --resume (only --steps may change on resume)")
+        changes = _resume_state(payload, ckpt_path, preset)
         model.load_state_dict(payload["model_state"])
         optimizer.load_state_dict(payload["optimizer_state"])
         start, history = payload["step"], payload["history"]
@@ -100,13 +130,27 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
     hparams = {"dataset": dataset, "model": model_name, "preset": preset.name,
                "model_config": preset.model.to_dict(), "train_config": cfg.to_dict(),
                "train_images": int(images.shape[0]), "code_version": code_version(),
-               "command": command or shlex.join(sys.argv), "device": str(dev)}
+               "command": command or shlex.join(sys.argv), "device": str(dev), "data_files": data_files,
+               "schedule_changes": changes}
     write_json(out_dir / "hparams.json", hparams)
+    last_saved = {"step": start if ckpt_path.exists() else None}
+
+    def stop(what: str, step: int, lr: float) -> TrainingError:
+        good = (f"the last good checkpoint is {ckpt_path} (step {last_saved['step']})" if last_saved["step"]
+                is not None else "no checkpoint was written yet")
+        return TrainingError(f"{what} at step {step} (lr {lr:.2e}); training stopped and nothing non-finite was "
+                             f"saved: {good}. To go on, resume with a lower learning rate or a longer warm-up "
+                             f"(python -m empirical.train ... --resume --lr {cfg.lr / 4:.2e} --warmup "
+                             f"{2 * cfg.warmup})")
 
     def save(step: int) -> None:
+        bad = non_finite_tensors(model.state_dict())
+        if bad:  # never replace a good checkpoint with a broken one
+            raise stop(f"parameters became non-finite ({bad[0]} and {len(bad) - 1} more)", step, cfg.lr)
         save_checkpoint(ckpt_path, {**hparams, "step": step, "history": history,
                                     "model_state": model.state_dict(),
                                     "optimizer_state": optimizer.state_dict()})
+        last_saved["step"] = step
 
     dims = preset.model.dims
     model.train()
@@ -128,13 +172,12 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
             group["lr"] = lr
         loss = bits_per_dim(forward(train_x[idx], gen)["log_px"], dims).mean()
         if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at step {step} (lr {lr:.2e}); training stopped. The last good "
-                f"checkpoint is {ckpt_path if ckpt_path.exists() else 'not written yet'}; lower the "
-                f"learning rate or lengthen the warm-up and resume.")
+            raise stop(f"the loss became {loss.item()}", step, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise stop(f"the gradient became non-finite (norm {grad_norm.item()}) with a finite loss", step, lr)
         optimizer.step()
         seen += cfg.batch_size
         done = step + 1
@@ -167,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--steps", type=int, help="override the preset's number of steps")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="override the preset's learning rate (may change on --resume)")
+    p.add_argument("--warmup", type=int, help="override the preset's warm-up steps (may change on --resume)")
     p.add_argument("--seed", type=int)
     p.add_argument("--split-prior", choices=["learned", "fixed"],
                    help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's model class")
@@ -183,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = data.dataset_info(args.dataset)
     preset = get_preset(args.preset, args.model, info.shape, split_prior=args.split_prior, steps=args.steps,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, compile=args.compile)
+                        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
+                        compile=args.compile)
     out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
     result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=args.device,
                    resume=args.resume, train_subset=args.train_subset,

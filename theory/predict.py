@@ -17,7 +17,6 @@ The assumption ledger (theory.ledger) goes from the exact second order to the pa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from empirical import data
+from empirical.atomic import write_json
 from empirical.checkpoint import model_from_checkpoint
 from empirical.cli import run_cli
 from empirical.errors import TheoryError
@@ -237,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model, payload = model_from_checkpoint(args.checkpoint)
     shape = model.config.shape
-    in_train = data.load_as(args.in_dataset, "train", shape, match=False, data_dir=args.data_dir)
-    p_imgs = data.load_as(args.in_dataset, "test", shape, match=False, data_dir=args.data_dir)
+    in_train = data.load_as(args.in_dataset, "train", shape, match=False, data_dir=args.data_dir).images
+    p_imgs = data.load_as(args.in_dataset, "test", shape, match=False, data_dir=args.data_dir).images
     q_imgs = data.load_as(args.out_dataset, "test", shape, match=args.match, data_dir=args.data_dir,
-                          seed=args.seed)
+                          seed=args.seed).images
     result = predict(model, in_train.mean(0, dtype=np.float64), p_imgs, q_imgs, n_samples=args.samples,
                      seed=args.seed)
     print(f"predicted E_q[log p] - E_p*[log p] for q = {args.out_dataset} test, p* = {args.in_dataset} test "
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     avg = result["averaged_curvature"]
     print(f"  averaged curvature (extra): {avg['gap_nats']:+.1f} ± {avg['stderr']:.1f}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2, allow_nan=False))
+        write_json(args.json, result)
     return 0
 
 

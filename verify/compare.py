@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
+import os
 import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,8 @@ import numpy as np
 import torch
 
 from empirical import data
-from empirical.checkpoint import code_version, load_checkpoint, model_from_checkpoint
+from empirical.atomic import atomic_write
+from empirical.checkpoint import CorruptCheckpoint, code_version, load_checkpoint, model_from_checkpoint
 from empirical.cli import run_cli
 from empirical.errors import CheckpointError, DgmOodError
 from empirical.evaluate import Evaluation, evaluate
@@ -104,6 +108,7 @@ class Run:
     in_train: np.ndarray  # the whole split (x0 is its mean)
     sets: dict[str, np.ndarray]  # the evaluated images: in_train (a subset), in_test, out_test
     totals: dict[str, int]
+    files: dict[str, list[dict]]  # the source files each set was read from (path, bytes, sha256)
     labels: dict[str, str]
     started: str  # when the command started (training included in the wall-clock)
     t0: float
@@ -117,31 +122,46 @@ class Run:
         return self.model_name in FLOWS
 
 
-def _get_model(args, model_name: str, preset: Preset, device: torch.device):
-    if args.checkpoint:
-        model, payload = model_from_checkpoint(args.checkpoint)
-        return model.to(device), args.checkpoint, payload
+def checkpoint_family(args) -> str:
+    """The family of ``--checkpoint``, which is the truth: a contradicting --model, --split-prior or IN is an error."""
+    payload = load_checkpoint(args.checkpoint)
+    family, trained_on = payload.get("model"), payload.get("dataset")
+    if family not in MODELS:
+        raise CheckpointError(f"{args.checkpoint} names an unknown model family {family!r}")
+    if args.model and args.model != family:
+        raise CheckpointError(f"{args.checkpoint} is a {family} checkpoint, not {args.model}: drop --model (the "
+                              f"checkpoint's own family is used)")
+    if trained_on != args.in_dataset:
+        raise CheckpointError(f"{args.checkpoint} was trained on {trained_on}, not {args.in_dataset}: IN names the "
+                              f"training set, so pass {trained_on} as IN")
+    split = payload.get("model_config", {}).get("split_prior", "learned") if family in FLOWS else None
+    if args.split_prior and split != args.split_prior:
+        raise CheckpointError(f"{args.checkpoint} has {split or 'no'} split priors, not {args.split_prior}: drop "
+                              f"--split-prior")
+    return family
+
+
+def _cached_model(args, model_name: str, preset: Preset, device: torch.device) -> Path:
+    """Train the model into the runs folder, or reuse it when a finished checkpoint is there (waiting for another
+    process that is training it). Only a checkpoint proven corrupt is moved aside, never deleted."""
     tag = "-splitfixed" if getattr(preset.model, "split_prior", "learned") == "fixed" else ""
-    name = f"{args.in_dataset}-{model_name}-{preset.name}{tag}-seed{args.seed}-{code_version()}"
-    run_dir = args.runs_dir / "models" / name
+    run_dir = args.runs_dir / "models" / f"{args.in_dataset}-{model_name}-{preset.name}{tag}-seed{args.seed}-" \
+                                         f"{code_version()}"
     ckpt = run_dir / CHECKPOINT
-    done = False
     if ckpt.exists():
         try:
-            done = load_checkpoint(ckpt)["step"] >= preset.train.steps
-        except CheckpointError as err:
-            print(f"warning: {err}; retraining", file=sys.stderr)
-            ckpt.unlink()
-    if done:
-        print(f"reusing trained model {ckpt}", file=sys.stderr)
-    else:
-        print(f"training {model_name} on {args.in_dataset} ({preset.train.steps} steps) into {run_dir}",
-              file=sys.stderr)
-        train(args.in_dataset, model_name, preset, run_dir, data_dir=args.data_dir, device=str(device),
-              resume=ckpt.exists(), allow_nonstandard=args.allow_nonstandard_data,
-              command=shlex.join(["python", "-m", "verify.compare", *args.argv]))
-    model, payload = model_from_checkpoint(ckpt)
-    return model.to(device), ckpt, payload
+            if load_checkpoint(ckpt)["step"] >= preset.train.steps:
+                print(f"reusing trained model {ckpt}", file=sys.stderr)
+                return ckpt
+        except CorruptCheckpoint as err:
+            aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
+            os.replace(ckpt, aside)
+            print(f"warning: {err}; moved it aside to {aside} and training again", file=sys.stderr)
+    print(f"training {model_name} on {args.in_dataset} ({preset.train.steps} steps) into {run_dir}", file=sys.stderr)
+    train(args.in_dataset, model_name, preset, run_dir, data_dir=args.data_dir, device=str(device), resume=True,
+          allow_nonstandard=args.allow_nonstandard_data, wait_for_lock=True,
+          command=shlex.join(["python", "-m", "verify.compare", *args.argv]))
+    return ckpt
 
 
 def _limit(images: np.ndarray, n: int | None) -> np.ndarray:
@@ -160,19 +180,23 @@ def prepare(args, model_name: str) -> Run:
     print(f"preset {preset_name}: {model_name} {preset.model}, {preset.train.steps} training steps of "
           f"{preset.train.batch_size}; device {device_description(device)}", file=sys.stderr)
     load = dict(data_dir=args.data_dir, download=args.download, allow_nonstandard=args.allow_nonstandard_data)
-    in_train, _ = data.load(args.in_dataset, "train", **load)
-    in_test, _ = data.load(args.in_dataset, "test", **load)
+    in_train = data.load(args.in_dataset, "train", **load)
+    in_test = data.load(args.in_dataset, "test", **load)
     out_test = data.load_as(args.out_dataset, "test", in_info.shape, match=args.match, seed=args.seed,
-                            synthetic_n=len(in_test), **load)
-    model, ckpt, payload = _get_model(args, model_name, preset, device)
+                            synthetic_n=len(in_test.images), **load)
+    ckpt = args.checkpoint or _cached_model(args, model_name, preset, device)
+    model, payload = model_from_checkpoint(ckpt)
     budget = preset.budget
-    sets = {"in_train": _limit(in_train, budget.in_train), "in_test": _limit(in_test, budget.in_test),
-            "out_test": _limit(out_test, budget.out_test)}
+    sets = {"in_train": _limit(in_train.images, budget.in_train), "in_test": _limit(in_test.images, budget.in_test),
+            "out_test": _limit(out_test.images, budget.out_test)}
     labels = {"in_train": f"{data.display_name(args.in_dataset)}-train",
               "in_test": f"{data.display_name(args.in_dataset)}-test",
               "out_test": f"{data.display_name(args.out_dataset)}-test" + (" (matched)" if args.match else "")}
-    return Run(args, model_name, preset, device, model.eval(), ckpt, payload, in_train, sets,
-               {"in_train": len(in_train), "in_test": len(in_test), "out_test": len(out_test)}, labels, started, t0)
+    files = {k: [f.to_dict() for f in split.files] for k, split in zip(SETS, (in_train, in_test, out_test),
+                                                                        strict=True)}
+    return Run(args, model_name, preset, device, model.to(device).eval(), Path(ckpt), payload, in_train.images,
+               sets, {k: len(split.images) for k, split in zip(SETS, (in_train, in_test, out_test), strict=True)},
+               files, labels, started, t0)
 
 
 # ------------------------------------------------------------------------------------------ measure
@@ -193,6 +217,11 @@ def measure(run: Run) -> Measurement:
     print("evaluating " + ", ".join(f"{k} {len(v)} of {run.totals[k]} images" for k, v in run.sets.items()),
           file=sys.stderr)
     evals = {k: evaluate(run.model, v, seed=seed, device=device) for k, v in run.sets.items()}
+    for k, e in evals.items():
+        bad = int((~np.isfinite(e.log_px)).sum())
+        if bad:
+            raise DgmOodError(f"{run.model_name} from {run.checkpoint} gives a non-finite log-likelihood to {bad} of "
+                              f"{len(e.log_px)} {run.labels[k]} images: no measurement, so no verdict")
     summary = {k: e.summary() for k, e in evals.items()}
     gray = run.sets["in_test"][: run.preset.budget.gray_images]
     gray_ll = [float(evaluate(run.model, np.rint(a * gray.astype(np.float64) + (1 - a) * 128).astype(np.uint8),
@@ -226,6 +255,31 @@ def model_class(run: Run) -> str:
     return f"{kind}, {top}, {split}: not the paper's class (its Hessian is not −JᵀJ/σ_ψ²)"
 
 
+def all_finite(obj: object) -> bool:
+    """True when every number inside (nested dicts, lists) is finite."""
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(all_finite(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return all(all_finite(v) for v in obj)
+    return True
+
+
+def _without_non_finite(th: dict) -> dict:
+    """A prediction, ledger row or diagnostic holding NaN/inf is reported as n/a with a note, never as a number."""
+    dropped = [k for k, v in th["prediction"].items() if k != "note" and not all_finite(v)]
+    for k in dropped:
+        th["prediction"][k] = None
+    for key in ("quadratic_check", "graying", "closed", "hessian_spectrum", "linear_path_check"):
+        if not all_finite(th[key]):
+            th[key], dropped = None, [*dropped, key]
+    if dropped:
+        note = f"non-finite (numerical overflow), not reported: {', '.join(dropped)}"
+        th["prediction"]["note"] = "; ".join(filter(None, [th["prediction"].get("note"), note]))
+    return th
+
+
 def theory_for(run: Run, m: Measurement) -> dict:
     """The predictions, the ledger and the diagnostics; for models that are not flows, None and the reason."""
     if not run.is_flow:
@@ -248,6 +302,9 @@ def theory_for(run: Run, m: Measurement) -> dict:
         k: {"taylor_at_x0": pr["taylor_mean"][k], "measured_log_p": m.summary[k]["log_px_nats"]["mean"]}
         for k in ("in_test", "out_test")}
     book = None
+    for row in pr["ledger_rows"] or []:
+        if not all_finite(row):
+            row.update(gap_nats=None, terms=None, note="non-finite (numerical overflow)")
     if pr["ledger_rows"] is not None:
         s_in, s_out = m.summary["in_test"], m.summary["out_test"]
         deltas = {k.removesuffix("_nats"): (s_out[k]["mean"] - s_in[k]["mean"],
@@ -255,9 +312,10 @@ def theory_for(run: Run, m: Measurement) -> dict:
                   for k in s_in if k.startswith("latent_") or k == "volume_nats"}
         se_nats = float(np.hypot(s_in["log_px_nats"]["stderr"], s_out["log_px_nats"]["stderr"]))
         book = ledger.assemble(ledger.measured_rows(m.gap_nats, se_nats, deltas) + pr["ledger_rows"], run.dims)
-    return {"prediction": prediction, "x0": pr["x0"], "quadratic_check": quadratic_check, "graying": pr["graying"],
-            "closed": pr["graying_closed_form"], "ledger": book, "hessian_spectrum": pr["hessian_spectrum"],
-            "linear_path_check": pr["linear_path_check"]}
+    return _without_non_finite({
+        "prediction": prediction, "x0": pr["x0"], "quadratic_check": quadratic_check, "graying": pr["graying"],
+        "closed": pr["graying_closed_form"], "ledger": book, "hessian_spectrum": pr["hessian_spectrum"],
+        "linear_path_check": pr["linear_path_check"]})
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -312,8 +370,13 @@ def results_of(run: Run, m: Measurement, th: dict, fig_paths: list[Path], out_di
                     "measured": m.gray_measured, "exact_second_order": th["graying"], "closed_form": th["closed"]},
         "summary": m.summary, "labels": run.labels, "figures": [str(p) for p in fig_paths], "out_dir": str(out_dir),
     }
+    results["data_files"] = run.files
+    identical = np.array_equal(run.sets["in_test"], run.sets["out_test"])
+    if identical:
+        results["agreement"] = {k: None for k in agreement}
     results["verdict"] = verdict(run.labels["in_test"], run.labels["out_test"], m.gap_bpd, m.gap_bpd_stderr,
-                                 {k: (p["gap_bpd"] if p else None) for k, p in predictions.items()})
+                                 {k: (p["gap_bpd"] if p else None) for k, p in predictions.items()},
+                                 identical=identical)
     results["provenance"] = {"command": shlex.join(["python", "-m", "verify.compare", *args.argv]),
                              "commit": git_commit(), "device": device_description(run.device),
                              "torch": torch.__version__, "started": run.started, "seconds": time.time() - run.t0}
@@ -326,13 +389,25 @@ def compare_one(args, model_name: str, out_dir: Path) -> dict:
     m = measure(run)
     th = theory_for(run, m)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / "per_image.npz",
-                        **{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
-                        **{f"{k}_{p}_nats": v for k, e in m.evals.items() for p, v in e.parts.items()})
+    per_image = {**{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
+                 **{f"{k}_{p}_nats": v for k, e in m.evals.items() for p, v in e.parts.items()}}
+    atomic_write(out_dir / "per_image.npz", lambda f: np.savez_compressed(f, **per_image))
     results = results_of(run, m, th, _figures(run, m, th, out_dir), out_dir)
     write_report(results, out_dir)
     print(terminal_summary(results))
     return results
+
+
+def writable_dir(path: Path, flag: str) -> None:
+    """Create ``path`` and prove a file can be written there, or a one-line error naming ``flag``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (FileExistsError, NotADirectoryError) as err:
+        raise DgmOodError(f"{flag} {path}: a file is in the way ({err.filename} is not a folder)") from err
+    except OSError as err:
+        raise DgmOodError(f"{flag} {path} is not writable: {err.strerror or err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,15 +418,20 @@ def main(argv: list[str] | None = None) -> int:
         data.dataset_info(args.out_dataset)
     if args.all_models and args.checkpoint:
         raise DgmOodError("--all-models trains or reuses one model per family; it cannot take --checkpoint")
-    model = args.model or "cvglow"
+    model = checkpoint_family(args) if args.checkpoint else (args.model or "cvglow")
     preset_tag = args.preset if args.preset != "auto" else ("gpu" if resolve_device(args.device).type == "cuda"
                                                             else "cpu")
     stem = f"{args.in_dataset}-{args.out_dataset}" + ("-match" if args.match else "")
     tag = "-splitfixed" if args.split_prior == "fixed" else ""
+    out = args.out or Path("runs/compare") / (f"{stem}-families-{preset_tag}{tag}" if args.all_models
+                                              else f"{stem}-{model}-{preset_tag}{tag}")
+    writable_dir(out, "--out")  # before any training: a report that cannot be written would waste it
+    if not args.checkpoint:
+        writable_dir(args.runs_dir / "models", "--runs-dir")
     if not args.all_models:
-        compare_one(args, model, args.out or Path("runs/compare") / f"{stem}-{model}-{preset_tag}{tag}")
+        compare_one(args, model, out)
         return 0
-    root = args.out or Path("runs/compare") / f"{stem}-families-{preset_tag}{tag}"
+    root = out
     flow = model if model in FLOWS else "cvglow"
     runs = {m: compare_one(args, m, root / m) for m in (flow, *FAMILY_MODELS)}
     write_families(runs, root)

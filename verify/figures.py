@@ -10,13 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from empirical.atomic import atomic_write  # noqa: E402
+
 COLOURS = {"in_train": "#1f77b4", "in_test": "#2ca02c", "out_test": "#d62728"}
 plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
                      "savefig.dpi": 150, "figure.constrained_layout.use": True})
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path)
+    atomic_write(Path(path), lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path
 

@@ -6,17 +6,26 @@ from pathlib import Path
 
 import numpy as np
 
-from empirical.checkpoint import write_json
+from empirical.atomic import atomic_write, write_json
 from theory.ledger import markdown_table
 from verify.figures import family_histograms
 
 
-def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float, predictions: dict) -> str:
+def write_text(path: Path, lines: list[str]) -> None:
+    """Markdown lines to ``path``, atomically (a re-run that is interrupted keeps the previous report)."""
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float, predictions: dict,
+            identical: bool = False) -> str:
     """One line: which test set gets the higher likelihood, and whether each prediction has its sign.
 
     ``gap_bpd`` = bpd(IN-test) - bpd(OUT-test): positive means OUT gets the higher likelihood.
     ``predictions`` maps a name to a predicted gap in bpd (or None when it does not apply).
     """
+    if identical:
+        return (f"{out_label} and {in_label} are the same images: the gap is 0 by construction, so there is no "
+                f"verdict and no sign to predict")
     if abs(gap_bpd) <= 2 * gap_bpd_stderr:
         head = (f"{out_label} and {in_label} get no significantly different likelihood "
                 f"(gap {gap_bpd:+.3f} ± {gap_bpd_stderr:.3f} bpd)")
@@ -29,6 +38,9 @@ def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float
     for name, pred in predictions.items():
         if pred is None:
             parts.append(f"{name}: n/a")
+            continue
+        if pred == 0 or gap_bpd == 0:
+            parts.append(f"{name} predicts {pred:+.3f} bpd (no sign to compare)")
             continue
         same = (pred > 0) == (gap_bpd > 0)
         parts.append(f"{name} predicts the {'same' if same else 'OPPOSITE'} sign ({pred:+.3f} bpd)")
@@ -123,7 +135,7 @@ def write_report(results: dict, out_dir: Path) -> None:
     md += _second_order_details(results)
     md += _ledger_section(results)
     md += _graying_and_provenance(results)
-    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    write_text(out_dir / "report.md", md)
 
 
 def _second_order_details(results: dict) -> list[str]:
@@ -186,6 +198,13 @@ def _graying_and_provenance(results: dict) -> list[str]:
     md += ["", "## Provenance", "", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
            f"- device: {prov['device']}", f"- torch {prov['torch']}, started {prov['started']}, "
            f"wall-clock {prov['seconds']:.0f} s", f"- checkpoint: `{results['checkpoint']}`"]
+    files = results.get("data_files") or {}
+    if any(files.values()):
+        md += ["- data files read (path, bytes, SHA-256):"]
+        for key, entries in files.items():
+            md += [f"  - {results['labels'][key]}: " + (", ".join(f"`{f['path']}` ({f['bytes']:,} B, "
+                                                                  f"`{f['sha256'][:16]}…`)" for f in entries)
+                                                       or "synthetic, no files")]
     return md
 
 
@@ -211,4 +230,4 @@ def write_families(runs: dict[str, dict], out_dir: Path) -> None:
     write_json(Path(out_dir) / "families.json", {n: {k: r[k] for k in ("bpd", "gap_bpd", "gap_bpd_stderr", "gap_nats",
                                                                        "n_images", "verdict")}
                                                  for n, r in runs.items()})
-    (Path(out_dir) / "families.md").write_text("\n".join(md) + "\n")
+    write_text(Path(out_dir) / "families.md", md)

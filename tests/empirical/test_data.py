@@ -1,5 +1,7 @@
 """Readers on small official-format files (plain, .gz, .xz), root lookup, errors, and the real mirror."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -20,16 +22,16 @@ def _isolated(tmp_path, monkeypatch):
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_cifar10_batches(tmp_path, suffix):
     written = datafiles.write_cifar10(tmp_path, n=7, suffix=suffix)
-    x, y = data.load("cifar10", "train", tmp_path, allow_nonstandard=True)
+    x, y, _ = data.load("cifar10", "train", tmp_path, allow_nonstandard=True)
     assert x.shape == (35, 3, 32, 32) and x.dtype == np.uint8
     assert np.array_equal(x[:7], written["data_batch_1"][0]) and np.array_equal(y[7:14], written["data_batch_2"][1])
-    xt, _ = data.load("cifar10", "test", tmp_path, allow_nonstandard=True)
+    xt, _, _ = data.load("cifar10", "test", tmp_path, allow_nonstandard=True)
     assert np.array_equal(xt, written["test_batch"][0])
 
 
 def test_cifar10_official_archive(tmp_path):
     written = datafiles.write_cifar10_archive(tmp_path, n=4)
-    x, y = data.load("cifar10", "test", tmp_path, allow_nonstandard=True)
+    x, y, _ = data.load("cifar10", "test", tmp_path, allow_nonstandard=True)
     assert np.array_equal(x, written["test_batch"][0]) and np.array_equal(y, written["test_batch"][1])
 
 
@@ -38,7 +40,7 @@ def test_cifar100_fine_labels(tmp_path):
     folder.mkdir(parents=True)
     x = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
     (folder / "test").write_bytes(datafiles.cifar_batch(x, np.array([0, 99, 5, 6, 7]), key=b"fine_labels"))
-    xt, yt = data.load("cifar100", "test", tmp_path, allow_nonstandard=True)
+    xt, yt, _ = data.load("cifar100", "test", tmp_path, allow_nonstandard=True)
     assert np.array_equal(xt, x) and yt.tolist() == [0, 99, 5, 6, 7]
 
 
@@ -48,7 +50,7 @@ def test_cifar100_fine_labels(tmp_path):
 def test_idx(tmp_path, suffix, name, folder):
     written = datafiles.write_idx_dataset(tmp_path, folder, n=6, suffix=suffix)
     for split in ("train", "test"):
-        x, y = data.load(name, split, tmp_path, allow_nonstandard=True)
+        x, y, _ = data.load(name, split, tmp_path, allow_nonstandard=True)
         assert x.shape == (6, 1, 28, 28)
         assert np.array_equal(x[:, 0], written[split][0]) and np.array_equal(y, written[split][1])
 
@@ -56,7 +58,7 @@ def test_idx(tmp_path, suffix, name, folder):
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_svhn_mat(tmp_path, suffix):
     written = datafiles.write_svhn(tmp_path, n=9, suffix=suffix)
-    x, y = data.load("svhn", "test", tmp_path, allow_nonstandard=True)
+    x, y, _ = data.load("svhn", "test", tmp_path, allow_nonstandard=True)
     raw_x, raw_y = written["test"]
     assert x.shape == (9, 3, 32, 32)
     assert np.array_equal(x, raw_x.transpose(3, 2, 0, 1))
@@ -111,23 +113,34 @@ def test_non_official_count_needs_explicit_permission(tmp_path):
         data.load("mnist", "test", tmp_path)
 
 
-def test_root_lookup_order(tmp_path, monkeypatch):
+def test_root_lookup_order_and_no_silent_fallback(tmp_path, monkeypatch):
     explicit, env = tmp_path / "explicit", tmp_path / "env"
     a = datafiles.write_idx_dataset(explicit, "mnist", n=3, seed=1)
     b = datafiles.write_idx_dataset(env, "mnist", n=3, seed=2)
     monkeypatch.setenv("DGM_OOD_DATA", str(env))
-    assert np.array_equal(data.load("mnist", "test", explicit, allow_nonstandard=True)[0][:, 0], a["test"][0])
-    assert np.array_equal(data.load("mnist", "test", allow_nonstandard=True)[0][:, 0], b["test"][0])
-    roots = data.candidate_roots(explicit)
-    assert roots[:2] == [explicit, env] and roots[2].name == "data" and roots[3].parts[-2:] == ("shared", "data")
+    assert np.array_equal(data.load("mnist", "test", explicit, allow_nonstandard=True).images[:, 0], a["test"][0])
+    assert np.array_equal(data.load("mnist", "test", allow_nonstandard=True).images[:, 0], b["test"][0])
+    assert data.candidate_roots(explicit) == [explicit] and data.candidate_roots() == [env]
+    with pytest.raises(DataError, match="does not exist, and it is used alone"):  # a typo never falls back
+        data.load("mnist", "test", tmp_path / "typo", allow_nonstandard=True)
+    monkeypatch.setenv("DGM_OOD_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"\$DGM_OOD_DATA=.*does not exist"):
+        data.load("mnist", "test", allow_nonstandard=True)
+    monkeypatch.delenv("DGM_OOD_DATA")
+    roots = data.candidate_roots()
+    assert roots[0].name == "data" and roots[1].parts[-2:] == ("shared", "data")
 
 
-def test_cache_returns_the_same_arrays(tmp_path):
+def test_cache_returns_the_same_arrays_and_records_the_files(tmp_path):
     datafiles.write_idx_dataset(tmp_path, "mnist", n=4)
     first = data.load("mnist", "test", tmp_path, allow_nonstandard=True)
     assert list((tmp_path / "cache").glob("mnist-test-*.npz"))
     second = data.load("mnist", "test", tmp_path, allow_nonstandard=True)
-    assert all(np.array_equal(u, v) for u, v in zip(first, second, strict=True))
+    assert np.array_equal(first.images, second.images) and np.array_equal(first.labels, second.labels)
+    assert first.files == second.files and len(first.files) == 2
+    image_file = tmp_path / "mnist" / "t10k-images-idx3-ubyte"
+    assert first.files[0].path == str(image_file.resolve()) and first.files[0].bytes == image_file.stat().st_size
+    assert first.files[0].sha256 == hashlib.sha256(image_file.read_bytes()).hexdigest()
 
 
 def test_match_shape_and_synthetic():
@@ -159,6 +172,6 @@ REAL = [("cifar10", "train", 50_000, [125.3, 123.0, 113.9]), ("cifar10", "test",
 @pytest.mark.parametrize("name,split,count,channel_means", REAL)
 def test_real_mirror(name, split, count, channel_means):
     """Counts and per-channel means within 0.5 of the mirror README's values."""
-    x, y = data.load(name, split, SHARED_DATA)
+    x, y, _ = data.load(name, split, SHARED_DATA)
     assert x.shape == (count, *data.DATASETS[name].shape) and len(y) == count
     assert np.allclose(x.mean(axis=(0, 2, 3)), channel_means, atol=0.5)

@@ -1,0 +1,73 @@
+"""Atomic file writes: a crash or an interruption never leaves half a file, nor replaces a good one.
+
+Each write goes to a temp file in the target's folder (named ``.NAME.PID.*.tmp``), is fsync'ed and renamed
+over the target, with the mode the umask gives (0644 under the usual 022). Ctrl-C and SIGTERM remove the temp
+file on the way out; one left by a writer killed outright (kill -9) is removed by the next write to that name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from empirical.errors import DgmOodError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Delete ``.NAME.PID.*.tmp`` files in ``folder`` whose writer process is gone; returns what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+)\..*\.tmp$")
+    for path in folder.glob(f".{name}.*.tmp"):
+        m = pattern.match(path.name)
+        if m and not _alive(int(m.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync it, rename it over ``path``; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write strict JSON atomically: a NaN or infinity is an error, never a bare ``NaN`` in the file."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise DgmOodError(f"refusing to write {path}: it would hold a non-finite number ({err})") from err
+    atomic_write(Path(path), lambda f: f.write(text.encode()))

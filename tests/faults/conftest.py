@@ -1,0 +1,89 @@
+"""Shared pieces of the fault-injection suite: tiny official-format data, trained smoke checkpoints, a CLI runner
+in a subprocess, the one-line-error check and a snapshot of a folder's files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from empirical.locking import LOCK_NAME
+from empirical.presets import get_preset
+from empirical.train import train
+from tests import datafiles
+
+REPO = Path(__file__).resolve().parents[2]
+N_IMAGES = 64
+
+
+def blobs(n: int, seed: int) -> np.ndarray:
+    """n structured 28×28 images (a bright blob each), so a smoke model has something to learn."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    out = []
+    for _ in range(n):
+        cy, cx = rng.integers(8, 20, 2)
+        blob = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30)
+        out.append(np.clip(blob + rng.integers(0, 8, (28, 28)), 0, 255))
+    return np.array(out, dtype=np.uint8)
+
+
+def write_tiny_idx(root: Path, folder: str, seed: int) -> None:
+    target = root / folder
+    target.mkdir(parents=True, exist_ok=True)
+    labels = np.zeros(N_IMAGES, dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        (target / f"{prefix}-images-idx3-ubyte").write_bytes(datafiles.idx_bytes(blobs(N_IMAGES, seed), 2051))
+        (target / f"{prefix}-labels-idx1-ubyte").write_bytes(datafiles.idx_bytes(labels, 2049))
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> dict:
+    """Tiny FashionMNIST and MNIST in official idx files, and smoke checkpoints of three families trained on the
+    FashionMNIST one (read-only for the tests: copy before changing)."""
+    root = tmp_path_factory.mktemp("faults")
+    data = root / "data"
+    write_tiny_idx(data, "fashion-mnist", 1)
+    write_tiny_idx(data, "mnist", 2)
+    os.environ.setdefault("DGM_OOD_CACHE", str(root / "cache"))
+    ckpts = {}
+    for model in ("cvglow", "glow", "pixelcnn"):
+        preset = get_preset("smoke", model, (1, 28, 28), steps=20)
+        ckpts[model] = train("fashionmnist", model, preset, root / "models" / model, data_dir=str(data),
+                             allow_nonstandard=True, progress=False).checkpoint
+    return {"root": root, "data": data, "ckpt": ckpts}
+
+
+def env_for(tmp: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "DGM_OOD_DATA"}
+    env.update(PYTHONPATH=str(REPO), DGM_OOD_CACHE=str(tmp / "cache"), **extra)
+    return env
+
+
+def cli(module: str, *args: str | Path, tmp: Path, env: dict | None = None,
+        timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a subprocess, from ``tmp``; output captured as text."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=tmp, env=env or env_for(tmp),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, no traceback, and the last line of stderr is ``error: ...`` naming every needle."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: "), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle.lower() in last.lower(), f"{needle!r} not in {last!r}"
+    return last
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every saved file under ``folder`` (the run lock's pid record is not one)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
