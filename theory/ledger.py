@@ -151,8 +151,16 @@ def assemble(rows: list[dict], dims: int) -> dict:
                              "factor": b["gap_nats"] / a["gap_nats"]}
         parts.append(f"The step that moves the number most is row {a['row']} → {b['row']} (adds {added}): "
                      f"{_factor_text(a, b)}, from {a['gap_nats']:+,.0f} to {b['gap_nats']:+,.0f} nats/image.")
-    predicted = [r for r in chain if r["row"] >= 3 and r.get("ratio")]
-    if predicted:
+    measured_row = next((r for r in rows if r["row"] == 1), None)
+    null = measured_row is not None and abs(measured_row["gap_nats"]) <= 2 * (measured_row.get("stderr") or 0.0)
+    predicted = [r for r in chain if r["row"] >= 3]
+    if null and predicted:  # ratios to a gap indistinguishable from 0 mean nothing: compare distances instead
+        best = min(predicted, key=lambda r: abs(r["gap_nats"] - measured))
+        out["closest"] = {"row": best["row"], "ratio": None, "distance_nats": abs(best["gap_nats"] - measured)}
+        parts.append(f"The measured gap is not significantly different from 0 ({measured:+,.1f} ± "
+                     f"{measured_row['stderr']:,.1f} nats), so ratios to it mean nothing; the nearest row is "
+                     f"{best['row']} ({best['label']}), {abs(best['gap_nats'] - measured):,.0f} nats away.")
+    elif predicted := [r for r in predicted if r.get("ratio")]:
         best = min(predicted, key=lambda r: (not r["sign_agrees"], abs(math.log(abs(r["ratio"])))))
         out["closest"] = {"row": best["row"], "ratio": best["ratio"]}
         parts.append(f"Closest to the measured gap: row {best['row']} ({best['label']}), ratio {best['ratio']:.3g}"

@@ -183,3 +183,12 @@ def test_assemble_ratios_signs_and_the_biggest_move():
     assert book["closest"]["row"] == 3
     table = "\n".join(ledger.markdown_table(book))
     assert "`diagonal_covariance`" in table and "share 150.0%" in table
+
+
+def test_a_measured_gap_indistinguishable_from_zero_is_not_used_for_ratios():
+    rows = ledger.measured_rows(-7.0, 14.0, {"latent_top": (-7.0, 14.0)})
+    rows += [ledger._row(3, 400.0), ledger._row(4, -3800.0), ledger._row(5, 2400.0), ledger._row(6, 169_000.0),
+             ledger._row(7, 27_000.0)]
+    book = ledger.assemble(rows, dims=3072)
+    assert book["closest"] == {"row": 3, "ratio": None, "distance_nats": 407.0}
+    assert "not significantly different from 0" in book["summary"] and "the nearest row is 3" in book["summary"]
