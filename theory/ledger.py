@@ -132,14 +132,17 @@ def _factor_text(a: dict, b: dict) -> str:
 def assemble(rows: list[dict], dims: int) -> dict:
     """The ledger: each row with bits/dim, ratio to the measured gap and sign agreement, the step that moves
     the number most (largest |log|factor|| between consecutive rows 1, 3–7) and a one-paragraph summary."""
-    measured = next((r["gap_nats"] for r in rows if r["row"] == 1), None)
+    measured_row = next((r for r in rows if r["row"] == 1), None)
+    measured = measured_row and measured_row["gap_nats"]
+    # a measured gap within 2 standard errors of 0 has no sign to agree with and gives meaningless ratios
+    null = measured_row is not None and abs(measured) <= 2 * (measured_row.get("stderr") or 0.0)
     for r in rows:
         g = r["gap_nats"]
         r["gap_bpd"] = None if g is None else nats_gap_to_bpd(g, dims)
         if r["row"] <= 2:
             continue
         r["ratio"] = None if g is None or not measured else g / measured
-        r["sign_agrees"] = None if g is None or not measured or g == 0 else (g > 0) == (measured > 0)
+        r["sign_agrees"] = None if g is None or not measured or g == 0 or null else (g > 0) == (measured > 0)
     chain = [r for r in rows if r["row"] != 2 and r["gap_nats"]]
     steps = [(a, b) for a, b in zip(chain, chain[1:], strict=False)]
     out: dict = {"rows": rows, "moves_most": None, "closest": None}
@@ -151,8 +154,6 @@ def assemble(rows: list[dict], dims: int) -> dict:
                              "factor": b["gap_nats"] / a["gap_nats"]}
         parts.append(f"The step that moves the number most is row {a['row']} → {b['row']} (adds {added}): "
                      f"{_factor_text(a, b)}, from {a['gap_nats']:+,.0f} to {b['gap_nats']:+,.0f} nats/image.")
-    measured_row = next((r for r in rows if r["row"] == 1), None)
-    null = measured_row is not None and abs(measured_row["gap_nats"]) <= 2 * (measured_row.get("stderr") or 0.0)
     predicted = [r for r in chain if r["row"] >= 3]
     if null and predicted:  # ratios to a gap indistinguishable from 0 mean nothing: compare distances instead
         best = min(predicted, key=lambda r: abs(r["gap_nats"] - measured))

@@ -351,7 +351,8 @@ def results_of(run: Run, m: Measurement, th: dict, fig_paths: list[Path], out_di
     """results.json's content."""
     args = run.args
     predictions = {k: v for k, v in th["prediction"].items() if k != "note"}
-    agreement = {f"sign_{k}": (None if p is None or m.gap_nats == 0 else bool((p["gap_nats"] > 0) == (m.gap_nats > 0)))
+    significant = abs(m.gap_bpd) > 2 * m.gap_bpd_stderr  # a sign is compared only with a gap that has one
+    agreement = {f"sign_{k}": (None if p is None or not significant else bool((p["gap_nats"] > 0) == (m.gap_nats > 0)))
                  for k, p in predictions.items()}
     ratios = {k: (None if p is None or m.gap_nats == 0 else p["gap_nats"] / m.gap_nats) for k, p in predictions.items()}
     results = {

@@ -26,7 +26,8 @@ def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float
     if identical:
         return (f"{out_label} and {in_label} are the same images: the gap is 0 by construction, so there is no "
                 f"verdict and no sign to predict")
-    if abs(gap_bpd) <= 2 * gap_bpd_stderr:
+    significant = abs(gap_bpd) > 2 * gap_bpd_stderr
+    if not significant:
         head = (f"{out_label} and {in_label} get no significantly different likelihood "
                 f"(gap {gap_bpd:+.3f} ± {gap_bpd_stderr:.3f} bpd)")
     else:
@@ -39,12 +40,13 @@ def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float
         if pred is None:
             parts.append(f"{name}: n/a")
             continue
-        if pred == 0 or gap_bpd == 0:
-            parts.append(f"{name} predicts {pred:+.3f} bpd (no sign to compare)")
+        if pred == 0 or not significant:
+            parts.append(f"{name} predicts {pred:+.3f} bpd")
             continue
         same = (pred > 0) == (gap_bpd > 0)
         parts.append(f"{name} predicts the {'same' if same else 'OPPOSITE'} sign ({pred:+.3f} bpd)")
-    return head + "; second-order theory: " + ", ".join(parts)
+    tail = "" if significant else " (no significant gap, so no sign to compare)"
+    return head + "; second-order theory: " + ", ".join(parts) + tail
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -127,7 +129,7 @@ def write_report(results: dict, out_dir: Path) -> None:
         if p is None:
             md.append(f"| {name} | n/a | n/a | n/a | n/a |")
             continue
-        agree = "yes" if results["agreement"].get(f"sign_{name}") else "no"
+        agree = {True: "yes", False: "no", None: "n/a"}[results["agreement"].get(f"sign_{name}")]
         md.append(f"| {name} | {nats} | {p['gap_bpd']:+.4f} | {agree} | {ratio} |")
     md.append(f"| measured | {results['gap_nats']:+.1f} | {results['gap_bpd']:+.4f} | | |")
     if pred.get("note"):

@@ -192,3 +192,4 @@ def test_a_measured_gap_indistinguishable_from_zero_is_not_used_for_ratios():
     book = ledger.assemble(rows, dims=3072)
     assert book["closest"] == {"row": 3, "ratio": None, "distance_nats": 407.0}
     assert "not significantly different from 0" in book["summary"] and "the nearest row is 3" in book["summary"]
+    assert all(r.get("sign_agrees") is None for r in book["rows"])
