@@ -70,9 +70,10 @@ class Preset:
 
 
 # Architecture and number of training steps per (family, preset, image size). cpu: sized for ≤15 min of
-# verify.compare on 2 cores (in-run train img/s there: CIFAR Glow 250, CV-Glow 345; FashionMNIST Glow 345,
-# CV-Glow 505, PixelCNN 128, VAE 920; steady-state rates: bench/throughput.py). A CPU PixelCNN on CIFAR-10
-# (about 30 img/s) learns little in that time: use the gpu preset for it.
+# verify.compare on 2 cores with torch 2.14 (in-run train img/s there: CIFAR Glow 250, CV-Glow 345;
+# FashionMNIST Glow 345, CV-Glow 505, PixelCNN 128, VAE 920); torch 2.15 runs them 2–3× faster (CIFAR CV-Glow
+# about 1050, FashionMNIST CV-Glow about 1800), so the budget has room to spare. Steady-state rates:
+# bench/throughput.py. A CPU PixelCNN on CIFAR-10 (about 30 img/s) learns little in that time: use gpu.
 _ARCH: dict[str, dict[str, dict[int, tuple[dict, int]]]] = {
     "glow": {
         "smoke": {28: (dict(levels=2, steps=2, hidden=16), 40), 32: (dict(levels=2, steps=2, hidden=16), 40)},
