@@ -103,11 +103,10 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
                              command=command, progress=progress)
 
 
-def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, ckpt_path: Path,
-                  dev: torch.device, images, test_images, data_files: list[dict], *, resume: bool,
-                  command: str | None, progress: bool) -> TrainResult:
+def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torch.device, resume: bool):
+    """A fresh model and optimizer on ``dev``, or both restored from ``ckpt_path``; with the step to start
+    from, the history so far and the schedule changes (see _resume_state). bf16 coupling networks on CUDA."""
     cfg = preset.train
-    train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
     model = build_model(model_name, preset.model).to(dev)
     optimizer = _make_optimizer(model, cfg)
     start, history, changes = 0, [], []
@@ -118,13 +117,21 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
         optimizer.load_state_dict(payload["optimizer_state"])
         start, history = payload["step"], payload["history"]
         print(f"resuming {ckpt_path} at step {start}/{cfg.steps}", file=sys.stderr)
-    elif ckpt_path.exists() and not resume:
+    elif ckpt_path.exists():
         raise CheckpointError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
-
     if dev.type == "cuda":
         for module in model.modules():
             if hasattr(module, "amp_dtype"):
                 module.amp_dtype = torch.bfloat16 if cfg.amp else None
+    return model, optimizer, start, history, changes
+
+
+def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, ckpt_path: Path,
+                  dev: torch.device, images, test_images, data_files: list[dict], *, resume: bool,
+                  command: str | None, progress: bool) -> TrainResult:
+    cfg = preset.train
+    train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
+    model, optimizer, start, history, changes = _build_or_resume(model_name, preset, ckpt_path, dev, resume)
     forward = torch.compile(model.log_likelihood) if (cfg.compile and dev.type == "cuda") else model.log_likelihood
 
     hparams = {"dataset": dataset, "model": model_name, "preset": preset.name,
