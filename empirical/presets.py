@@ -30,6 +30,8 @@ class TrainConfig:
     eval_images: int = 1000  # test images for the periodic test bpd
     checkpoint_every: int = 250
     seed: int = 0
+    holdout: int = 0  # the last N training images are never trained on (typicality's Ĥ, thresholds)
+    perturb: float = 0.0  # μ > 0: each sub-pixel replaced by a uniform random value w.p. μ (a background model)
     amp: bool = True  # bf16 coupling networks on CUDA (log-dets and priors stay fp32)
     compile: bool = False  # torch.compile the flow on CUDA
 
@@ -43,6 +45,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise DgmOodError(f"{name} must be a finite number > 0 (--{name.replace('_', '-')}), got {value!r}")
+        if not isinstance(self.holdout, int) or self.holdout < 0:
+            raise DgmOodError(f"holdout must be a whole number ≥ 0, got {self.holdout!r}")
+        if not 0.0 <= self.perturb < 1.0:
+            raise DgmOodError(f"perturb (μ) must be in [0, 1), got {self.perturb!r}")
         if self.optimizer not in ("adam", "adamax"):
             raise DgmOodError(f"unknown optimizer {self.optimizer!r}; use adam or adamax")
 
@@ -59,6 +65,7 @@ class EvalBudget:
     out_test: int | None
     hvp_samples: int  # per dataset, for the second-order predictions
     gray_images: int  # IN-test images per α of the graying experiment
+    heldout: int | None = None  # held-out IN-train images evaluated (typicality's Ĥ and thresholds)
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,10 @@ _ARCH: dict[str, dict[str, dict[int, tuple[dict, int]]]] = {
     },
 }
 _TRAIN = {
-    "smoke": dict(batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200, checkpoint_every=20),
-    "cpu": dict(batch_size=64, lr=2e-3, warmup=100, eval_every=500, eval_images=1000),
-    "gpu": dict(batch_size=256, lr=1e-3, warmup=1000, eval_every=2000, eval_images=10_000, checkpoint_every=1000),
+    "smoke": dict(batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200, checkpoint_every=20, holdout=16),
+    "cpu": dict(batch_size=64, lr=2e-3, warmup=100, eval_every=500, eval_images=1000, holdout=2000),
+    "gpu": dict(batch_size=256, lr=1e-3, warmup=1000, eval_every=2000, eval_images=10_000, checkpoint_every=1000,
+                holdout=5000),
 }
 _BUDGET = {
     "smoke": EvalBudget(in_train=200, in_test=200, out_test=200, hvp_samples=8, gray_images=50),
@@ -106,9 +114,11 @@ _BUDGET = {
 # Families that evaluate slowly on a CPU evaluate fewer images there (always printed): IWAE with k = 100 costs
 # 100 decoder passes per image (about 25 img/s on 2 cores); a PixelCNN about 270 img/s at 28×28.
 _FAMILY_BUDGET = {
-    "vae": {"cpu": EvalBudget(in_train=1000, in_test=2000, out_test=2000, hvp_samples=0, gray_images=200),
+    "vae": {"cpu": EvalBudget(in_train=1000, in_test=2000, out_test=2000, hvp_samples=0, gray_images=200,
+                              heldout=500),
             "gpu": EvalBudget(in_train=5000, in_test=None, out_test=None, hvp_samples=0, gray_images=1000)},
-    "pixelcnn": {"cpu": EvalBudget(in_train=1000, in_test=5000, out_test=5000, hvp_samples=0, gray_images=200)},
+    "pixelcnn": {"cpu": EvalBudget(in_train=1000, in_test=5000, out_test=5000, hvp_samples=0, gray_images=200,
+                                   heldout=1000)},
 }
 # The periodic test bpd of a VAE is an IWAE estimate (k = 100): fewer images keep training time for training.
 _FAMILY_TRAIN = {"vae": {"cpu": dict(eval_images=200), "gpu": dict(eval_images=2000)}}
@@ -138,6 +148,8 @@ def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prio
         if split_prior not in ("learned", "fixed"):
             raise DgmOodError(f"unknown split prior {split_prior!r}; use learned or fixed")
         arch = {**arch, "split_prior": split_prior}
+    if train_overrides.get("seed") is not None:  # an independently seeded model: its initialisation too
+        arch = {**arch, "seed": train_overrides["seed"]}
     config = FAMILIES[model][0](shape=tuple(shape), **arch)
     schedule = {**_TRAIN[name], **_FAMILY_TRAIN.get(model, {}).get(name, {})}
     train = replace(TrainConfig(steps=train_steps, **schedule),

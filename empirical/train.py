@@ -93,7 +93,12 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
         raise TrainingError(f"--train-subset must be ≥ 1, got {train_subset}")
     train_split = data.load(dataset, "train", data_dir, allow_nonstandard=allow_nonstandard)
     test_split = data.load(dataset, "test", data_dir, allow_nonstandard=allow_nonstandard)
-    images = train_split.images[:train_subset] if train_subset else train_split.images
+    n_train = len(train_split.images)
+    if cfg.holdout >= n_train:
+        raise TrainingError(f"the preset holds out {cfg.holdout} of the {n_train} {dataset} training images, "
+                            f"leaving none to train on")
+    images = train_split.images[: n_train - cfg.holdout]  # the last `holdout` images are never trained on
+    images = images[:train_subset] if train_subset else images
     test_images = test_split.images[: cfg.eval_images]
     if tuple(images.shape[1:]) != preset.model.shape:
         raise TrainingError(f"{dataset} images are {images.shape[1:]}, preset expects {preset.model.shape}")
@@ -101,6 +106,14 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
         return _train_locked(dataset, model_name, preset, out_dir, ckpt_path, dev, images, test_images,
                              [f.to_dict() for f in (*train_split.files, *test_split.files)], resume=resume,
                              command=command, progress=progress)
+
+
+def perturb_subpixels(x: torch.Tensor, mu: float, generator: torch.Generator) -> torch.Tensor:
+    """Ren et al. (NeurIPS 2019), the background model's input: each sub-pixel of uint8 images is replaced by
+    a uniform random value in 0..255 with probability μ (independently), the rest kept."""
+    mask = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device) < mu
+    noise = torch.randint(0, 256, x.shape, generator=generator, device=generator.device, dtype=torch.uint8)
+    return torch.where(mask, noise.to(x.device), x)
 
 
 def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torch.device, resume: bool):
@@ -174,10 +187,11 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
     for step in bar:
         gen = _step_generator(cfg.seed, step, dev)
         idx = torch.randint(len(train_x), (cfg.batch_size,), generator=gen, device=dev)
+        batch = perturb_subpixels(train_x[idx], cfg.perturb, gen) if cfg.perturb else train_x[idx]
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = bits_per_dim(forward(train_x[idx], gen)["log_px"], dims).mean()
+        loss = bits_per_dim(forward(batch, gen)["log_px"], dims).mean()
         if not torch.isfinite(loss):
             raise stop(f"the loss became {loss.item()}", step, lr)
         optimizer.zero_grad(set_to_none=True)

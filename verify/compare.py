@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import os
 import platform
 import shlex
 import subprocess
@@ -25,20 +24,22 @@ import torch
 
 from empirical import data
 from empirical.atomic import atomic_write
-from empirical.checkpoint import CorruptCheckpoint, code_version, load_checkpoint, model_from_checkpoint
+from empirical.checkpoint import load_checkpoint, model_from_checkpoint
 from empirical.cli import run_cli
 from empirical.errors import CheckpointError, DgmOodError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import discrete_log_likelihood
 from empirical.models import FLOWS, MODELS
 from empirical.presets import PRESETS, Preset, get_preset
-from empirical.train import CHECKPOINT, resolve_device, train
+from empirical.train import resolve_device
 from theory import ledger
 from theory.predict import predict
 from theory.quadratic import Moments
 from theory.statistics import DatasetStats, compute_stats, mean_difference
-from verify import figures
+from verify import detect, figures
+from verify.detect import SCORE_SETS
 from verify.report import terminal_summary, verdict, write_families, write_report
+from verify.runs import cached_model
 
 ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-prior", choices=["learned", "fixed"],
                    help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's exact model class "
                         "(default: learned conditional priors)")
+    p.add_argument("--scores", default="cheap", choices=["none", *SCORE_SETS],
+                   help="OOD detection scores: cheap (likelihood, typicality, input complexity; default), all (also "
+                        "the likelihood ratio and WAIC, which train a background model and an ensemble), none")
     p.add_argument("--all-models", action="store_true",
                    help="run the --model flow (default cvglow), pixelcnn and vae on the same pair; one table "
                         "and one figure (each model's report in its own folder)")
@@ -106,6 +110,7 @@ class Run:
     checkpoint: Path
     payload: dict
     in_train: np.ndarray  # the whole split (x0 is its mean)
+    heldout: np.ndarray | None  # IN-train images the model never trained on (the checkpoint's holdout)
     sets: dict[str, np.ndarray]  # the evaluated images: in_train (a subset), in_test, out_test
     totals: dict[str, int]
     files: dict[str, list[dict]]  # the source files each set was read from (path, bytes, sha256)
@@ -141,29 +146,6 @@ def checkpoint_family(args) -> str:
     return family
 
 
-def _cached_model(args, model_name: str, preset: Preset, device: torch.device) -> Path:
-    """Train the model into the runs folder, or reuse it when a finished checkpoint is there (waiting for another
-    process that is training it). Only a checkpoint proven corrupt is moved aside, never deleted."""
-    tag = "-splitfixed" if getattr(preset.model, "split_prior", "learned") == "fixed" else ""
-    run_dir = args.runs_dir / "models" / f"{args.in_dataset}-{model_name}-{preset.name}{tag}-seed{args.seed}-" \
-                                         f"{code_version()}"
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.exists():
-        try:
-            if load_checkpoint(ckpt)["step"] >= preset.train.steps:
-                print(f"reusing trained model {ckpt}", file=sys.stderr)
-                return ckpt
-        except CorruptCheckpoint as err:
-            aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
-            os.replace(ckpt, aside)
-            print(f"warning: {err}; moved it aside to {aside} and training again", file=sys.stderr)
-    print(f"training {model_name} on {args.in_dataset} ({preset.train.steps} steps) into {run_dir}", file=sys.stderr)
-    train(args.in_dataset, model_name, preset, run_dir, data_dir=args.data_dir, device=str(device), resume=True,
-          allow_nonstandard=args.allow_nonstandard_data, wait_for_lock=True,
-          command=shlex.join(["python", "-m", "verify.compare", *args.argv]))
-    return ckpt
-
-
 def _limit(images: np.ndarray, n: int | None) -> np.ndarray:
     return images if n is None else images[:n]
 
@@ -184,7 +166,9 @@ def prepare(args, model_name: str) -> Run:
     in_test = data.load(args.in_dataset, "test", **load)
     out_test = data.load_as(args.out_dataset, "test", in_info.shape, match=args.match, seed=args.seed,
                             synthetic_n=len(in_test.images), **load)
-    ckpt = args.checkpoint or _cached_model(args, model_name, preset, device)
+    ckpt = args.checkpoint or cached_model(args.in_dataset, model_name, preset, device, args.runs_dir,
+                                           data_dir=args.data_dir, allow_nonstandard=args.allow_nonstandard_data,
+                                           command=shlex.join(["python", "-m", "verify.compare", *args.argv]))
     model, payload = model_from_checkpoint(ckpt)
     budget = preset.budget
     sets = {"in_train": _limit(in_train.images, budget.in_train), "in_test": _limit(in_test.images, budget.in_test),
@@ -192,11 +176,12 @@ def prepare(args, model_name: str) -> Run:
     labels = {"in_train": f"{data.display_name(args.in_dataset)}-train",
               "in_test": f"{data.display_name(args.in_dataset)}-test",
               "out_test": f"{data.display_name(args.out_dataset)}-test" + (" (matched)" if args.match else "")}
-    files = {k: [f.to_dict() for f in split.files] for k, split in zip(SETS, (in_train, in_test, out_test),
-                                                                        strict=True)}
+    splits = dict(zip(SETS, (in_train, in_test, out_test), strict=True))
+    files = {k: [f.to_dict() for f in split.files] for k, split in splits.items()}
+    holdout = int(payload.get("train_config", {}).get("holdout", 0))
+    heldout = _limit(in_train.images[len(in_train.images) - holdout:], budget.heldout) if holdout else None
     return Run(args, model_name, preset, device, model.to(device).eval(), Path(ckpt), payload, in_train.images,
-               sets, {k: len(split.images) for k, split in zip(SETS, (in_train, in_test, out_test), strict=True)},
-               files, labels, started, t0)
+               heldout, sets, {k: len(split.images) for k, split in splits.items()}, files, labels, started, t0)
 
 
 # ------------------------------------------------------------------------------------------ measure
@@ -209,6 +194,7 @@ class Measurement:
     gap_bpd_stderr: float
     gray_measured: list[float]
     stats: dict[str, DatasetStats]
+    heldout: Evaluation | None  # the held-out IN-train images (typicality's Ĥ, thresholds)
 
 
 def measure(run: Run) -> Measurement:
@@ -232,7 +218,8 @@ def measure(run: Run) -> Measurement:
         gap_nats=summary["out_test"]["log_px_nats"]["mean"] - summary["in_test"]["log_px_nats"]["mean"],
         gap_bpd=summary["in_test"]["bpd"]["mean"] - summary["out_test"]["bpd"]["mean"],
         gap_bpd_stderr=float(np.hypot(summary["in_test"]["bpd"]["stderr"], summary["out_test"]["bpd"]["stderr"])),
-        gray_measured=[v - gray_ll[-1] for v in gray_ll], stats=stats)
+        gray_measured=[v - gray_ll[-1] for v in gray_ll], stats=stats,
+        heldout=None if run.heldout is None else evaluate(run.model, run.heldout, seed=seed, device=device))
 
 
 # ------------------------------------------------------------------------------------------ predict
@@ -318,7 +305,40 @@ def theory_for(run: Run, m: Measurement) -> dict:
         "linear_path_check": pr["linear_path_check"]})
 
 
+# ---------------------------------------------------------------------------------------- detection
+def detect_for(run: Run, m: Measurement) -> tuple[dict | None, dict]:
+    """The OOD scores and their metrics (verify.detect) for ``--scores``; (None, {}) when switched off or when
+    the model holds out no training images (then the reason is in the report)."""
+    if run.args.scores == "none":
+        return None, {}
+    if m.heldout is None:
+        return {"note": "the model holds out no training images, so typicality's Ĥ and the thresholds cannot be "
+                        "estimated; no detection scores"}, {}
+    x = detect.Inputs({"in_test": m.evals["in_test"].bpd, "out_test": m.evals["out_test"].bpd,
+                       "heldout": m.heldout.bpd}, {k: run.sets[k] for k in ("in_test", "out_test")}, run.dims)
+    if run.args.scores == "all":
+        print(f"detection scores: training or reusing a background model (μ = {detect.BACKGROUND_MU}) and "
+              f"{detect.ENSEMBLE - 1} more ensemble members", file=sys.stderr)
+        extra = detect.extra_inputs(
+            run.args.in_dataset, run.model_name, run.preset, run.device, run.args.runs_dir,
+            {k: run.sets[k] for k in ("in_test", "out_test")},
+            {k: m.evals[k].log_px for k in ("in_test", "out_test")}, seed=run.args.seed, data_dir=run.args.data_dir,
+            allow_nonstandard=run.args.allow_nonstandard_data,
+            command=shlex.join(["python", "-m", "verify.compare", *run.args.argv]))
+        x.background, x.ensemble = extra["background"], extra["ensemble"]
+    return detect.detection(x, run.args.seed)
+
+
 # ------------------------------------------------------------------------------------------ report
+def _detection_figures(run: Run, det: dict | None, per_image: dict, out_dir: Path) -> list[Path]:
+    if not per_image:
+        return []
+    title = f"{run.model_name} on {data.display_name(run.args.in_dataset)}: OUT-test vs IN-test"
+    return [figures.roc_curves(per_image, {k: v["auroc"] for k, v in det["scores"].items()}, title,
+                               out_dir / "roc.png"),
+            figures.score_histograms(per_image, run.labels, out_dir / "scores.png")]
+
+
 def _figures(run: Run, m: Measurement, th: dict, out_dir: Path) -> list[Path]:
     dims, labels = run.dims, run.labels
     paths = [
@@ -347,7 +367,7 @@ def _decomposition(run: Run, m: Measurement) -> dict | None:
                   abs(delta["volume_nats"]) else "volume"}
 
 
-def results_of(run: Run, m: Measurement, th: dict, fig_paths: list[Path], out_dir: Path) -> dict:
+def results_of(run: Run, m: Measurement, th: dict, det: dict | None, fig_paths: list[Path], out_dir: Path) -> dict:
     """results.json's content."""
     args = run.args
     predictions = {k: v for k, v in th["prediction"].items() if k != "note"}
@@ -364,7 +384,7 @@ def results_of(run: Run, m: Measurement, th: dict, fig_paths: list[Path], out_di
         "bpd": {k: s["bpd"]["mean"] for k, s in m.summary.items()},
         "gap_bpd": m.gap_bpd, "gap_bpd_stderr": m.gap_bpd_stderr, "gap_nats": m.gap_nats,
         "decomposition": _decomposition(run, m), "prediction": th["prediction"], "agreement": agreement,
-        "ratios": ratios, "ledger": th["ledger"], "hessian_spectrum": th["hessian_spectrum"],
+        "ratios": ratios, "ledger": th["ledger"], "detection": det, "hessian_spectrum": th["hessian_spectrum"],
         "linear_path_check": th["linear_path_check"], "x0": th["x0"], "quadratic_check": th["quadratic_check"],
         "mean_difference": mean_difference(m.stats["out_test"], m.stats["in_test"]),
         "graying": {"alphas": ALPHAS, "n_images": min(run.preset.budget.gray_images, len(run.sets["in_test"])),
@@ -389,11 +409,13 @@ def compare_one(args, model_name: str, out_dir: Path) -> dict:
     run = prepare(args, model_name)
     m = measure(run)
     th = theory_for(run, m)
+    det, per_image_scores = detect_for(run, m)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_image = {**{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
                  **{f"{k}_{p}_nats": v for k, e in m.evals.items() for p, v in e.parts.items()}}
     atomic_write(out_dir / "per_image.npz", lambda f: np.savez_compressed(f, **per_image))
-    results = results_of(run, m, th, _figures(run, m, th, out_dir), out_dir)
+    fig_paths = _figures(run, m, th, out_dir) + _detection_figures(run, det, per_image_scores, out_dir)
+    results = results_of(run, m, th, det, fig_paths, out_dir)
     write_report(results, out_dir)
     print(terminal_summary(results))
     return results
@@ -423,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     preset_tag = args.preset if args.preset != "auto" else ("gpu" if resolve_device(args.device).type == "cuda"
                                                             else "cpu")
     stem = f"{args.in_dataset}-{args.out_dataset}" + ("-match" if args.match else "")
-    tag = "-splitfixed" if args.split_prior == "fixed" else ""
+    tag = ("-splitfixed" if args.split_prior == "fixed" else "") + ("-scoresall" if args.scores == "all" else "")
     out = args.out or Path("runs/compare") / (f"{stem}-families-{preset_tag}{tag}" if args.all_models
                                               else f"{stem}-{model}-{preset_tag}{tag}")
     writable_dir(out, "--out")  # before any training: a report that cannot be written would waste it

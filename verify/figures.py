@@ -113,3 +113,40 @@ def family_histograms(per_image: dict[str, dict[str, np.ndarray]], labels: dict[
     np.atleast_1d(axes)[0].set_ylabel("density")
     np.atleast_1d(axes)[0].legend(frameon=False, fontsize=8)
     return _save(fig, path)
+
+
+def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict[str, float], title: str,
+               path: Path) -> Path:
+    """The ROC curve of every score in one panel (OUT-test positive), AUROC in the legend."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    for name, (s_in, s_out) in per_image.items():
+        y = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])
+        fpr, tpr, _ = roc_curve(y, np.concatenate([s_in, s_out]))
+        ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUROC {aurocs[name]:.3f})")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    ax.set_xlabel("false-positive rate (IN-test flagged)")
+    ax.set_ylabel("true-positive rate (OUT-test flagged)")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def score_histograms(per_image: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
+                     path: Path) -> Path:
+    """One panel per score: histograms of IN-test and OUT-test scores (higher = more OOD)."""
+    n = len(per_image)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, (name, (s_in, s_out)) in zip(axes.ravel(), per_image.items(), strict=False):
+        lo, hi = np.percentile(np.concatenate([s_in, s_out]), [0.5, 99.5])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1e-9, 50)
+        ax.hist(s_in, bins=bins, density=True, alpha=0.5, color=COLOURS["in_test"], label=labels["in_test"])
+        ax.hist(s_out, bins=bins, density=True, alpha=0.5, color=COLOURS["out_test"], label=labels["out_test"])
+        ax.set_title(name, fontsize=9)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    axes[0, 0].legend(frameon=False, fontsize=7)
+    return _save(fig, path)

@@ -91,6 +91,9 @@ def terminal_summary(results: dict) -> str:
     lines.append(f"  measured: {results['gap_nats']:+.1f} nats/image ({results['gap_bpd']:+.4f} bpd)")
     if results.get("ledger"):
         lines.append(f"  assumption ledger: {results['ledger']['summary']}")
+    if (results.get("detection") or {}).get("scores"):
+        aurocs = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in results["detection"]["scores"].items())
+        lines.append(f"  OOD detection AUROC (OUT positive, 0.5 = chance): {aurocs}")
     if results["prediction"].get("note"):
         lines.append(f"  note: {results['prediction']['note']}")
     if results.get("plumbing"):
@@ -136,6 +139,7 @@ def write_report(results: dict, out_dir: Path) -> None:
         md += ["", f"Note: {pred['note']}."]
     md += _second_order_details(results)
     md += _ledger_section(results)
+    md += _detection_section(results)
     md += _graying_and_provenance(results)
     write_text(out_dir / "report.md", md)
 
@@ -184,6 +188,57 @@ def _ledger_section(results: dict) -> list[str]:
     if check:
         md += ["", f"Check of row 4: the linear-path model evaluated on the images gives {check['direct_nats']:+,.3f} "
                f"nats/image, its moments {check['from_moments_nats']:+,.3f} (difference {check['abs_diff']:.2g})."]
+    return md + [""]
+
+
+SCORE_PAPERS = {
+    "likelihood": "−log₂ p(x)/D (Nalisnick et al. 2019)",
+    "typicality": "|bpd − Ĥ| (Nalisnick, Matsukawa, Teh & Lakshminarayanan 2019)",
+    "complexity_png": "bpd − L(x)/D with PNG (Serrà et al. 2020)",
+    "complexity_jpegxl": "bpd − L(x)/D with JPEG XL lossless (Serrà et al. 2020)",
+    "likelihood_ratio": "bpd − bpd of a background model (Ren et al. 2019)",
+    "waic": "−(E_k log p_k − Var_k log p_k) over K models (Choi, Jang & Alemi 2018)",
+}
+
+
+def _detection_section(results: dict) -> list[str]:
+    det = results.get("detection")
+    if not det:
+        return []
+    if "note" in det:
+        return ["## OOD detection", "", f"{det['note']}.", ""]
+    st, L = det["settings"], results["labels"]
+    extra = []
+    if st["background_mu"] is not None:
+        extra.append(f"the background model was trained on IN-train with each sub-pixel replaced by a uniform "
+                     f"random value with probability μ = {st['background_mu']}")
+    if st["ensemble_k"] is not None:
+        k = st["ensemble_k"]
+        extra.append(f"WAIC uses K = {k} independently seeded models (this one and {k - 1} more)")
+    md = ["## OOD detection", "",
+          f"Can the model tell {L['out_test']} (positive) from {L['in_test']}? Every score is higher for more OOD; "
+          f"Ĥ = {st['entropy_bpd']:.4f} bits/dim is the mean over {st['heldout_images']} IN-train images held out of "
+          f"training, which also set the thresholds; nothing is fitted on the OOD set"
+          + ("; " + "; ".join(extra) if extra else "") + ".", "",
+          "| score | what | AUROC | AUPRC | FPR at 95% TPR |", "|---|---|---:|---:|---:|"]
+    for name, r in det["scores"].items():
+        what = SCORE_PAPERS.get(name, "").replace("|", "\\|")
+        md.append(f"| {name} | {what} | {r['auroc']:.3f} | {r['auprc']:.3f} | {r['fpr95']:.3f} |")
+    md += ["", f"Typicality test on batches of M images (Nalisnick et al. 2019): ε_M is the {st['alpha']:.0%} "
+           f"bootstrap quantile of |batch mean − Ĥ| on the held-out IN-train images.", "",
+           "| M | batches IN / OUT | AUROC | ε_M (bpd) | OUT batches beyond ε_M | IN-test batches beyond ε_M |",
+           "|---:|---:|---:|---:|---:|---:|"]
+    for r in det["batch_typicality"]:
+        if "note" in r:
+            md.append(f"| {r['m']} | n/a ({r['note']}) | | | | |")
+            continue
+        md.append(f"| {r['m']} | {r['n_in']} / {r['n_out']} | {r['auroc']:.3f} | {r['epsilon_bpd']:.4f} | "
+                  f"{r['out_flagged']:.1%} | {r['in_flagged']:.1%} |")
+    ens = det.get("ensemble")
+    if ens:
+        md += ["", f"Does ensembling fix the inversion? The ensemble of {ens['k']} models (its density "
+               f"log (1/K) Σ_k p_k) gives a gap bpd(IN-test) − bpd(OUT-test) of **{ens['ensemble_gap_bpd']:+.3f}**; "
+               f"its members {', '.join(f'{g:+.3f}' for g in ens['member_gaps_bpd'])}."]
     return md + [""]
 
 

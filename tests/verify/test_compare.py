@@ -1,6 +1,7 @@
 """verify.compare end to end (real mirror, smoke preset), SVHN plumbing on test-made files, errors, verdict."""
 
 import json
+from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
@@ -41,7 +42,7 @@ def _check_schema(res: dict) -> None:
     else:  # no differentiable log-density: predictions are null and say why
         assert exact is None and res["decomposition"] is None and res["prediction"]["note"]
         assert res["ledger"] is None
-    assert len(res["figures"]) == (4 if res["model"] in ("glow", "cvglow") else 3)
+    assert len(res["figures"]) == (4 if res["model"] in ("glow", "cvglow") else 3) + (2 if res["detection"] else 0)
     for fig in res["figures"]:
         with open(fig, "rb") as f:
             assert f.read(8) == PNG_MAGIC
@@ -89,6 +90,11 @@ def test_fashionmnist_mnist_smoke_end_to_end(smoke_run):
     assert "Verdict" in report and "Provenance" in report and "commit" in report
     assert "## Assumption ledger" in report and "not the paper's class" in report
     assert not res["plumbing"]
+    det = res["detection"]  # the cheap scores run by default
+    assert set(det["scores"]) == {"likelihood", "typicality", "complexity_png", "complexity_jpegxl"}
+    assert all(0.0 <= v["auroc"] <= 1.0 and v["n_in"] == v["n_out"] == 200 for v in det["scores"].values())
+    assert det["settings"]["heldout_images"] == 16 and [r["m"] for r in det["batch_typicality"]] == [2, 5, 10, 25]
+    assert "## OOD detection" in report and {"roc.png", "scores.png"} <= {Path(f).name for f in res["figures"]}
 
 
 def test_paper_model_class_with_fixed_split_priors(smoke_run):
@@ -216,3 +222,28 @@ def test_theory_predict_cli_prints_the_ledger(smoke_run, tmp_path, capsys):
     assert [r["row"] for r in pred["ledger_rows"]] == [3, 4, 5, 6, 7]
     row6 = next(r for r in pred["ledger_rows"] if r["row"] == 6)  # whole test sets here, so compare row 6 to the
     assert row6["gap_nats"] == pytest.approx(pred["closed_form"]["gap_nats"], rel=1e-8)  # closed form on them
+
+
+def test_detect_screens_several_ood_sets_in_one_call(smoke_run, tmp_path, capsys):
+    from verify.detect import main as detect_main
+
+    _, _, res = smoke_run
+    out = tmp_path / "det.json"
+    assert run_cli(detect_main, ["fashionmnist", "mnist", "constant", "noise", "--checkpoint", res["checkpoint"],
+                                 "--data-dir", str(SHARED_DATA), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"| {name} |" in printed for name in ("mnist", "constant", "noise"))
+    table = json.loads(out.read_text())["detection"]
+    assert set(table) == {"mnist", "constant", "noise"}
+    assert table["noise"]["scores"]["likelihood"]["auroc"] > 0.99  # noise is easy for the likelihood itself
+    # the same model and sets as the compare run: the same numbers
+    assert table["mnist"]["scores"]["complexity_png"]["auroc"] == pytest.approx(
+        res["detection"]["scores"]["complexity_png"]["auroc"], abs=0.05)
+
+
+def test_scores_none_and_a_model_without_held_out_images(smoke_run, tmp_path):
+    tmp, _, res = smoke_run
+    out = tmp / "none"
+    assert compare("fashionmnist", "mnist", "--preset", "smoke", "--scores", "none", "--checkpoint",
+                   res["checkpoint"], "--data-dir", str(SHARED_DATA), "--out", str(out)) == 0
+    assert json.loads((out / "results.json").read_text())["detection"] is None

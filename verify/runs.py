@@ -1,0 +1,43 @@
+"""Trained models cached by what made them: train one into the runs folder, or reuse it when it is finished."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from empirical.checkpoint import CorruptCheckpoint, code_version, load_checkpoint
+from empirical.presets import Preset
+from empirical.train import CHECKPOINT, train
+
+
+def run_name(dataset: str, model_name: str, preset: Preset) -> str:
+    """IN-MODEL-PRESET[-splitfixed][-bgMU]-seedN-CODEHASH: every setting that changes the trained model."""
+    tags = "-splitfixed" if getattr(preset.model, "split_prior", "learned") == "fixed" else ""
+    tags += f"-bg{preset.train.perturb:g}" if preset.train.perturb else ""
+    return f"{dataset}-{model_name}-{preset.name}{tags}-seed{preset.train.seed}-{code_version()}"
+
+
+def cached_model(dataset: str, model_name: str, preset: Preset, device: torch.device, runs_dir: Path, *,
+                 data_dir: str | None = None, allow_nonstandard: bool = False, command: str | None = None) -> Path:
+    """The checkpoint of ``model_name`` trained on ``dataset`` with ``preset`` in ``runs_dir/models``: reused when
+    finished, else trained or resumed (waiting for another process that is training it). Only a checkpoint proven
+    corrupt is moved aside (renamed, never deleted); an unreadable one is an error."""
+    run_dir = Path(runs_dir) / "models" / run_name(dataset, model_name, preset)
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists():
+        try:
+            if load_checkpoint(ckpt)["step"] >= preset.train.steps:
+                print(f"reusing trained model {ckpt}", file=sys.stderr)
+                return ckpt
+        except CorruptCheckpoint as err:
+            aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
+            os.replace(ckpt, aside)
+            print(f"warning: {err}; moved it aside to {aside} and training again", file=sys.stderr)
+    print(f"training {model_name} on {dataset} ({preset.train.steps} steps) into {run_dir}", file=sys.stderr)
+    train(dataset, model_name, preset, run_dir, data_dir=data_dir, device=str(device), resume=True,
+          allow_nonstandard=allow_nonstandard, wait_for_lock=True, command=command)
+    return ckpt
