@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,29 +37,11 @@ from theory.statistics import DatasetStats, compute_stats, mean_difference
 from verify import detect, figures
 from verify.detect import SCORE_SETS
 from verify.report import terminal_summary, verdict, write_families, write_report
-from verify.runs import cached_model
+from verify.runs import cached_model, device_description, provenance
 
 ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
-REPO = Path(__file__).resolve().parent.parent
 SETS = ("in_train", "in_test", "out_test")
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,9 +378,8 @@ def results_of(run: Run, m: Measurement, th: dict, det: dict | None, fig_paths: 
     results["verdict"] = verdict(run.labels["in_test"], run.labels["out_test"], m.gap_bpd, m.gap_bpd_stderr,
                                  {k: (p["gap_bpd"] if p else None) for k, p in predictions.items()},
                                  identical=identical)
-    results["provenance"] = {"command": shlex.join(["python", "-m", "verify.compare", *args.argv]),
-                             "commit": git_commit(), "device": device_description(run.device),
-                             "torch": torch.__version__, "started": run.started, "seconds": time.time() - run.t0}
+    results["provenance"] = provenance(shlex.join(["python", "-m", "verify.compare", *args.argv]), run.device,
+                                       run.started, run.t0)
     return results
 
 

@@ -8,8 +8,10 @@ from IN-train images held out of training (the preset's ``holdout``); nothing is
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
 from empirical.models import FLOWS
 from empirical.presets import Preset, get_preset
 from empirical.train import resolve_device
-from verify.runs import cached_model
+from verify.runs import cached_model, provenance
 
 BATCH_SIZES = (2, 5, 10, 25)  # M of the batch typicality test
 ALPHA = 0.99  # the bootstrap threshold's quantile
@@ -193,6 +195,8 @@ def heldout_images(train_images: np.ndarray, payload: dict) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
+    command = shlex.join(["python", "-m", "verify.detect", *(sys.argv[1:] if argv is None else argv)])
     device = resolve_device(args.device)
     payload = load_checkpoint(args.checkpoint)
     if payload.get("dataset") != args.in_dataset:
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = extra_inputs(args.in_dataset, family, preset, device, args.runs_dir, sets,
                                  {k: lp[k] for k in sets}, seed=args.seed, data_dir=args.data_dir,
                                  allow_nonstandard=args.allow_nonstandard_data,
-                                 command=shlex.join(["python", "-m", "verify.detect", *(argv or sys.argv[1:])]))
+                                 command=command)
             x.background, x.ensemble = extra["background"], extra["ensemble"]
         table[name], _ = detection(x, args.seed)
     names = list(next(iter(table.values()))["scores"])
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, det in table.items():
         print(f"| {name} | " + " | ".join(f"{det['scores'][s]['auroc']:.3f}" for s in names) + " |")
     if args.json:
-        write_json(args.json, {"in": args.in_dataset, "checkpoint": str(args.checkpoint), "detection": table})
+        write_json(args.json, {"in": args.in_dataset, "checkpoint": str(args.checkpoint), "detection": table,
+                               "provenance": provenance(command, device, started, t0)})
     return 0
 
 

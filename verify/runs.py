@@ -1,10 +1,14 @@
-"""Trained models cached by what made them: train one into the runs folder, or reuse it when it is finished."""
+"""Trained models cached by what made them (train one into the runs folder, or reuse it when it is finished), and
+the provenance every result names: command, commit, device, torch, start and wall-clock."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -12,6 +16,8 @@ import torch
 from empirical.checkpoint import CorruptCheckpoint, code_version, load_checkpoint
 from empirical.presets import Preset
 from empirical.train import CHECKPOINT, train
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_name(dataset: str, model_name: str, preset: Preset) -> str:
@@ -41,3 +47,26 @@ def cached_model(dataset: str, model_name: str, preset: Preset, device: torch.de
     train(dataset, model_name, preset, run_dir, data_dir=data_dir, device=str(device), resume=True,
           allow_nonstandard=allow_nonstandard, wait_for_lock=True, command=command)
     return ckpt
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(command: str, device: torch.device, started: str, t0: float) -> dict:
+    """results.json's ``provenance``: what produced the numbers, where, and how long it took (``t0`` from time.time)."""
+    return {"command": command, "commit": git_commit(), "device": device_description(device),
+            "torch": torch.__version__, "started": started, "seconds": time.time() - t0}

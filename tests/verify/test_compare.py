@@ -233,8 +233,11 @@ def test_detect_screens_several_ood_sets_in_one_call(smoke_run, tmp_path, capsys
                                  "--data-dir", str(SHARED_DATA), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert all(f"| {name} |" in printed for name in ("mnist", "constant", "noise"))
-    table = json.loads(out.read_text())["detection"]
+    written = json.loads(out.read_text())
+    table = written["detection"]
     assert set(table) == {"mnist", "constant", "noise"}
+    assert written["provenance"]["command"].startswith("python -m verify.detect fashionmnist mnist constant noise")
+    assert written["provenance"]["commit"] and written["provenance"]["seconds"] > 0
     assert table["noise"]["scores"]["likelihood"]["auroc"] > 0.99  # noise is easy for the likelihood itself
     # the same model and sets as the compare run: the same numbers
     assert table["mnist"]["scores"]["complexity_png"]["auroc"] == pytest.approx(
