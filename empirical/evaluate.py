@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical import data
+from empirical import data, distributed
 from empirical.atomic import write_json
 from empirical.checkpoint import model_from_checkpoint
 from empirical.cli import run_cli
+from empirical.distributed import Shard
 from empirical.errors import DgmOodError
 from empirical.likelihood import bits_per_dim
 
@@ -49,22 +50,32 @@ def evaluate(model: torch.nn.Module, images: np.ndarray | torch.Tensor, *, batch
              device: torch.device | str | None = None) -> Evaluation:
     """Evaluate uint8 images N×C×H×W; any noise (dequantisation, IWAE samples) comes from a fixed seed.
 
-    The caller's array is never modified (each batch is copied to the device as a new tensor).
+    In a torchrun group the batches are shared out round-robin and gathered in order on every rank: the
+    per-image arrays equal one process's. The caller's array is never modified (each batch is copied).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     images = torch.as_tensor(images)
-    outs: dict[str, list[torch.Tensor]] = {}
+    world = distributed.world()
+    mine: dict[int, dict[str, torch.Tensor]] = {}  # batch index → this rank's results
     try:
-        for start in range(0, len(images), batch_size):
-            result = model.log_likelihood(images[start: start + batch_size].to(device), gen)
-            for k, v in result.items():
-                outs.setdefault(k, []).append(v.double().cpu())
+        for b, start in enumerate(range(0, len(images), batch_size)):
+            batch = images[start: start + batch_size]
+            if world.size == 1:
+                result = model.log_likelihood(batch.to(device), gen)
+            else:  # round-robin batches; the others' noise is drawn too (rows 0..0), keeping the stream in step
+                owned = b % world.size == world.rank
+                shard = Shard(0, len(batch) if owned else 0, len(batch))
+                result = model.log_likelihood(shard.rows(batch).to(device), gen, shard)
+                if not owned:
+                    continue
+            mine[b] = {k: v.double().cpu() for k, v in result.items()}
     finally:
         model.train(was_training)
-    cat = {k: torch.cat(v).numpy() for k, v in outs.items()}
+    batches = {b: r for part in distributed.gather(mine) for b, r in part.items()}
+    cat = {k: torch.cat([batches[b][k] for b in sorted(batches)]).numpy() for k in batches.get(0, {})}
     log_px = cat.pop("log_px", np.zeros(0))
     return Evaluation(log_px, cat, int(np.prod(images.shape[1:])))
 
@@ -80,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="dequantisation noise seed")
     p.add_argument("--json", type=Path, help="write per-image results and the summary here")
+    p.add_argument("--allow-nonstandard-data", action="store_true",
+                   help="accept well-formed files with non-official image counts (plumbing only)")
     return p
 
 
@@ -87,13 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise DgmOodError(f"--limit must be ≥ 1, got {args.limit}")
+    device = distributed.init_from_env(args.device)  # under torchrun the images are shared out over the ranks
+    try:
+        return _evaluate_checkpoint(args, device)
+    finally:
+        distributed.shutdown()
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> int:
     model, payload = model_from_checkpoint(args.checkpoint)
-    model.to(args.device)
+    model.to(device)
     images = data.load_as(args.dataset, args.split, model.config.shape, match=args.match,
-                          data_dir=args.data_dir, seed=args.seed).images
+                          data_dir=args.data_dir, seed=args.seed,
+                          allow_nonstandard=args.allow_nonstandard_data).images
     if args.limit is not None:
         images = images[: args.limit]
-    result = evaluate(model, images, seed=args.seed, device=args.device)
+    result = evaluate(model, images, seed=args.seed, device=device)
+    if not distributed.world().main:
+        return 0
     s = result.summary()
     parts = "".join(f", {k.removesuffix('_nats')} {s[k]['mean']:.1f} nats" for k in s if k.endswith("_nats")
                     and k != "log_px_nats")

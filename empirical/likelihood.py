@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from empirical.distributed import Shard
+
 LEVELS = 256
 
 
@@ -25,16 +27,18 @@ def discretisation_nats(dims: int) -> float:
 
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, shard: Shard | None = None) -> torch.Tensor:
     """x̃ = (x + u) / 256 with u ~ U[0,1); returns a new tensor (the input is never modified).
 
-    The noise is drawn on the generator's device, so it does not depend on where the model runs.
+    The noise is drawn on the generator's device, so it does not depend on where the model runs; with a
+    ``shard``, x is the shard's rows of a larger batch and u is drawn for the whole batch, then sliced.
     """
     if x.dtype != torch.uint8:
         raise TypeError(f"dequantize expects uint8 images, got {x.dtype}")
     device = generator.device if generator is not None else x.device
-    u = torch.rand(x.shape, generator=generator, dtype=dtype, device=device).to(x.device)
-    return (x.to(dtype) + u) / LEVELS
+    shape = x.shape if shard is None else (shard.total, *x.shape[1:])
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    return (x.to(dtype) + (u if shard is None else shard.rows(u)).to(x.device)) / LEVELS
 
 
 def discrete_to_density_nats(log_p_discrete: torch.Tensor, dims: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from empirical.config import ImageModelConfig, check_images
+from empirical.distributed import Shard
 from empirical.likelihood import LEVELS, discrete_to_density_nats
 
 
@@ -99,7 +100,9 @@ class PixelCNN(nn.Module):
         logp = F.log_softmax(self.logits(x), dim=1)
         return logp.gather(1, x.long().unsqueeze(1)).squeeze(1).flatten(1).sum(1)
 
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                       shard: Shard | None = None) -> dict[str, torch.Tensor]:
+        """log p(x̃) of the exact discrete likelihood; no noise, so ``generator`` and ``shard`` are unused."""
         return {"log_px": discrete_to_density_nats(self.log_prob_discrete(x), self.config.dims)}
 
     @torch.no_grad()

@@ -1,8 +1,10 @@
-"""The one trainer: ``python -m empirical.train --dataset cifar10 --model glow --preset cpu``.
+"""The one trainer: ``python -m empirical.train --dataset cifar10 --model glow --preset cpu``, or data-parallel
+``torchrun --nproc_per_node=N -m empirical.train ...`` (see empirical.distributed).
 
 Minimises bits/dim of dequantised images with Adam/Adamax, linear warm-up and gradient clipping.
 The uint8 training set lives on the training device and batches are drawn from a generator seeded
-by (seed, step), so a resumed run sees exactly the batches and noise it would have seen.
+by (seed, step), so a resumed run sees exactly the batches and noise it would have seen, whatever the
+number of ranks before and after.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import math
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from empirical import data
+from empirical import data, distributed
 from empirical.atomic import write_json
 from empirical.checkpoint import code_version, load_checkpoint, non_finite_tensors, save_checkpoint
 from empirical.cli import run_cli
+from empirical.distributed import resolve_device
 from empirical.errors import CheckpointError, TrainingError
 from empirical.evaluate import evaluate
 from empirical.likelihood import bits_per_dim
@@ -32,18 +36,11 @@ from empirical.presets import PRESETS, Preset, TrainConfig, get_preset
 CHECKPOINT = "last.pt"
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
-def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.optimizer == "adamax":
@@ -57,6 +54,7 @@ class TrainResult:
     step: int
     test_bpd: float | None
     seconds: float
+    model: torch.nn.Module  # the trained model in memory (every rank's is identical)
 
 
 def _resume_state(payload: dict, ckpt_path: Path, preset: Preset) -> list[dict]:
@@ -81,7 +79,8 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
           wait_for_lock: bool = False) -> TrainResult:
     """Train (or resume) ``model_name`` on ``dataset`` with ``preset``; checkpoints go to ``out_dir``.
 
-    One process at a time per ``out_dir`` (a lock; ``wait_for_lock`` waits instead of refusing). Every step
+    One job at a time per ``out_dir`` (a lock; ``wait_for_lock`` waits instead of refusing). Under torchrun
+    every rank calls this with the same arguments; rank 0 alone writes. Every step
     checks the loss and the gradient norm, every save the parameters: a non-finite value stops training
     before it reaches the weights, and the last checkpoint written stays the last good one.
     """
@@ -102,7 +101,9 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
     test_images = test_split.images[: cfg.eval_images]
     if tuple(images.shape[1:]) != preset.model.shape:
         raise TrainingError(f"{dataset} images are {images.shape[1:]}, preset expects {preset.model.shape}")
-    with run_lock(out_dir, wait=wait_for_lock, what=f"training {model_name} on {dataset}"):
+    lock = run_lock(out_dir, wait=wait_for_lock, what=f"training {model_name} on {dataset}") \
+        if distributed.world().main else nullcontext()  # rank 0 holds the lock for the whole job
+    with lock:
         return _train_locked(dataset, model_name, preset, out_dir, ckpt_path, dev, images, test_images,
                              [f.to_dict() for f in (*train_split.files, *test_split.files)], resume=resume,
                              command=command, progress=progress)
@@ -121,7 +122,7 @@ def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torc
     from, the history so far and the schedule changes (see _resume_state). bf16 coupling networks on CUDA."""
     cfg = preset.train
     model = build_model(model_name, preset.model).to(dev)
-    optimizer = _make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     start, history, changes = 0, [], []
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
@@ -139,20 +140,51 @@ def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torc
     return model, optimizer, start, history, changes
 
 
+def initialize(model: torch.nn.Module, train_x: torch.Tensor, seed: int, dev: torch.device) -> None:
+    """Data-dependent initialisation (Glow's ActNorm) on 512 training images drawn with ``seed``; in a group
+    each rank passes its rows and the statistics are all-reduced, so every rank gets one process's init."""
+    init = train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:512].to(dev)]
+    world = distributed.world()
+    shard = world.shard(len(init)) if world.size > 1 else None
+    with torch.no_grad():
+        model.log_likelihood(init if shard is None else shard.rows(init), step_generator(seed, -1, dev), shard)
+
+
+def training_forward(model: torch.nn.Module, cfg: TrainConfig, dev: torch.device):
+    """What a training step calls: ``model.log_likelihood`` wrapped in DDP in a group, compiled on CUDA if asked."""
+    if distributed.active():
+        return distributed.data_parallel(model, dev)
+    return torch.compile(model.log_likelihood) if (cfg.compile and dev.type == "cuda") else model.log_likelihood
+
+
+def batch_loss(forward, batch: torch.Tensor, gen: torch.Generator, dims: int,
+               shard: distributed.Shard | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's loss to backpropagate, the whole batch's mean bits/dim). One process: the mean bpd, twice.
+    In a group: Σ bpd over this rank's rows · W / B, so that DDP's mean over the ranks is the batch's mean
+    gradient, and the batch's mean bpd all-reduced, the same on every rank (for the log and the finite check)."""
+    if shard is None:
+        loss = bits_per_dim(forward(batch, gen)["log_px"], dims).mean()
+        return loss, loss
+    bpd = bits_per_dim(forward(shard.rows(batch), gen, shard)["log_px"], dims)
+    size = distributed.world().size
+    return bpd.sum() * size / shard.total, distributed.all_sum(bpd.sum().detach()) / shard.total
+
+
 def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, ckpt_path: Path,
                   dev: torch.device, images, test_images, data_files: list[dict], *, resume: bool,
                   command: str | None, progress: bool) -> TrainResult:
     cfg = preset.train
+    world = distributed.world()
     train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
     model, optimizer, start, history, changes = _build_or_resume(model_name, preset, ckpt_path, dev, resume)
-    forward = torch.compile(model.log_likelihood) if (cfg.compile and dev.type == "cuda") else model.log_likelihood
 
     hparams = {"dataset": dataset, "model": model_name, "preset": preset.name,
                "model_config": preset.model.to_dict(), "train_config": cfg.to_dict(),
                "train_images": int(images.shape[0]), "code_version": code_version(),
                "command": command or shlex.join(sys.argv), "device": str(dev), "data_files": data_files,
                "schedule_changes": changes}
-    write_json(out_dir / "hparams.json", hparams)
+    if world.main:
+        write_json(out_dir / "hparams.json", hparams)
     last_saved = {"step": start if ckpt_path.exists() else None}
 
     def stop(what: str, step: int, lr: float) -> TrainingError:
@@ -167,57 +199,59 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
         bad = non_finite_tensors(model.state_dict())
         if bad:  # never replace a good checkpoint with a broken one
             raise stop(f"parameters became non-finite ({bad[0]} and {len(bad) - 1} more)", step, cfg.lr)
-        save_checkpoint(ckpt_path, {**hparams, "step": step, "history": history,
-                                    "model_state": model.state_dict(),
-                                    "optimizer_state": optimizer.state_dict()})
+        if world.main:
+            save_checkpoint(ckpt_path, {**hparams, "step": step, "history": history,
+                                        "model_state": model.state_dict(),
+                                        "optimizer_state": optimizer.state_dict()})
         last_saved["step"] = step
 
-    dims = preset.model.dims
+    dims, batch_size = preset.model.dims, cfg.batch_size
     model.train()
-    if start == 0:  # data-dependent initialisation (Glow's ActNorm) on a larger batch
-        init = train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:512]
-                       .to(dev)]
-        with torch.no_grad():
-            model.log_likelihood(init, _step_generator(cfg.seed, -1, dev))
+    if start == 0:
+        initialize(model, train_x, cfg.seed, dev)
+    forward = training_forward(model, cfg, dev)
+    shard = world.shard(batch_size) if world.size > 1 else None  # this rank's rows of every batch
     t0, last_test = time.time(), None
     before = history[-1]["seconds"] if history else 0.0  # wall-clock of earlier sessions of this run
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (progress and world.main),
                desc=f"{dataset} {model_name}/{preset.name}", mininterval=5, file=sys.stderr)
     seen = 0
     for step in bar:
-        gen = _step_generator(cfg.seed, step, dev)
-        idx = torch.randint(len(train_x), (cfg.batch_size,), generator=gen, device=dev)
+        gen = step_generator(cfg.seed, step, dev)
+        idx = torch.randint(len(train_x), (batch_size,), generator=gen, device=dev)
         batch = perturb_subpixels(train_x[idx], cfg.perturb, gen) if cfg.perturb else train_x[idx]
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = bits_per_dim(forward(batch, gen)["log_px"], dims).mean()
-        if not torch.isfinite(loss):
-            raise stop(f"the loss became {loss.item()}", step, lr)
+        loss, shown = batch_loss(forward, batch, gen, dims, shard)
+        if not torch.isfinite(shown):
+            raise stop(f"the loss became {shown.item()}", step, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise stop(f"the gradient became non-finite (norm {grad_norm.item()}) with a finite loss", step, lr)
         optimizer.step()
-        seen += cfg.batch_size
+        seen += batch_size
         done = step + 1
         if done % 10 == 0:
-            bar.set_postfix(bpd=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+            bar.set_postfix(bpd=f"{shown.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             model.eval()
-            last_test = float(evaluate(model, test_images, device=dev).bpd.mean())
+            last_test = float(evaluate(model, test_images, device=dev).bpd.mean())  # sharded over the ranks
             model.train()
-            history.append({"step": done, "train_bpd": float(loss.item()), "test_bpd": last_test,
-                            "seconds": before + time.time() - t0, "device": str(dev)})
-            bar.write(f"step {done}: train bpd {loss.item():.3f}, test bpd {last_test:.3f} "
-                      f"({len(test_images)} test images)", file=sys.stderr)
+            history.append({"step": done, "train_bpd": float(shown.item()), "test_bpd": last_test,
+                            "seconds": before + time.time() - t0, "device": str(dev), "ranks": world.size})
+            if world.main:
+                bar.write(f"step {done}: train bpd {shown.item():.3f}, test bpd {last_test:.3f} "
+                          f"({len(test_images)} test images)", file=sys.stderr)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             save(done)
     bar.close()
+    distributed.barrier()  # no rank returns before rank 0 has written the last checkpoint
     if start >= cfg.steps:
         last_test = history[-1]["test_bpd"] if history else None
-    return TrainResult(ckpt_path, max(start, cfg.steps), last_test, time.time() - t0)
+    return TrainResult(ckpt_path, max(start, cfg.steps), last_test, time.time() - t0, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,9 +285,16 @@ def main(argv: list[str] | None = None) -> int:
                         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
                         compile=args.compile)
     out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
-    result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=args.device,
-                   resume=args.resume, train_subset=args.train_subset,
-                   allow_nonstandard=args.allow_nonstandard_data, progress=not args.no_progress)
+    device = distributed.init_from_env(args.device)  # joins torchrun's group, if any
+    main_rank = distributed.world().main
+    try:
+        result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=str(device),
+                       resume=args.resume, train_subset=args.train_subset,
+                       allow_nonstandard=args.allow_nonstandard_data, progress=not args.no_progress)
+    finally:
+        distributed.shutdown()
+    if not main_rank:
+        return 0
     bpd = "n/a" if result.test_bpd is None or math.isnan(result.test_bpd) else f"{result.test_bpd:.3f}"
     print(f"{args.dataset} {args.model}/{args.preset}: step {result.step}, test bpd {bpd} "
           f"({min(preset.train.eval_images, info.counts['test'])} test images), "

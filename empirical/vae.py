@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from empirical.config import ImageModelConfig, check_images
+from empirical.distributed import Shard
 from empirical.likelihood import discrete_to_density_nats
 
 
@@ -74,16 +75,15 @@ class VAE(nn.Module):
         mean, log_scale = out.chunk(2, dim=1)
         return discretized_logistic_log_prob(x, torch.tanh(mean), log_scale.clamp(-7, 2)).flatten(1).sum(1)
 
-    def iwae(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-             chunk: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    def iwae(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None, chunk: int = 25,
+             shard: Shard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(IWAE_k, mean one-sample ELBO) in nats per image of the 8-bit image, from the same k samples."""
         check_images(x, self.config.shape)
         mu, log_std = self.encode(x)
         weights = []
         for start in range(0, k, chunk):
             kk = min(chunk, k - start)
-            eps = torch.randn((kk, *mu.shape), generator=generator, dtype=mu.dtype,
-                              device=generator.device if generator is not None else mu.device).to(mu.device)
+            eps = _normal((kk, *mu.shape), generator, mu, shard, dim=1)
             z = mu + torch.exp(log_std) * eps  # kk×N×L
             log_q = (-0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
             log_pz = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -93,21 +93,22 @@ class VAE(nn.Module):
         w = torch.cat(weights)
         return torch.logsumexp(w, 0) - math.log(k), w.mean(0)
 
-    def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None,
+             shard: Shard | None = None) -> torch.Tensor:
         """One-sample reconstruction term with the analytic KL(q(z|x) ‖ N(0, I)), nats per image."""
         check_images(x, self.config.shape)
         mu, log_std = self.encode(x)
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
-                          device=generator.device if generator is not None else mu.device).to(mu.device)
+        eps = _normal(mu.shape, generator, mu, shard, dim=0)
         kl = 0.5 * (mu**2 + torch.exp(2 * log_std) - 1 - 2 * log_std).sum(1)
         return self.decode_log_prob(x, mu + torch.exp(log_std) * eps) - kl
 
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                       shard: Shard | None = None) -> dict[str, torch.Tensor]:
         """Training: the ELBO. Evaluation: IWAE_k as ``log_px`` and the mean one-sample ELBO as ``elbo``."""
         d = self.config.dims
         if self.training:
-            return {"log_px": discrete_to_density_nats(self.elbo(x, generator), d)}
-        iwae, elbo = self.iwae(x, self.config.eval_samples, generator)
+            return {"log_px": discrete_to_density_nats(self.elbo(x, generator, shard), d)}
+        iwae, elbo = self.iwae(x, self.config.eval_samples, generator, shard=shard)
         return {"log_px": discrete_to_density_nats(iwae, d), "elbo": discrete_to_density_nats(elbo, d)}
 
     @torch.no_grad()
@@ -116,3 +117,13 @@ class VAE(nn.Module):
         z = temperature * torch.randn(n, self.config.latent, device=next(self.parameters()).device)
         mean, _ = self.dec(self.from_z(z).view(-1, *self.feat)).chunk(2, dim=1)
         return ((torch.tanh(mean) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _normal(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor, shard: Shard | None,
+            dim: int) -> torch.Tensor:
+    """ε ~ N(0, I) of ``shape`` on ``like``'s device and dtype, drawn on the generator's device; with a ``shard``,
+    the batch axis ``dim`` holds the shard's rows and ε is drawn for the whole batch, then sliced."""
+    full = shape if shard is None else (*shape[:dim], shard.total, *shape[dim + 1:])
+    eps = torch.randn(full, generator=generator, dtype=like.dtype,
+                      device=generator.device if generator is not None else like.device)
+    return (eps if shard is None else shard.rows(eps, dim)).to(like.device)

@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical import data
+from empirical import data, distributed
 from empirical.atomic import atomic_write
 from empirical.checkpoint import load_checkpoint, model_from_checkpoint
 from empirical.cli import run_cli
+from empirical.distributed import resolve_device
 from empirical.errors import CheckpointError, DgmOodError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import discrete_log_likelihood
 from empirical.models import FLOWS, MODELS
 from empirical.presets import PRESETS, Preset, get_preset
-from empirical.train import resolve_device
 from theory import ledger
 from theory.predict import predict
 from theory.quadratic import Moments
@@ -389,6 +389,8 @@ def compare_one(args, model_name: str, out_dir: Path) -> dict:
     m = measure(run)
     th = theory_for(run, m)
     det, per_image_scores = detect_for(run, m)
+    if not distributed.world().main:  # under torchrun every rank trains and evaluates its share; rank 0 reports
+        return {}
     out_dir.mkdir(parents=True, exist_ok=True)
     per_image = {**{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
                  **{f"{k}_{p}_nats": v for k, e in m.evals.items() for p, v in e.parts.items()}}
@@ -415,6 +417,14 @@ def writable_dir(path: Path, flag: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    distributed.init_from_env(args.device)  # under torchrun: join the group (training and evaluation are sharded)
+    try:
+        return _compare(args)
+    finally:
+        distributed.shutdown()
+
+
+def _compare(args: argparse.Namespace) -> int:
     data.dataset_info(args.in_dataset)
     if args.out_dataset not in data.SYNTHETIC:
         data.dataset_info(args.out_dataset)
@@ -436,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     root = out
     flow = model if model in FLOWS else "cvglow"
     runs = {m: compare_one(args, m, root / m) for m in (flow, *FAMILY_MODELS)}
+    if not distributed.world().main:
+        return 0
     write_families(runs, root)
     print(f"three families: {root}/families.md")
     return 0

@@ -23,12 +23,12 @@ from empirical import data, scores
 from empirical.atomic import write_json
 from empirical.checkpoint import load_checkpoint, model_from_checkpoint
 from empirical.cli import run_cli
+from empirical.distributed import resolve_device
 from empirical.errors import DgmOodError
 from empirical.evaluate import evaluate
 from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
 from empirical.models import FLOWS
 from empirical.presets import Preset, get_preset
-from empirical.train import resolve_device
 from verify.runs import cached_model, provenance
 
 BATCH_SIZES = (2, 5, 10, 25)  # M of the batch typicality test

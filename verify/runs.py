@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from empirical import distributed
 from empirical.checkpoint import CorruptCheckpoint, code_version, load_checkpoint
 from empirical.presets import Preset
 from empirical.train import CHECKPOINT, train
@@ -50,9 +51,11 @@ def cached_model(dataset: str, model_name: str, preset: Preset, device: torch.de
 
 
 def device_description(device: torch.device) -> str:
+    """e.g. ``CPU x86_64 (2 threads)``, ``NVIDIA H100 (CUDA)``; under torchrun ``… × 4 ranks``."""
+    ranks = f" × {distributed.world().size} ranks" if distributed.active() else ""
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+        return f"{torch.cuda.get_device_name(device)} (CUDA){ranks}"
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads){ranks}"
 
 
 def git_commit() -> str:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from empirical.config import ImageModelConfig, check_images
+from empirical.distributed import Shard
 from empirical.flows.layers import FlowStep, Split, Squeeze, gaussian_log_density
 from empirical.likelihood import dequantize
 
@@ -119,11 +120,12 @@ class Glow(nn.Module):
             h = self.squeeze.inverse(h)
         return h + 0.5
 
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Dequantise uint8 images; log p(x̃) (``log_px``), its ``density`` and ``volume`` parts, and the
-        density's terms per latent (``latent_split1``, …, ``latent_top``)."""
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                       shard: Shard | None = None) -> dict[str, torch.Tensor]:
+        """Dequantise uint8 images (x is ``shard``'s rows of a larger batch, if given); log p(x̃) (``log_px``), its
+        ``density`` and ``volume`` parts, and the density's terms per latent (``latent_split1``, …, ``latent_top``)."""
         dtype = next(self.parameters()).dtype
-        _, terms, volume = self.encode(dequantize(x, generator, dtype))
+        _, terms, volume = self.encode(dequantize(x, generator, dtype, shard))
         density = sum(terms.values())
         return {"log_px": density + volume, "density": density, "volume": volume,
                 **{f"latent_{k}": v for k, v in terms.items()}}

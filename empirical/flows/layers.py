@@ -11,12 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from empirical.distributed import channel_mean_std
+
 
 class ActNorm(nn.Module):
     """y = (x + b)·exp(s) per channel; log|det| = H·W·Σ_c s_c.
 
-    Data-dependent init on the first training batch (zero mean, unit variance per channel); the
-    ``initialized`` flag is a buffer, so a reloaded state dict never re-initialises.
+    Data-dependent init on the first training batch (zero mean, unit variance per channel, over all ranks'
+    rows in data-parallel training); the ``initialized`` flag is a buffer, so a reloaded state dict never
+    re-initialises.
     """
 
     def __init__(self, channels: int) -> None:
@@ -27,8 +30,7 @@ class ActNorm(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True) if x[:, 0].numel() > 1 else torch.ones_like(mean)
+        mean, std = channel_mean_std(x)  # over every rank's rows in data-parallel training
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std.clamp_min(1e-6)))
         self.initialized.fill_(1)

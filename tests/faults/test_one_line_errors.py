@@ -12,7 +12,7 @@ import pytest
 
 from empirical.checkpoint import load_checkpoint, save_checkpoint
 from tests import datafiles
-from tests.faults.conftest import assert_one_line_error, cli, snapshot
+from tests.faults.conftest import assert_one_line_error, cli, env_for, snapshot
 
 TRAIN = "empirical.train"
 
@@ -120,3 +120,11 @@ def test_in_equal_to_out_says_the_sets_are_identical(world, tmp_path):
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["gap_nats"] == 0.0 and "same images" in res["verdict"] and "same sign" not in res["verdict"]
     assert set(res["agreement"].values()) == {None}
+
+
+def test_world_size_without_torchrun(world, tmp_path):
+    proc = cli(TRAIN, "--dataset", "fashionmnist", "--preset", "smoke", "--data-dir", world["data"],
+               "--allow-nonstandard-data", "--out", tmp_path / "run", tmp=tmp_path,
+               env=env_for(tmp_path, WORLD_SIZE="2"))
+    assert_one_line_error(proc, "WORLD_SIZE=2", "torchrun", "RANK")
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -1,6 +1,8 @@
 """verify.compare end to end (real mirror, smoke preset), SVHN plumbing on test-made files, errors, verdict."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,23 @@ def test_scores_none_and_a_model_without_held_out_images(smoke_run, tmp_path):
     assert compare("fashionmnist", "mnist", "--preset", "smoke", "--scores", "none", "--checkpoint",
                    res["checkpoint"], "--data-dir", str(SHARED_DATA), "--out", str(out)) == 0
     assert json.loads((out / "results.json").read_text())["detection"] is None
+
+
+def test_compare_under_torchrun_reports_what_one_process_reports(tmp_path):
+    """2 ranks train the model data-parallel and share out its evaluation; rank 0 alone writes the report, whose
+    numbers equal a single process's on the same model."""
+    from tests.faults.conftest import env_for, write_tiny_idx
+
+    for folder, seed in (("fashion-mnist", 1), ("mnist", 2)):
+        write_tiny_idx(tmp_path / "data", folder, seed)
+    args = ["-m", "verify.compare", "fashionmnist", "mnist", "--preset", "smoke", "--data-dir", str(tmp_path / "data"),
+            "--allow-nonstandard-data"]
+    env = env_for(tmp_path, OMP_NUM_THREADS="1")
+    for name, launch in (("two", ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]), ("one", [])):
+        proc = subprocess.run([sys.executable, *launch, *args, "--out", str(tmp_path / name)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("two", "one"))
+    assert "× 2 ranks" in two["provenance"]["device"] and "ranks" not in one["provenance"]["device"]
+    for key in ("bpd", "gap_bpd", "prediction", "ledger", "detection", "graying"):
+        assert json.dumps(two[key], sort_keys=True) == json.dumps(one[key], sort_keys=True), key

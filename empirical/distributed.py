@@ -1,0 +1,160 @@
+"""Data parallelism with PyTorch's own engine: ``torchrun --nproc_per_node=N -m empirical.train ...``.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with them the process joins a ``torch.distributed`` group (NCCL on
+CUDA, gloo on CPU), without them everything runs in one process with no group at all. The global batch stays
+the preset's whatever the world size: rank r of W takes rows [r·B/W, (r+1)·B/W) of the batch that the (seed,
+step) generator draws, and every random draw is made for the whole batch and sliced (``Shard``), so W ranks see
+exactly the images and the noise that one process sees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from empirical.errors import DgmOodError
+
+TIMEOUT = dt.timedelta(minutes=10)  # a collective that waits longer than this for a dead rank fails
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of a batch of ``total`` rows: what one rank computes of a batch every rank draws."""
+
+    start: int
+    stop: int
+    total: int
+
+    def rows(self, draw: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """This shard's rows of ``draw``, a random tensor drawn for the whole batch along ``dim``."""
+        return draw.narrow(dim, self.start, self.stop - self.start)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` of ``size``, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone writes checkpoints, reports and logs."""
+        return self.rank == 0
+
+    def shard(self, total: int) -> Shard:
+        """This rank's contiguous rows of a batch of ``total``: [r·total/W, (r+1)·total/W)."""
+        return Shard(self.rank * total // self.size, (self.rank + 1) * total // self.size, total)
+
+
+def active() -> bool:
+    """Whether this process is part of an initialised group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world() -> World:
+    """The current process's World (rank 0 of 1 without a group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    rank = dist.get_rank()
+    return World(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; in a group, CUDA means this rank's cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and active():
+        return torch.device(f"cuda:{world().local_rank}")
+    return torch.device(name)
+
+
+def init_from_env(device: str = "auto") -> torch.device:
+    """Join the torchrun group described by the environment, if any, and return this rank's device.
+
+    ``auto`` is cuda:LOCAL_RANK where CUDA is present (NCCL), else the CPU (gloo). Without torchrun's
+    WORLD_SIZE (or with WORLD_SIZE=1) no group is made and the device is ``resolve_device(device)``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or active():
+        return resolve_device(device)
+    cuda = resolve_device(device).type == "cuda"
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    try:
+        if cuda:
+            torch.cuda.set_device(dev)
+            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=dev)
+        else:
+            dist.init_process_group("gloo", timeout=TIMEOUT)
+    except (ValueError, RuntimeError) as err:  # e.g. WORLD_SIZE set by hand without torchrun's other variables
+        raise DgmOodError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but this process could not join a torchrun group "
+                          f"({str(err).splitlines()[0]}); launch with torchrun, or unset WORLD_SIZE") from err
+    return dev
+
+
+def shutdown() -> None:
+    """Leave the group (a no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Σ over ranks of ``t`` (``t`` itself without a group); the input is not modified."""
+    if not active():
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def channel_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and unbiased standard deviation of N×C×H×W ``x`` over N, H, W of every rank's rows
+    together (two passes: the mean, then Σ(x − mean)²), shaped 1×C×1×1; one process uses torch.mean/std."""
+    if not active():
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = x.std(dim=(0, 2, 3), keepdim=True) if x[:, 0].numel() > 1 else torch.ones_like(mean)
+        return mean, std
+    count = all_sum(torch.tensor(float(x[:, 0].numel()), device=x.device, dtype=torch.float64))
+    mean = (all_sum(x.double().sum(dim=(0, 2, 3), keepdim=True)) / count).to(x.dtype)
+    if count <= 1:
+        return mean, torch.ones_like(mean)
+    sq = all_sum(((x.double() - mean.double()) ** 2).sum(dim=(0, 2, 3), keepdim=True))
+    return mean, (sq / (count - 1)).sqrt().to(x.dtype)
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order (``[obj]`` without a group)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class _LogLikelihood(nn.Module):
+    """A model's ``log_likelihood(x, generator, shard)`` as ``forward``, the method DDP wraps."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator, shard: Shard) -> dict[str, torch.Tensor]:
+        return self.model.log_likelihood(x, generator, shard)
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model.log_likelihood`` wrapped in DistributedDataParallel: its backward all-reduces (averages) the
+    gradients over the ranks; the parameters stay ``model``'s own, so checkpoints hold no wrapper."""
+    return DistributedDataParallel(_LogLikelihood(model), device_ids=[device] if device.type == "cuda" else None)
