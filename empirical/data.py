@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from empirical.atomic import atomic_write
-from empirical.errors import DataError
+from empirical.errors import DataError, DataNotFound
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPRESSIONS = ("", ".gz", ".xz")
@@ -163,7 +163,7 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None) -> 
         state = "does not exist" if not root.exists() else "is not a folder" if not root.is_dir() else \
             "does not hold it"
         hint = f"; {origin} {state}, and it is used alone (no fallback to other roots)" + hint
-    raise DataError(f"{info.display} {split} split not found: need {wanted} (plain, .gz or .xz) in one of: "
+    raise DataNotFound(f"{info.display} {split} split not found: need {wanted} (plain, .gz or .xz) in one of: "
                     f"{where}{hint}")
 
 

@@ -11,6 +11,10 @@ class DataError(DgmOodError):
     """Unknown dataset, missing or corrupt file, wrong image shape."""
 
 
+class DataNotFound(DataError):
+    """A split's files are in none of the data roots (a corrupt file is a DataError, never this)."""
+
+
 class CheckpointError(DgmOodError):
     """Missing, corrupt or incompatible checkpoint."""
 

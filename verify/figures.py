@@ -96,23 +96,35 @@ def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: di
     return _save(fig, path)
 
 
+def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, str]], xlabel: str,
+                   path: Path, ncols: int = 4) -> Path:
+    """One panel per title: density histograms of its sets (keys of COLOURS) on shared bins, legend in each."""
+    nrows = -(-len(panels) // ncols)
+    cols = min(ncols, len(panels))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax, (title, sets) in zip(axes.flat, panels.items(), strict=False):  # spare axes are hidden below
+        bins = np.linspace(*np.percentile(np.concatenate(list(sets.values())), [0.5, 99.5]), 60)
+        for key, v in sets.items():
+            ax.hist(v, bins=bins, density=True, alpha=0.45, color=COLOURS[key], label=labels[title][key])
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.legend(frameon=False, fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density")
+    return _save(fig, path)
+
+
 def family_histograms(per_image: dict[str, dict[str, np.ndarray]], labels: dict[str, str],
                       dims: dict[str, int], path: Path) -> Path:
     """One panel per model family: histograms of per-image log p(x) (discrete, nats) for the three sets."""
     from empirical.likelihood import discrete_log_likelihood
 
-    fig, axes = plt.subplots(1, len(per_image), figsize=(4.2 * len(per_image), 3.4))
-    for ax, (name, sets) in zip(np.atleast_1d(axes), per_image.items(), strict=True):
-        values = {k: discrete_log_likelihood(v, dims[name]) for k, v in sets.items()}
-        allv = np.concatenate(list(values.values()))
-        bins = np.linspace(*np.percentile(allv, [0.5, 99.5]), 60)
-        for key, v in values.items():
-            ax.hist(v, bins=bins, density=True, alpha=0.45, color=COLOURS[key], label=labels[key])
-        ax.set_title(name)
-        ax.set_xlabel("log p(x)  [nats per image]")
-    np.atleast_1d(axes)[0].set_ylabel("density")
-    np.atleast_1d(axes)[0].legend(frameon=False, fontsize=8)
-    return _save(fig, path)
+    panels = {name: {k: discrete_log_likelihood(v, dims[name]) for k, v in sets.items()}
+              for name, sets in per_image.items()}
+    return histogram_grid(panels, dict.fromkeys(panels, labels), "log p(x)  [nats per image]", path,
+                          ncols=len(panels))
 
 
 def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict[str, float], title: str,
