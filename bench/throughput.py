@@ -2,6 +2,9 @@
 
 Prints images/s, peak memory and (with --peak-tflops) model FLOPs utilisation, for each option toggled
 on/off (bf16 coupling networks, torch.compile, channels-last; CUDA only) with its ratio to the baseline.
+``--anchor DIR`` adds the reference PyTorch Glow (y0ast/Glow-PyTorch, from ../shared/anchors) built with the
+same levels, steps, hidden channels and coupling, timed the same way on the same batch, with both parameter
+counts. 1 process against N under torchrun: bench/scaling.py.
 """
 
 from __future__ import annotations
@@ -92,6 +95,56 @@ def measure(preset_name: str, model_name: str, dataset: str, device: torch.devic
             "peak_mem_mb": _peak_mb(device), "train_gflop_per_img": train_flops / 1e9}
 
 
+def measure_anchor(anchor: Path, preset_name: str, model_name: str, dataset: str, device: torch.device,
+                   batch: int, iters: int) -> dict:
+    """The reference Glow of ``anchor`` (y0ast/Glow-PyTorch) with the preset's architecture: its own forward
+    (inputs in [-0.5, 0.5], bpd per image), Adam, fp32; timed like ``measure``."""
+    sys.path.insert(0, str(anchor))
+    from model import Glow as AnchorGlow  # the reference implementation, for this side-by-side timing only
+
+    cfg = get_preset(preset_name, model_name, SHAPES[dataset]).model
+    c, h, w = SHAPES[dataset]
+    model = AnchorGlow(image_shape=(h, w, c), hidden_channels=cfg.hidden, K=cfg.steps, L=cfg.levels,
+                       actnorm_scale=1.0, flow_permutation="invconv",
+                       flow_coupling="affine" if cfg.coupling == "affine" else "additive", LU_decomposed=cfg.lu,
+                       y_classes=10, learn_top=cfg.prior == "learned", y_condition=False).to(device)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    images = torch.randint(0, 256, (batch, c, h, w), dtype=torch.uint8, device=device)
+
+    def x():
+        return dequantize(images) - 0.5
+
+    def train_step():
+        _, bpd, _ = model(x())
+        loss = bpd.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(3):  # the first forward runs its actnorm initialisation
+        train_step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        train_step()
+    _sync(device)
+    train_ips = batch * iters / (time.perf_counter() - t0)
+    model.eval()
+    with torch.no_grad():
+        model(x())
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            model(x())
+        _sync(device)
+    eval_ips = batch * iters / (time.perf_counter() - t0)
+    return {"train_img_s": train_ips, "eval_img_s": eval_ips, "peak_mem_mb": _peak_mb(device),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
@@ -101,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--peak-tflops", type=float, help="device peak (e.g. 989 for H100 bf16) for MFU")
+    p.add_argument("--anchor", type=Path, help="folder of the reference Glow (../shared/anchors/y0ast-glow-pytorch)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -122,8 +176,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['train_img_s'] / ref['train_img_s']:>6.2f} {r['eval_img_s']:>11.1f} "
               f"{r['eval_img_s'] / ref['eval_img_s']:>6.2f} {r['peak_mem_mb']:>8.0f} {r['train_gflop_per_img']:>9.3f} "
               f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%':>6}")
+    out = {"rows": rows}
+    if args.anchor:
+        ours = sum(p.numel() for p in Glow(get_preset(args.preset, args.model, SHAPES[args.dataset]).model)
+                   .parameters())
+        ref = measure_anchor(args.anchor, args.preset, args.model, args.dataset, device, args.batch, args.iters)
+        best = max(rows, key=lambda r: r["train_img_s"])
+        out["anchor"] = {**ref, "ours_params": ours, "train_ratio_best": best["train_img_s"] / ref["train_img_s"],
+                         "train_ratio_fp32": rows[0]["train_img_s"] / ref["train_img_s"]}
+        print(f"reference Glow ({args.anchor.name}, fp32, same architecture): train {ref['train_img_s']:.1f} img/s, "
+              f"eval {ref['eval_img_s']:.1f} img/s, peak {ref['peak_mem_mb']:.0f} MB, {ref['params']:,} parameters "
+              f"(ours {ours:,}); ours/reference, training: fp32 {out['anchor']['train_ratio_fp32']:.2f}×, "
+              f"best option {out['anchor']['train_ratio_best']:.2f}×")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(out, indent=2))
     return 0
 
 

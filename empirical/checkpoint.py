@@ -4,6 +4,7 @@ tensors and plain data only, never code."""
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from empirical.atomic import atomic_write
 from empirical.errors import CheckpointError
 from empirical.models import build_model
+from empirical.transfer import MANIFEST_SUFFIX, joined_bytes
 
 FORMAT = 1
 _PACKAGE = Path(__file__).resolve().parent
@@ -38,15 +40,21 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """The checkpoint's payload; a CheckpointError if the file is missing or unreadable, a CorruptCheckpoint
-    if its bytes are not a dgm-ood checkpoint (including any pickle that would run code)."""
+    if its bytes are not a dgm-ood checkpoint (including any pickle that would run code). ``path`` may be the
+    manifest of a split checkpoint (empirical.transfer: X.parts.json)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
     try:
-        with open(path, "rb") as f:
-            payload = torch.load(f, map_location="cpu", weights_only=True)
+        if path.name.endswith(MANIFEST_SUFFIX):  # a checkpoint split for transfer: its parts, joined in memory
+            payload = torch.load(io.BytesIO(joined_bytes(path)), map_location="cpu", weights_only=True)
+        else:
+            with open(path, "rb") as f:
+                payload = torch.load(f, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
     except pickle.UnpicklingError as err:

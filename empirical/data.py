@@ -45,16 +45,17 @@ class Dataset:
     files: dict[str, tuple[str, ...]]  # split -> official file names (without compression suffix)
     reader: str
     display: str
+    mirror_symmetric: bool = False  # natural photographs: a left–right mirror image is as likely (flip augmentation)
 
 
 _CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 DATASETS: dict[str, Dataset] = {
     "cifar10": Dataset("cifar10", (3, 32, 32), {"train": 50_000, "test": 10_000},
                        ("cifar-10/cifar-10-batches-py", "cifar-10-batches-py"),
-                       {"train": _CIFAR10_TRAIN, "test": ("test_batch",)}, "cifar", "CIFAR-10"),
+                       {"train": _CIFAR10_TRAIN, "test": ("test_batch",)}, "cifar", "CIFAR-10", True),
     "cifar100": Dataset("cifar100", (3, 32, 32), {"train": 50_000, "test": 10_000},
                         ("cifar-100/cifar-100-python", "cifar-100-python"),
-                        {"train": ("train",), "test": ("test",)}, "cifar", "CIFAR-100"),
+                        {"train": ("train",), "test": ("test",)}, "cifar", "CIFAR-100", True),
     "svhn": Dataset("svhn", (3, 32, 32), {"train": 73_257, "test": 26_032},
                     ("svhn", "SVHN", ""),
                     {"train": ("train_32x32.mat",), "test": ("test_32x32.mat",)}, "svhn", "SVHN"),

@@ -34,6 +34,7 @@ class TrainConfig:
     perturb: float = 0.0  # μ > 0: each sub-pixel replaced by a uniform random value w.p. μ (a background model)
     amp: bool = True  # bf16 coupling networks on CUDA (log-dets and priors stay fp32)
     compile: bool = False  # torch.compile the flow on CUDA
+    hflip: bool = False  # mirror each training image with probability ½, on mirror-symmetric datasets only (CIFAR)
 
     def __post_init__(self) -> None:
         positive_ints = ("steps", "batch_size", "warmup", "eval_every", "eval_images", "checkpoint_every")
@@ -104,7 +105,7 @@ _TRAIN = {
     "smoke": dict(batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200, checkpoint_every=20, holdout=16),
     "cpu": dict(batch_size=64, lr=2e-3, warmup=100, eval_every=500, eval_images=1000, holdout=2000),
     "gpu": dict(batch_size=256, lr=1e-3, warmup=1000, eval_every=2000, eval_images=10_000, checkpoint_every=1000,
-                holdout=5000),
+                holdout=5000, hflip=True),
 }
 _BUDGET = {
     "smoke": EvalBudget(in_train=200, in_test=200, out_test=200, hvp_samples=8, gray_images=50),

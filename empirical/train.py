@@ -76,18 +76,21 @@ def _resume_state(payload: dict, ckpt_path: Path, preset: Preset) -> list[dict]:
 def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_dir: str | None = None,
           device: str = "auto", resume: bool = False, train_subset: int | None = None,
           allow_nonstandard: bool = False, command: str | None = None, progress: bool = True,
-          wait_for_lock: bool = False) -> TrainResult:
+          wait_for_lock: bool = False, time_limit: float | None = None) -> TrainResult:
     """Train (or resume) ``model_name`` on ``dataset`` with ``preset``; checkpoints go to ``out_dir``.
 
     One job at a time per ``out_dir`` (a lock; ``wait_for_lock`` waits instead of refusing). Under torchrun
     every rank calls this with the same arguments; rank 0 alone writes. Every step
     checks the loss and the gradient norm, every save the parameters: a non-finite value stops training
-    before it reaches the weights, and the last checkpoint written stays the last good one.
+    before it reaches the weights, and the last checkpoint written stays the last good one. ``time_limit``
+    (seconds of this session) stops early with an evaluation and a checkpoint; ``resume`` continues from it.
     """
     cfg = preset.train
     dev = resolve_device(device)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
+    if time_limit is not None and not time_limit > 0:
+        raise TrainingError(f"--time-limit must be > 0 minutes, got {time_limit / 60:g}")
     if train_subset is not None and train_subset < 1:
         raise TrainingError(f"--train-subset must be ≥ 1, got {train_subset}")
     train_split = data.load(dataset, "train", data_dir, allow_nonstandard=allow_nonstandard)
@@ -106,7 +109,8 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
     with lock:
         return _train_locked(dataset, model_name, preset, out_dir, ckpt_path, dev, images, test_images,
                              [f.to_dict() for f in (*train_split.files, *test_split.files)], resume=resume,
-                             command=command, progress=progress)
+                             command=command, progress=progress,
+                             hflip=cfg.hflip and data.dataset_info(dataset).mirror_symmetric, time_limit=time_limit)
 
 
 def perturb_subpixels(x: torch.Tensor, mu: float, generator: torch.Generator) -> torch.Tensor:
@@ -115,6 +119,13 @@ def perturb_subpixels(x: torch.Tensor, mu: float, generator: torch.Generator) ->
     mask = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device) < mu
     noise = torch.randint(0, 256, x.shape, generator=generator, device=generator.device, dtype=torch.uint8)
     return torch.where(mask, noise.to(x.device), x)
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of N×C×H×W mirrored left–right with probability ½ (the flip augmentation of public Glow
+    recipes for natural images); one draw per image of the whole batch, so every rank agrees."""
+    flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torch.device, resume: bool):
@@ -172,7 +183,7 @@ def batch_loss(forward, batch: torch.Tensor, gen: torch.Generator, dims: int,
 
 def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, ckpt_path: Path,
                   dev: torch.device, images, test_images, data_files: list[dict], *, resume: bool,
-                  command: str | None, progress: bool) -> TrainResult:
+                  command: str | None, progress: bool, hflip: bool, time_limit: float | None) -> TrainResult:
     cfg = preset.train
     world = distributed.world()
     train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
@@ -182,7 +193,7 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
                "model_config": preset.model.to_dict(), "train_config": cfg.to_dict(),
                "train_images": int(images.shape[0]), "code_version": code_version(),
                "command": command or shlex.join(sys.argv), "device": str(dev), "data_files": data_files,
-               "schedule_changes": changes}
+               "schedule_changes": changes, "hflip": hflip}
     if world.main:
         write_json(out_dir / "hparams.json", hparams)
     last_saved = {"step": start if ckpt_path.exists() else None}
@@ -215,11 +226,12 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
     before = history[-1]["seconds"] if history else 0.0  # wall-clock of earlier sessions of this run
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (progress and world.main),
                desc=f"{dataset} {model_name}/{preset.name}", mininterval=5, file=sys.stderr)
-    seen = 0
+    seen, done = 0, start
     for step in bar:
         gen = step_generator(cfg.seed, step, dev)
         idx = torch.randint(len(train_x), (batch_size,), generator=gen, device=dev)
         batch = perturb_subpixels(train_x[idx], cfg.perturb, gen) if cfg.perturb else train_x[idx]
+        batch = random_hflip(batch, gen) if hflip else batch
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -236,7 +248,9 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
         done = step + 1
         if done % 10 == 0:
             bar.set_postfix(bpd=f"{shown.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        out_of_time = time_limit is not None and bool(distributed.all_sum(  # every rank stops at the same step
+            torch.tensor(float(time.time() - t0 >= time_limit))) > 0)
+        if done % cfg.eval_every == 0 or done == cfg.steps or out_of_time:
             model.eval()
             last_test = float(evaluate(model, test_images, device=dev).bpd.mean())  # sharded over the ranks
             model.train()
@@ -245,13 +259,18 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
             if world.main:
                 bar.write(f"step {done}: train bpd {shown.item():.3f}, test bpd {last_test:.3f} "
                           f"({len(test_images)} test images)", file=sys.stderr)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time:
             save(done)
+        if out_of_time:
+            if world.main:
+                bar.write(f"time limit of {time_limit:.0f} s reached at step {done} of {cfg.steps}; --resume "
+                          f"continues", file=sys.stderr)
+            break
     bar.close()
     distributed.barrier()  # no rank returns before rank 0 has written the last checkpoint
     if start >= cfg.steps:
         last_test = history[-1]["test_bpd"] if history else None
-    return TrainResult(ckpt_path, max(start, cfg.steps), last_test, time.time() - t0, model)
+    return TrainResult(ckpt_path, done, last_test, time.time() - t0, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,8 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's model class")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile on CUDA")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips of training images on mirror-symmetric datasets (CIFAR-10/100; "
+                        "default: on in the gpu preset)")
     p.add_argument("--allow-nonstandard-data", action="store_true",
                    help="accept well-formed files with non-official image counts (plumbing only)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this many minutes with an evaluation and a checkpoint (--resume continues)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -283,14 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     info = data.dataset_info(args.dataset)
     preset = get_preset(args.preset, args.model, info.shape, split_prior=args.split_prior, steps=args.steps,
                         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                        compile=args.compile)
+                        compile=args.compile, hflip=args.hflip)
     out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
     device = distributed.init_from_env(args.device)  # joins torchrun's group, if any
     main_rank = distributed.world().main
     try:
         result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=str(device),
                        resume=args.resume, train_subset=args.train_subset,
-                       allow_nonstandard=args.allow_nonstandard_data, progress=not args.no_progress)
+                       allow_nonstandard=args.allow_nonstandard_data, progress=not args.no_progress,
+                       time_limit=None if args.time_limit is None else 60 * args.time_limit)
     finally:
         distributed.shutdown()
     if not main_rank:

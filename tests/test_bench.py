@@ -21,6 +21,33 @@ def test_throughput_prints_a_table():
     assert "train img/s" in out and "GFLOP/img" in out
 
 
+FAKE_ANCHOR = """
+import torch
+from torch import nn
+
+
+class Glow(nn.Module):  # the reference's constructor and forward signature, not its model
+    def __init__(self, image_shape, hidden_channels, K, L, actnorm_scale, flow_permutation, flow_coupling,
+                 LU_decomposed, y_classes, learn_top, y_condition):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x, (x * self.scale).flatten(1).pow(2).mean(1), None
+"""
+
+
+def test_throughput_times_a_reference_glow_beside_ours(tmp_path):
+    (tmp_path / "anchor").mkdir()
+    (tmp_path / "anchor" / "model.py").write_text(FAKE_ANCHOR)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--preset", "smoke", "--model", "glow",
+                          "--iters", "1", "--batch", "4", "--dataset", "mnist", "--anchor", str(tmp_path / "anchor"),
+                          "--json", str(tmp_path / "t.json")], capture_output=True, text=True, check=True).stdout
+    assert "reference Glow (anchor" in out and "ours/reference" in out
+    anchor = json.loads((tmp_path / "t.json").read_text())["anchor"]
+    assert anchor["params"] == 1 and anchor["ours_params"] > 1 and anchor["train_ratio_fp32"] > 0
+
+
 def test_scaling_launches_one_and_two_processes_with_torchrun(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--preset", "smoke", "--dataset",
                           "mnist", "--iters", "1", "--ranks", "1", "2", "--json", str(tmp_path / "s.json")],
@@ -50,3 +77,25 @@ def test_time_to_bpd_keeps_wall_clock_across_resume(tmp_path, monkeypatch):
 @pytest.mark.parametrize("script", ["throughput.py", "time_to_bpd.py", "scaling.py"])
 def test_scripts_have_help(script):
     assert subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True).returncode == 0
+
+
+def test_gpu_session_packs_parts_under_the_limit_and_stages_one_data_root(tmp_path, monkeypatch):
+    from bench import gpu_session
+
+    monkeypatch.setattr(gpu_session, "DEV", tmp_path / ".devdata")
+    monkeypatch.setattr(gpu_session, "PART_BYTES", 1000)
+    sizes = {"mnist/a": 600, "mnist/b": 500, "fashion-mnist/c": 400, "fashion-mnist/sub/d": 300}
+    for rel, n in sizes.items():
+        (tmp_path / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / rel).write_bytes(bytes(n))
+    (tmp_path / "anchor").mkdir()
+    (tmp_path / "anchor" / "model.py").write_text("# reference\n")
+    gpu_session.main(["pack", "--datasets", "mnist", "fashionmnist", "--data-root", str(tmp_path / "data"),
+                      "--anchor", str(tmp_path / "anchor")])
+    parts = sorted((tmp_path / ".devdata").glob("part-*"))
+    assert len(parts) == 2 and all(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) <= 1000 for p in parts)
+    gpu_session.main(["stage"])
+    staged = tmp_path / ".devdata" / "data"
+    assert {str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file()} == {
+        *sizes, "anchors/anchor/model.py"}
+    assert all((staged / rel).stat().st_size == n for rel, n in sizes.items())

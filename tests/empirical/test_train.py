@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from empirical import data
 from empirical import train as train_mod
 from empirical.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from empirical.cli import run_cli
@@ -129,3 +130,37 @@ def test_every_model_trains_on_tiny_data(tiny_data, tmp_path, model):
     images = np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
     result = evaluate(reloaded, images)
     assert np.isfinite(result.bpd).all() and (result.bpd > 0).all()
+
+
+def test_random_hflip_mirrors_about_half_the_images_and_nothing_else():
+    x = torch.randint(0, 256, (400, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    y = train_mod.random_hflip(x, torch.Generator().manual_seed(2))
+    mirrored = (y == x.flip(-1)).flatten(1).all(1)
+    assert ((y == x).flatten(1).all(1) | mirrored).all()  # each image is itself or its mirror image
+    assert 150 < int(mirrored.sum()) < 250
+    assert torch.equal(y, train_mod.random_hflip(x, torch.Generator().manual_seed(2)))  # a function of the generator
+
+
+@pytest.mark.parametrize("dataset,writer,flipped", [("cifar10", "write_cifar10", True),
+                                                    ("mnist", "write_idx_dataset", False)])
+def test_hflip_applies_to_mirror_symmetric_datasets_only(tmp_path, monkeypatch, dataset, writer, flipped):
+    monkeypatch.setenv("DGM_OOD_CACHE", str(tmp_path / "cache"))
+    args = (tmp_path / "data",) if writer == "write_cifar10" else (tmp_path / "data", "mnist")
+    getattr(datafiles, writer)(*args, n=40)
+    info = data.dataset_info(dataset)
+    preset = get_preset("smoke", "cvglow", info.shape, steps=2, hflip=True, holdout=4)
+    train_mod.train(dataset, "cvglow", preset, tmp_path / "run", data_dir=str(tmp_path / "data"),
+                    allow_nonstandard=True, progress=False)
+    assert json.loads((tmp_path / "run" / "hparams.json").read_text())["hflip"] is flipped
+
+
+def test_a_time_limit_stops_with_an_evaluated_checkpoint_that_resume_continues(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli(tiny_data, out, "--steps", "30", "--time-limit", "1e-9") == 0  # out of time after one step
+    stopped = load_checkpoint(out / "last.pt")
+    assert stopped["step"] == 1 and stopped["history"][-1]["step"] == 1
+    assert "step 1," in capsys.readouterr().out
+    assert _cli(tiny_data, out, "--steps", "30", "--resume") == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 30
+    assert _cli(tiny_data, tmp_path / "other", "--time-limit", "0") == 2  # a one-line error, nothing trained
+    assert not (tmp_path / "other" / "last.pt").exists()
