@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -60,7 +60,9 @@ class TrainResult:
 def _resume_state(payload: dict, ckpt_path: Path, preset: Preset) -> list[dict]:
     """Check a checkpoint can be resumed under ``preset``; returns the schedule changes (lr, warm-up, steps) it
     records, with this resume's changes appended. Anything else that differs is refused."""
-    cfg, old = preset.train, payload["train_config"]
+    cfg = preset.train
+    # a field added to TrainConfig after the checkpoint was written takes its default (what that run used)
+    old = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **payload["train_config"]}
     changeable = ("steps", "lr", "warmup")
     if payload["model_config"] != preset.model.to_dict() or {**old, **{k: cfg.to_dict()[k] for k in changeable}} \
             != cfg.to_dict():

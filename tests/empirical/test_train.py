@@ -164,3 +164,13 @@ def test_a_time_limit_stops_with_an_evaluated_checkpoint_that_resume_continues(t
     assert load_checkpoint(out / "last.pt")["step"] == 30
     assert _cli(tiny_data, tmp_path / "other", "--time-limit", "0") == 2  # a one-line error, nothing trained
     assert not (tmp_path / "other" / "last.pt").exists()
+
+
+def test_a_checkpoint_written_before_a_training_field_existed_still_resumes(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert _cli(tiny_data, out, "--steps", "20") == 0
+    payload = load_checkpoint(out / "last.pt")
+    del payload["train_config"]["hflip"]  # as written by the code before the field was added
+    save_checkpoint(out / "last.pt", payload)
+    assert _cli(tiny_data, out, "--steps", "40", "--resume") == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 40
