@@ -98,21 +98,27 @@ def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: di
 
 def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, str]], xlabel: str,
                    path: Path, ncols: int = 4) -> Path:
-    """One panel per title: density histograms of its sets (keys of COLOURS) on shared bins, legend in each."""
+    """One panel per title: density histograms of its sets (keys of COLOURS) on shared bins, legend in each; a
+    panel whose values span more than two orders of magnitude gets log-spaced bins, a log axis and counts."""
     nrows = -(-len(panels) // ncols)
     cols = min(ncols, len(panels))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
     for ax, (title, sets) in zip(axes.flat, panels.items(), strict=False):  # spare axes are hidden below
-        bins = np.linspace(*np.percentile(np.concatenate(list(sets.values())), [0.5, 99.5]), 60)
+        lo, hi = np.percentile(np.concatenate(list(sets.values())), [0.5, 99.5])
+        logscale = lo > 0 and hi / lo > 100  # sets orders of magnitude apart (noise under a flow): log axis
+        bins = np.geomspace(lo, hi, 60) if logscale else np.linspace(lo, hi, 60)
         for key, v in sets.items():
-            ax.hist(v, bins=bins, density=True, alpha=0.45, color=COLOURS[key], label=labels[title][key])
+            ax.hist(v, bins=bins, density=not logscale, alpha=0.45, color=COLOURS[key], label=labels[title][key])
+        if logscale:
+            ax.set_xscale("log")
+            ax.set_ylabel("images")
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.legend(frameon=False, fontsize=8)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel("density")
+        ax.set_ylabel(ax.get_ylabel() or "density")
     return _save(fig, path)
 
 

@@ -59,8 +59,18 @@ class InModel:
     quad: object | None  # theory.quadratic.Quadratic at x0 = mean of IN-train (flows)
 
 
+def _num(v: float, signed: bool = False) -> str:
+    """3 decimals, or 4 significant digits in e-notation beyond ±10⁴ (a model can give noise 10¹⁶ bits/dim)."""
+    return f"{v:{'+' if signed else ''}.3f}" if abs(v) < 1e4 else f"{v:{'+' if signed else ''}.4g}"
+
+
 def _sign(v: float | None) -> str:
     return "n/a" if v is None else ("+" if v > 0 else "−" if v < 0 else "0")
+
+
+def _missing(what: str, err: DataNotFound) -> str:
+    """A skipped pair in one line: which files are missing (the error's first clause, without the search path)."""
+    return f"{what}: {str(err).split(' in one of:')[0]}"
 
 
 def prepare_in(name: str, args: argparse.Namespace, device: torch.device, command: str) -> InModel:
@@ -103,7 +113,8 @@ def row(m: InModel, out: str, match: bool, args: argparse.Namespace, device: tor
             cf = closed_form(m.model, m.p, q)["gap_bpd"]
         if m.quad is not None:
             exact = nats_gap_to_bpd(m.quad.gap(m.p, q)["gap_nats"], dims)
-    return {"out": out, "match": match, "label": data.display_name(out) + ("-test (matched)" if match else "-test"),
+    label = data.display_name(out) + ("" if out in data.SYNTHETIC else "-test") + (" (matched)" if match else "")
+    return {"out": out, "match": match, "label": label,
             "out_bpd": float(ev.bpd.mean()), "n_out": len(out_images), "gap_bpd": gap, "gap_bpd_stderr": stderr,
             "closed_form_bpd": cf, "exact_second_order_bpd": exact, "per_image_bpd": ev.bpd}
 
@@ -119,8 +130,8 @@ def markdown(table: list[dict], args: argparse.Namespace, skipped: list[str], pr
     for t in table:
         for i, r in enumerate(t["rows"]):
             head = (f"| {t['label']} | {t['train_bpd']:.3f} | {t['test_bpd']:.3f} " if i == 0 else "| | | ")
-            lines.append(head + f"| {r['label']} | {r['out_bpd']:.3f} | {r['gap_bpd']:+.3f} ± "
-                         f"{r['gap_bpd_stderr']:.3f} | {_sign(r['closed_form_bpd'])} | "
+            lines.append(head + f"| {r['label']} | {_num(r['out_bpd'])} | {_num(r['gap_bpd'], True)} ± "
+                         f"{_num(r['gap_bpd_stderr'])} | {_sign(r['closed_form_bpd'])} | "
                          f"{_sign(r['exact_second_order_bpd'])} |")
     lines += ["", *[f"- skipped: {s}" for s in skipped], "", "![pairs](pairs.png)", "", "## Provenance", "",
               f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
@@ -157,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         except DataNotFound as err:
             if name not in OPTIONAL:
                 raise
-            skipped.append(f"{name} as IN: {str(err).splitlines()[0]}")
+            skipped.append(_missing(name, err))
             continue
         entry = {"in": name, "label": data.display_name(name), "checkpoint": str(m.checkpoint),
                  "train_bpd": float(m.train.bpd.mean()), "test_bpd": float(m.test.bpd.mean()),
@@ -168,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             except DataNotFound as err:
                 if o not in OPTIONAL:
                     raise
-                skipped.append(f"{name} → {o}: {str(err).splitlines()[0]}")
+                skipped.append(_missing(f"{name} → {o}", err))
                 continue
-            title = f"{entry['label']} → {r['label'].removesuffix('-test')}"
+            title = f"{entry['label']} → {r['label'].replace('-test', '')}"
             panels[title] = {"in_test": m.test.bpd, "out_test": r.pop("per_image_bpd")}
             labels[title] = {"in_test": f"{entry['label']}-test", "out_test": r["label"]}
             entry["rows"].append(r)

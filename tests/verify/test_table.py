@@ -26,7 +26,7 @@ def test_every_in_gets_its_model_and_rows_and_missing_svhn_is_a_note(tiny_table)
     root, _, result = tiny_table
     assert [t["in"] for t in result["table"]] == ["fashionmnist", "mnist"]
     assert [[r["out"] for r in t["rows"]] for t in result["table"]] == [["mnist"], ["fashionmnist"]]
-    assert len(result["skipped"]) == 1 and result["skipped"][0].startswith("svhn as IN: SVHN")
+    assert result["skipped"] == ["svhn: SVHN train split not found: need train_32x32.mat (plain, .gz or .xz)"]
     report = (root / "t" / "table.md").read_text()
     assert "PLUMBING" in report and "| FashionMNIST |" in report and "commit" in report
     assert (root / "t" / "pairs.png").read_bytes()[:4] == b"\x89PNG"
@@ -50,3 +50,8 @@ def test_a_row_equals_verify_compare_on_the_same_model(tiny_table):
     assert r["gap_bpd_stderr"] == pytest.approx(res["gap_bpd_stderr"], rel=1e-9)
     assert r["closed_form_bpd"] == pytest.approx(res["prediction"]["closed_form"]["gap_bpd"], rel=1e-9)
     assert r["exact_second_order_bpd"] == pytest.approx(res["prediction"]["exact_second_order"]["gap_bpd"], rel=1e-9)
+
+
+def test_huge_numbers_are_written_in_e_notation():
+    assert table._num(3.14159) == "3.142" and table._num(-2.5, signed=True) == "-2.500"
+    assert table._num(7.573e16) == "7.573e+16" and table._num(7.573e16, signed=True) == "+7.573e+16"
