@@ -39,6 +39,29 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rates(model: torch.nn.Module, train_step, eval_step, device: torch.device, batch: int, iters: int,
+           warmup: int) -> tuple[float, float]:
+    """(training, evaluation) images/s: ``iters`` timed calls of each after ``warmup`` training steps and one
+    evaluation call; the peak-memory counter starts at the warm-up."""
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates = []
+    for step, n_warm, grad in ((train_step, warmup, True), (eval_step, 1, False)):
+        if not grad:
+            model.eval()
+        with torch.set_grad_enabled(grad):
+            for _ in range(n_warm):
+                step()
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                step()
+            _sync(device)
+        rates.append(batch * iters / (time.perf_counter() - t0))
+    return rates[0], rates[1]
+
+
 def measure(preset_name: str, model_name: str, dataset: str, device: torch.device, batch: int, iters: int,
             amp: bool, compile_: bool, channels_last: bool) -> dict:
     preset = get_preset(preset_name, model_name, SHAPES[dataset])
@@ -71,25 +94,7 @@ def measure(preset_name: str, model_name: str, dataset: str, device: torch.devic
         loss = bits_per_dim(model.log_prob(x()), dims).mean()
         loss.backward()
     train_flops = counter.get_total_flops() / batch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(2):
-        train_step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        train_step()
-    _sync(device)
-    train_ips = batch * iters / (time.perf_counter() - t0)
-    model.eval()
-    with torch.no_grad():
-        fwd(x())
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fwd(x())
-        _sync(device)
-    eval_ips = batch * iters / (time.perf_counter() - t0)
+    train_ips, eval_ips = _rates(model, train_step, lambda: fwd(x()), device, batch, iters, warmup=2)
     return {"preset": preset_name, "model": model_name, "dataset": dataset, "batch": batch, "amp": amp,
             "compile": compile_, "channels_last": channels_last, "train_img_s": train_ips, "eval_img_s": eval_ips,
             "peak_mem_mb": _peak_mb(device), "train_gflop_per_img": train_flops / 1e9}
@@ -121,26 +126,8 @@ def measure_anchor(anchor: Path, preset_name: str, model_name: str, dataset: str
         loss.backward()
         opt.step()
 
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(3):  # the first forward runs its actnorm initialisation
-        train_step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        train_step()
-    _sync(device)
-    train_ips = batch * iters / (time.perf_counter() - t0)
-    model.eval()
-    with torch.no_grad():
-        model(x())
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            model(x())
-        _sync(device)
-    eval_ips = batch * iters / (time.perf_counter() - t0)
+    # 3 warm-up steps: the first forward runs its actnorm initialisation
+    train_ips, eval_ips = _rates(model, train_step, lambda: model(x()), device, batch, iters, warmup=3)
     return {"train_img_s": train_ips, "eval_img_s": eval_ips, "peak_mem_mb": _peak_mb(device),
             "params": sum(p.numel() for p in model.parameters())}
 
