@@ -24,6 +24,7 @@ class TrainConfig:
     batch_size: int
     lr: float = 1e-3
     warmup: int = 200  # linear learning-rate warm-up, in steps
+    decay: str = "none"  # after the warm-up: "none" (constant) or "cosine" (to 0 at the last step)
     max_grad_norm: float = 50.0
     optimizer: str = "adam"  # or "adamax"
     eval_every: int = 500
@@ -50,6 +51,8 @@ class TrainConfig:
             raise DgmOodError(f"holdout must be a whole number ≥ 0, got {self.holdout!r}")
         if not 0.0 <= self.perturb < 1.0:
             raise DgmOodError(f"perturb (μ) must be in [0, 1), got {self.perturb!r}")
+        if self.decay not in ("none", "cosine"):
+            raise DgmOodError(f"unknown learning-rate decay {self.decay!r}; use none or cosine")
         if self.optimizer not in ("adam", "adamax"):
             raise DgmOodError(f"unknown optimizer {self.optimizer!r}; use adam or adamax")
 

@@ -123,6 +123,15 @@ def perturb_subpixels(x: torch.Tensor, mu: float, generator: torch.Generator) ->
     return torch.where(mask, noise.to(x.device), x)
 
 
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay: lr·½(1 + cos(π·t)), t the fraction
+    of the post-warm-up steps done (0 at the end of the warm-up, 1 at ``steps``)."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+    if cfg.decay == "cosine" and step >= cfg.warmup:
+        lr *= 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+    return lr
+
+
 def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image of N×C×H×W mirrored left–right with probability ½ (the flip augmentation of public Glow
     recipes for natural images); one draw per image of the whole batch, so every rank agrees."""
@@ -234,7 +243,7 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
         idx = torch.randint(len(train_x), (batch_size,), generator=gen, device=dev)
         batch = perturb_subpixels(train_x[idx], cfg.perturb, gen) if cfg.perturb else train_x[idx]
         batch = random_hflip(batch, gen) if hflip else batch
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, shown = batch_loss(forward, batch, gen, dims, shard)
@@ -288,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="override the preset's learning rate (may change on --resume)")
     p.add_argument("--warmup", type=int, help="override the preset's warm-up steps (may change on --resume)")
+    p.add_argument("--decay", choices=["none", "cosine"], help="learning-rate decay after the warm-up")
     p.add_argument("--seed", type=int)
     p.add_argument("--split-prior", choices=["learned", "fixed"],
                    help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's model class")
@@ -309,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     info = data.dataset_info(args.dataset)
     preset = get_preset(args.preset, args.model, info.shape, split_prior=args.split_prior, steps=args.steps,
                         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                        compile=args.compile, hflip=args.hflip)
+                        compile=args.compile, hflip=args.hflip, decay=args.decay)
     out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
     device = distributed.init_from_env(args.device)  # joins torchrun's group, if any
     main_rank = distributed.world().main

@@ -1,6 +1,8 @@
 """The trainer through its CLI on a small official-format dataset: loss goes down, resume, NaN stop."""
 
+import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -174,3 +176,14 @@ def test_a_checkpoint_written_before_a_training_field_existed_still_resumes(tiny
     save_checkpoint(out / "last.pt", payload)
     assert _cli(tiny_data, out, "--steps", "40", "--resume") == 0
     assert load_checkpoint(out / "last.pt")["step"] == 40
+
+
+def test_learning_rate_warms_up_then_decays_along_a_cosine_to_zero():
+    cfg = get_preset("smoke", "cvglow", (1, 28, 28), steps=110, warmup=10, lr=1e-3, decay="cosine").train
+    lrs = [train_mod.learning_rate(cfg, s) for s in range(110)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
+    assert lrs[10] == pytest.approx(1e-3) and lrs[60] == pytest.approx(5e-4)  # half way: half the rate
+    assert lrs[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    constant = get_preset("smoke", "cvglow", (1, 28, 28), steps=110, warmup=10, lr=1e-3).train
+    assert [train_mod.learning_rate(constant, s) for s in (10, 60, 109)] == [1e-3] * 3
