@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
     for path in args.checkpoints:
         payload = load_checkpoint(path)
-        label = f"{payload['dataset']} {payload['model']}/{payload['preset']}"
+        label = path.parent.name  # the run folder: unique per run, and it names dataset, model and preset
         hist = payload["history"]
         for h in hist:
             rows.append({"run": label, **{k: h.get(k) for k in ("step", "seconds", "train_bpd", "test_bpd", "device")}})
