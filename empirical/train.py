@@ -260,7 +260,7 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
         if done % 10 == 0:
             bar.set_postfix(bpd=f"{shown.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
         out_of_time = time_limit is not None and bool(distributed.all_sum(  # every rank stops at the same step
-            torch.tensor(float(time.time() - t0 >= time_limit))) > 0)
+            torch.tensor(float(time.time() - t0 >= time_limit), device=dev)) > 0)  # on dev: NCCL has no CPU tensors
         if done % cfg.eval_every == 0 or done == cfg.steps or out_of_time:
             model.eval()
             last_test = float(evaluate(model, test_images, device=dev).bpd.mean())  # sharded over the ranks

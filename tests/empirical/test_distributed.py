@@ -76,6 +76,19 @@ def test_two_ranks_with_half_batches_train_like_one_process(tiny, tmp_path, mode
     assert all(torch.equal(saved["model_state"][k], ranks[0][k]) for k in one)
 
 
+def _time_limited_rank(rank: int, tmp: Path, data_dir: Path) -> None:
+    result = train("fashionmnist", "cvglow", get_preset("smoke", "cvglow", (1, 28, 28), steps=30), tmp / "ddp",
+                   data_dir=str(data_dir), device="cpu", allow_nonstandard=True, progress=False,
+                   time_limit=1e-9 if rank == 0 else 1e9)  # only rank 0's clock runs out
+    (tmp / f"stopped{rank}.txt").write_text(str(result.step))
+
+
+def test_a_time_limit_stops_every_rank_at_the_same_step(tiny, tmp_path):
+    _spawn(_time_limited_rank, tmp_path, tiny)
+    assert [(tmp_path / f"stopped{r}.txt").read_text() for r in range(WORLD)] == ["1", "1"]
+    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["step"] == 1
+
+
 def _actnorm_rank(rank: int, tmp: Path, x: torch.Tensor) -> None:
     layer = ActNorm(x.shape[1])
     layer(distributed.World(rank, WORLD).shard(len(x)).rows(x))
