@@ -9,7 +9,7 @@ couplings, fixed N(0, 1) top prior, as the paper's analysis needs), ``pixelcnn``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from empirical.errors import DgmOodError
@@ -104,6 +104,10 @@ _ARCH: dict[str, dict[str, dict[int, tuple[dict, int]]]] = {
         "gpu": {28: (dict(latent=64, hidden=128), 20_000), 32: (dict(latent=128, hidden=128), 30_000)},
     },
 }
+# CV-Glow shares Glow's architectures; its cpu preset trains longer, with a cosine decay (_MODEL_TRAIN): measured
+# to give the lowest test bits/dim within the main job's 15 minutes (results/cpu-presets/).
+_ARCH["cvglow"] = {**_ARCH["glow"], "cpu": {28: (dict(levels=2, steps=4, hidden=64), 15_000),
+                                            32: (dict(levels=3, steps=4, hidden=64), 9000)}}
 _TRAIN = {
     "smoke": dict(batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200, checkpoint_every=20, holdout=16),
     "cpu": dict(batch_size=64, lr=2e-3, warmup=100, eval_every=500, eval_images=1000, holdout=2000),
@@ -125,37 +129,48 @@ _FAMILY_BUDGET = {
                                    heldout=1000)},
 }
 # The periodic test bpd of a VAE is an IWAE estimate (k = 100): fewer images keep training time for training.
-_FAMILY_TRAIN = {"vae": {"cpu": dict(eval_images=200), "gpu": dict(eval_images=2000)}}
+_MODEL_TRAIN = {"vae": {"cpu": dict(eval_images=200), "gpu": dict(eval_images=2000)},
+                "cvglow": {"cpu": dict(decay="cosine")}}
 PRESETS = ("smoke", "cpu", "gpu")
 
 
 def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prior: str | None = None,
-               **train_overrides) -> Preset:
+               arch: dict[str, Any] | None = None, **train_overrides) -> Preset:
     """The preset ``name`` for ``model`` on images of ``shape``; overrides replace TrainConfig fields.
 
     ``split_prior="fixed"`` gives a flow the paper's exact model class (every split latent N(0, σ_ψ²)).
+    ``arch`` replaces fields of the model's config (e.g. ``{"hidden": 128}``), for experiments on shape.
     """
     if model not in MODELS:
         raise DgmOodError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
     if name not in PRESETS:
         raise DgmOodError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
-    family = "glow" if model in ("glow", "cvglow") else model
     size = shape[1]
-    if size not in _ARCH[family][name]:
+    if size not in _ARCH[model][name]:
         raise DgmOodError(f"preset {name!r} has no {model} architecture for {size}×{size} images")
-    arch, train_steps = _ARCH[family][name][size]
-    if model == "cvglow":
-        arch = {**arch, "coupling": "additive", "prior": "fixed"}
+    preset_arch, train_steps = _ARCH[model][name][size]
+    overrides = arch or {}
+    arch = {**preset_arch, **({"coupling": "additive", "prior": "fixed"} if model == "cvglow" else {})}
+    config_class = FAMILIES[model][0]
+    known = {f.name for f in fields(config_class)} - {"shape", "seed"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise DgmOodError(f"{model} has no architecture field {', '.join(map(repr, unknown))}; "
+                          f"fields: {', '.join(sorted(known))}")
+    arch = {**arch, **overrides}
     if split_prior is not None:
-        if family != "glow":
+        if model not in ("glow", "cvglow"):
             raise DgmOodError(f"--split-prior applies to flows (glow, cvglow), not to {model}")
         if split_prior not in ("learned", "fixed"):
             raise DgmOodError(f"unknown split prior {split_prior!r}; use learned or fixed")
         arch = {**arch, "split_prior": split_prior}
     if train_overrides.get("seed") is not None:  # an independently seeded model: its initialisation too
         arch = {**arch, "seed": train_overrides["seed"]}
-    config = FAMILIES[model][0](shape=tuple(shape), **arch)
-    schedule = {**_TRAIN[name], **_FAMILY_TRAIN.get(model, {}).get(name, {})}
+    try:
+        config = config_class(shape=tuple(shape), **arch)
+    except (TypeError, ValueError) as err:
+        raise DgmOodError(f"invalid {model} architecture {arch}: {err}") from None
+    schedule = {**_TRAIN[name], **_MODEL_TRAIN.get(model, {}).get(name, {})}
     train = replace(TrainConfig(steps=train_steps, **schedule),
                     **{k: v for k, v in train_overrides.items() if v is not None})
     budget = _FAMILY_BUDGET.get(model, {}).get(name, _BUDGET[name])

@@ -284,6 +284,19 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
     return TrainResult(ckpt_path, done, last_test, time.time() - t0, model)
 
 
+def arch_override(text: str) -> tuple[str, int | float | bool | str]:
+    """``FIELD=VALUE`` → (field, value), the value read as an int, a float, a bool or else a string."""
+    field, sep, raw = text.partition("=")
+    if not sep or not field or not raw:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE (e.g. hidden=128), got {text!r}")
+    for parse in (int, float):
+        try:
+            return field, parse(raw)
+        except ValueError:
+            pass
+    return field, {"true": True, "false": False}.get(raw.lower(), raw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m empirical.train", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.DATASETS)}")
@@ -299,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="override the preset's warm-up steps (may change on --resume)")
     p.add_argument("--decay", choices=["none", "cosine"], help="learning-rate decay after the warm-up")
     p.add_argument("--seed", type=int)
+    p.add_argument("--arch", type=arch_override, action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the preset's architecture, e.g. --arch hidden=128 --arch steps=8")
     p.add_argument("--split-prior", choices=["learned", "fixed"],
                    help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's model class")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
@@ -317,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = data.dataset_info(args.dataset)
-    preset = get_preset(args.preset, args.model, info.shape, split_prior=args.split_prior, steps=args.steps,
-                        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
+    preset = get_preset(args.preset, args.model, info.shape, split_prior=args.split_prior, arch=dict(args.arch),
+                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
                         compile=args.compile, hflip=args.hflip, decay=args.decay)
     out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
     device = distributed.init_from_env(args.device)  # joins torchrun's group, if any

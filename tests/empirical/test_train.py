@@ -187,3 +187,27 @@ def test_learning_rate_warms_up_then_decays_along_a_cosine_to_zero():
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     constant = get_preset("smoke", "cvglow", (1, 28, 28), steps=110, warmup=10, lr=1e-3).train
     assert [train_mod.learning_rate(constant, s) for s in (10, 60, 109)] == [1e-3] * 3
+
+
+def test_arch_override_trains_that_shape_and_records_it(tiny_data, tmp_path):
+    out = tmp_path / "wide"
+    assert _cli(tiny_data, out, "--model", "cvglow", "--steps", "2", "--arch", "hidden=24", "--arch", "steps=3") == 0
+    config = json.loads((out / "hparams.json").read_text())["model_config"]
+    assert (config["hidden"], config["steps"], config["coupling"]) == (24, 3, "additive")
+    model, _ = model_from_checkpoint(out / "last.pt")  # rebuilt from the recorded config
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("arch, message", [
+    (["--arch", "width=3"], "no architecture field 'width'"),
+    (["--arch", "hidden"], "FIELD=VALUE"),
+    (["--arch", "levels=5"], "cannot be squeezed 5 times"),
+])
+def test_bad_arch_override_is_a_clear_error(tiny_data, tmp_path, capsys, arch, message):
+    try:
+        status = _cli(tiny_data, tmp_path / "bad", "--model", "cvglow", *arch)
+    except SystemExit as exit_:  # argparse's own usage error
+        status = exit_.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "last.pt").exists()
