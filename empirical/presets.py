@@ -80,11 +80,10 @@ class Preset:
     budget: EvalBudget
 
 
-# Architecture and number of training steps per (family, preset, image size). cpu: sized for ≤15 min of
-# verify.compare on 2 cores with torch 2.14 (in-run train img/s there: CIFAR Glow 250, CV-Glow 345;
-# FashionMNIST Glow 345, CV-Glow 505, PixelCNN 128, VAE 920); torch 2.15 runs them 2–3× faster (CIFAR CV-Glow
-# about 1050, FashionMNIST CV-Glow about 1800), so the budget has room to spare. Steady-state rates:
-# bench/throughput.py. A CPU PixelCNN on CIFAR-10 (about 30 img/s) learns little in that time: use gpu.
+# Architecture and number of training steps per (model, preset, image size). cpu: sized for ≤15 min of
+# verify.compare on 2 cores; Glow, PixelCNN and VAE were sized with torch 2.14 (in-run train img/s there: CIFAR
+# Glow 250, FashionMNIST Glow 345, PixelCNN 128, VAE 920; torch 2.15 is 2–3× faster). A CPU PixelCNN on
+# CIFAR-10 (about 30 img/s) learns little in that time: use gpu. Steady-state rates: bench/throughput.py.
 _ARCH: dict[str, dict[str, dict[int, tuple[dict, int]]]] = {
     "glow": {
         "smoke": {28: (dict(levels=2, steps=2, hidden=16), 40), 32: (dict(levels=2, steps=2, hidden=16), 40)},
@@ -104,10 +103,11 @@ _ARCH: dict[str, dict[str, dict[int, tuple[dict, int]]]] = {
         "gpu": {28: (dict(latent=64, hidden=128), 20_000), 32: (dict(latent=128, hidden=128), 30_000)},
     },
 }
-# CV-Glow shares Glow's architectures; its cpu preset trains longer, with a cosine decay (_MODEL_TRAIN): measured
-# to give the lowest test bits/dim within the main job's 15 minutes (results/cpu-presets/).
-_ARCH["cvglow"] = {**_ARCH["glow"], "cpu": {28: (dict(levels=2, steps=4, hidden=64), 15_000),
-                                            32: (dict(levels=3, steps=4, hidden=64), 9000)}}
+# CV-Glow shares Glow's smoke and gpu architectures. Its cpu preset is the recipe measured to give the lowest
+# test bits/dim within the main job's 15 minutes on 2 cores with torch 2.15 (results/cpu-presets/): twice as deep,
+# trained about 10 minutes, with a cosine decay of the learning rate (_MODEL_TRAIN).
+_ARCH["cvglow"] = {**_ARCH["glow"], "cpu": {28: (dict(levels=2, steps=8, hidden=64), 8000),
+                                            32: (dict(levels=3, steps=8, hidden=64), 4000)}}
 _TRAIN = {
     "smoke": dict(batch_size=32, lr=2e-3, warmup=10, eval_every=20, eval_images=200, checkpoint_every=20, holdout=16),
     "cpu": dict(batch_size=64, lr=2e-3, warmup=100, eval_every=500, eval_images=1000, holdout=2000),
