@@ -18,7 +18,8 @@ from empirical.checkpoint import model_from_checkpoint
 from empirical.cli import run_cli
 from empirical.distributed import Shard
 from empirical.errors import DgmOodError
-from empirical.likelihood import bits_per_dim
+from empirical.flows.glow import Glow
+from empirical.likelihood import bits_per_dim, dequantize
 
 
 @dataclass
@@ -80,6 +81,32 @@ def evaluate(model: torch.nn.Module, images: np.ndarray | torch.Tensor, *, batch
     return Evaluation(log_px, cat, int(np.prod(images.shape[1:])))
 
 
+def require_splits(model: torch.nn.Module) -> None:
+    """A clear error unless ``model`` is a flow with at least one split prior."""
+    if not isinstance(model, Glow) or not len(model.splits):
+        raise DgmOodError(f"split-prior statistics need a flow with at least one split (glow, cvglow with ≥ 2 "
+                          f"levels), not {type(model).__name__}")
+
+
+@torch.no_grad()
+def split_prior_stats(model: Glow, images: np.ndarray | torch.Tensor, *, batch_size: int = 500, seed: int = 0,
+                      ) -> dict[str, np.ndarray]:
+    """Per image, for every split i of a flow: the smallest log σ_i(z_keep) of its conditional prior and the largest
+    ((z_out − μ_i)/σ_i)², on the same dequantised x̃ as ``evaluate`` with the same seed (see ``Split.prior_stats``)."""
+    require_splits(model)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.as_tensor(images)
+    stats: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images), batch_size):
+        batch_stats: dict[str, torch.Tensor] = {}
+        model.encode(dequantize(images[start: start + batch_size].to(device), gen, dtype), batch_stats)
+        for k, v in batch_stats.items():
+            stats.setdefault(k, []).append(v.double().cpu())
+    return {k: torch.cat(v).numpy() for k, v in stats.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m empirical.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -91,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="dequantisation noise seed")
     p.add_argument("--json", type=Path, help="write per-image results and the summary here")
+    p.add_argument("--split-priors", action="store_true",
+                   help="flows: also print each split prior's smallest log σ and largest squared standardised "
+                        "residual per image (what makes an extreme log p(z_i | z_keep))")
     p.add_argument("--allow-nonstandard-data", action="store_true",
                    help="accept well-formed files with non-official image counts (plumbing only)")
     return p
@@ -110,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> int:
     model, payload = model_from_checkpoint(args.checkpoint)
     model.to(device)
+    if args.split_priors:
+        require_splits(model)
     images = data.load_as(args.dataset, args.split, model.config.shape, match=args.match,
                           data_dir=args.data_dir, seed=args.seed,
                           allow_nonstandard=args.allow_nonstandard_data).images
@@ -123,9 +155,16 @@ def _evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> int:
                     and k != "log_px_nats")
     print(f"{args.dataset} {args.split} under {payload['model']} trained on {payload['dataset']} "
           f"(step {payload['step']}): {s['n']} images, bpd {s['bpd']['mean']:.4f} ± {s['bpd']['stderr']:.4f}{parts}")
+    stats = split_prior_stats(model, images, seed=args.seed) if args.split_priors else {}
+    for name in sorted({k.split("_")[0] for k in stats}):
+        log_std, residual = stats[f"{name}_min_log_std"], stats[f"{name}_max_residual_sq"]
+        print(f"  {name} prior, per image: smallest log σ median {np.median(log_std):.2f} (lowest "
+              f"{log_std.min():.2f}); largest ((z−μ)/σ)² median {np.median(residual):.3g} "
+              f"(highest {residual.max():.3g})")
     if args.json:
         per_image = {"bpd": result.bpd.tolist(), "log_px_nats": result.log_px.tolist(),
-                     **{f"{k}_nats": v.tolist() for k, v in result.parts.items()}}
+                     **{f"{k}_nats": v.tolist() for k, v in result.parts.items()},
+                     **{k: v.tolist() for k, v in stats.items()}}
         write_json(args.json, {"summary": s, **per_image})
     return 0
 

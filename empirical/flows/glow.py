@@ -86,11 +86,13 @@ class Glow(nn.Module):
         return like.new_zeros(()), like.new_full((), math.log(self.config.prior_std))
 
     # ------------------------------------------------------------------------------ density
-    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    def encode(self, x: torch.Tensor, split_stats: dict[str, torch.Tensor] | None = None,
+               ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """x̃ -> (latents, density terms, log|det ∂f/∂x̃|); latents listed per split, then the top.
 
         The density terms are log p(z_i | ·) for ``split1``, ``split2``, … and log p(z_top) for ``top``;
-        their sum is log p_z(f(x̃)).
+        their sum is log p_z(f(x̃)). A ``split_stats`` dict receives each split's ``Split.prior_stats``
+        (``split1_min_log_std``, ``split1_max_residual_sq``, …).
         """
         check_images(x, self.config.shape)
         h = x - 0.5
@@ -104,6 +106,8 @@ class Glow(nn.Module):
             if i < len(self.splits):
                 split = self.splits[i]
                 zs.append(h[:, split.n_keep:])
+                if split_stats is not None:
+                    split_stats.update({f"split{i + 1}_{k}": v for k, v in split.prior_stats(h).items()})
                 h, terms[f"split{i + 1}"] = split(h)
         zs.append(h)
         terms["top"] = gaussian_log_density(h, *self.top_prior(h))

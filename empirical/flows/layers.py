@@ -248,6 +248,14 @@ class Split(nn.Module):
         mean, log_std = self._params(z_keep)
         return z_keep, gaussian_log_density(z_out, mean, log_std)
 
+    def prior_stats(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per image: the smallest log σ(z_keep) and the largest squared standardised residual ((z_out − μ)/σ)²,
+        the two ways a term −log σ − ½((z_out − μ)/σ)² of log p(z_out | z_keep) can become extreme."""
+        z_keep, z_out = x[:, : self.n_keep], x[:, self.n_keep:]
+        mean, log_std = self._params(z_keep)
+        residual_sq = ((z_out - mean) * torch.exp(-log_std)) ** 2
+        return {"min_log_std": log_std.flatten(1).amin(1), "max_residual_sq": residual_sq.flatten(1).amax(1)}
+
     def inverse(self, z_keep: torch.Tensor, z_out: torch.Tensor | None = None,
                 temperature: float = 1.0) -> torch.Tensor:
         """Rebuild x; with ``z_out=None`` sample it from the prior at ``temperature``."""

@@ -93,3 +93,30 @@ def test_wrong_image_shape_is_a_clear_error():
 def test_config_rejects_unsqueezable_sizes():
     with pytest.raises(ValueError, match="cannot be squeezed"):
         GlowConfig((1, 28, 28), levels=3, steps=1, hidden=8)
+
+
+@settings(max_examples=6, deadline=None)
+@given(c=st.integers(1, 3), coupling=st.sampled_from(["affine", "additive"]), seed=st.integers(0, 1000))
+def test_split_prior_stats_bound_the_split_term(c, coupling, seed):
+    """log p(z_out | z_keep) = Σ −½log 2π − log σ − ½r² ≤ −n(½log 2π + min log σ) − ½ max r², with equality in
+    each piece for a one-dimensional z_out; both statistics are attained by some dimension."""
+    model = _model(c, 4, 2, coupling, True, seed)
+    x = torch.rand(3, c, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    stats: dict = {}
+    zs, terms, _ = model.encode(x, stats)
+    assert set(stats) == {"split1_min_log_std", "split1_max_residual_sq"}
+    n_out = zs[0][0].numel()
+    bound = -n_out * (0.5 * math.log(2 * math.pi) + stats["split1_min_log_std"]) - 0.5 * stats["split1_max_residual_sq"]
+    assert (terms["split1"] <= bound + 1e-9).all()
+    assert (stats["split1_max_residual_sq"] >= 0).all()
+
+
+def test_split_prior_stats_of_a_fixed_prior_are_exact():
+    cfg = GlowConfig((1, 8, 8), levels=2, steps=2, hidden=8, coupling="additive", prior="fixed", split_prior="fixed",
+                     prior_std=0.5)
+    model = randomize(Glow(cfg), 3, 0.05).double().eval()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    stats: dict = {}
+    zs, _, _ = model.encode(x, stats)
+    assert torch.allclose(stats["split1_min_log_std"], torch.full((4,), math.log(0.5), dtype=torch.float64))
+    assert torch.allclose(stats["split1_max_residual_sq"], (zs[0] / 0.5).square().flatten(1).amax(1))

@@ -211,3 +211,32 @@ def test_bad_arch_override_is_a_clear_error(tiny_data, tmp_path, capsys, arch, m
     assert status == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bad" / "last.pt").exists()
+
+
+def test_evaluate_split_priors_reports_each_split(tiny_data, tmp_path, capsys):
+    from empirical import evaluate as evaluate_mod
+
+    out = tmp_path / "flow"
+    assert _cli(tiny_data, out, "--model", "cvglow", "--steps", "2") == 0
+    capsys.readouterr()
+    args = ["--checkpoint", str(out / "last.pt"), "--dataset", "noise", "--limit", "6", "--split-priors",
+            "--json", str(tmp_path / "noise.json")]
+    assert run_cli(evaluate_mod.main, args) == 0
+    assert "split1 prior, per image: smallest log σ" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "noise.json").read_text())
+    assert len(saved["split1_min_log_std"]) == len(saved["split1_max_residual_sq"]) == 6
+    model, _ = model_from_checkpoint(out / "last.pt")
+    noise = data.load_as("noise", "test", model.config.shape, match=False, seed=0).images[:6]
+    direct = evaluate_mod.split_prior_stats(model, noise, seed=0)
+    assert np.array_equal(direct["split1_max_residual_sq"], np.array(saved["split1_max_residual_sq"]))
+
+
+def test_split_priors_of_a_pixelcnn_is_a_clear_error(tiny_data, tmp_path, capsys):
+    from empirical import evaluate as evaluate_mod
+
+    out = tmp_path / "pcnn"
+    assert _cli(tiny_data, out, "--model", "pixelcnn", "--steps", "2") == 0
+    capsys.readouterr()
+    args = ["--checkpoint", str(out / "last.pt"), "--dataset", "noise", "--limit", "4", "--split-priors"]
+    assert run_cli(evaluate_mod.main, args) == 2
+    assert "need a flow with at least one split" in capsys.readouterr().err
