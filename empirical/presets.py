@@ -154,7 +154,7 @@ def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prio
     overrides = arch or {}
     arch = {**preset_arch, **({"coupling": "additive", "prior": "fixed"} if model == "cvglow" else {})}
     config_class = FAMILIES[model][0]
-    known = {f.name for f in fields(config_class)} - {"shape", "seed"}
+    known = {f.name for f in fields(config_class)} - {"shape", "seed", "split_prior"}  # these have their own options
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise DgmOodError(f"{model} has no architecture field {', '.join(map(repr, unknown))}; "

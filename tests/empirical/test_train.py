@@ -200,6 +200,7 @@ def test_arch_override_trains_that_shape_and_records_it(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("arch, message", [
     (["--arch", "width=3"], "no architecture field 'width'"),
+    (["--arch", "split_prior=fixed"], "no architecture field 'split_prior'"),
     (["--arch", "hidden"], "FIELD=VALUE"),
     (["--arch", "levels=5"], "cannot be squeezed 5 times"),
 ])
