@@ -80,12 +80,12 @@ class Preset:
     budget: EvalBudget
 
 
-# Architecture and number of training steps per (model, preset, image size). cpu: sized for ≤15 min of
-# verify.compare on 2 cores; Glow, PixelCNN and VAE were sized with torch 2.14 (in-run train img/s there: CIFAR
-# Glow 250, FashionMNIST Glow 345, PixelCNN 128, VAE 920; torch 2.15 is 2–3× faster). A CPU PixelCNN on
-# CIFAR-10 (about 30 img/s) learns little in that time: use gpu. Steady-state rates: bench/throughput.py.
+# (architecture, training steps[, schedule overrides]) per (model, preset, image size). cpu: sized for ≤15 min of
+# verify.compare on 2 cores. The cosine-decay recipes (CV-Glow, Glow at 28×28) were measured with torch 2.15 to give
+# the lowest test bits/dim in that time (results/cpu-presets/); Glow at 32×32, PixelCNN and VAE were sized with
+# torch 2.14 (in-run train img/s there: CIFAR Glow 250, PixelCNN 128, VAE 920) and not re-measured. A CPU PixelCNN
+# on CIFAR-10 (about 30 img/s) learns little in that time: use gpu. Steady-state rates: bench/throughput.py.
 _COSINE = dict(decay="cosine")
-# (architecture, training steps[, schedule overrides]) per (model, preset, image size)
 _ARCH: dict[str, dict[str, dict[int, tuple]]] = {
     "glow": {
         "smoke": {28: (dict(levels=2, steps=2, hidden=16), 40), 32: (dict(levels=2, steps=2, hidden=16), 40)},
@@ -106,9 +106,7 @@ _ARCH: dict[str, dict[str, dict[int, tuple]]] = {
         "gpu": {28: (dict(latent=64, hidden=128), 20_000), 32: (dict(latent=128, hidden=128), 30_000)},
     },
 }
-# CV-Glow shares Glow's smoke and gpu architectures. The cpu recipes with a cosine decay were measured to give the
-# lowest test bits/dim within the main job's 15 minutes on 2 cores with torch 2.15 (results/cpu-presets/): twice as
-# deep as before, trained 8–10 minutes. Glow's 32×32 cpu preset was not re-measured.
+# CV-Glow shares Glow's smoke and gpu architectures; its cpu preset is its own (8 steps per level, 8–10 minutes).
 _ARCH["cvglow"] = {**_ARCH["glow"], "cpu": {28: (dict(levels=2, steps=8, hidden=64), 8000, _COSINE),
                                             32: (dict(levels=3, steps=8, hidden=64), 4000, _COSINE)}}
 _TRAIN = {
