@@ -81,28 +81,27 @@ class Preset:
 
 
 # (architecture, training steps[, schedule overrides]) per (model, preset, image size). cpu: sized for ≤15 min of
-# verify.compare on 2 cores. The cosine-decay recipes (CV-Glow, Glow at 28×28) were measured with torch 2.15 to give
-# the lowest test bits/dim in that time (results/cpu-presets/); Glow at 32×32, PixelCNN and VAE were sized with
-# torch 2.14 (in-run train img/s there: CIFAR Glow 250, PixelCNN 128, VAE 920) and not re-measured. A CPU PixelCNN
-# on CIFAR-10 (about 30 img/s) learns little in that time: use gpu. Steady-state rates: bench/throughput.py.
+# verify.compare on 2 cores; each cpu recipe had the lowest IN-test bits/dim, within that time, of the recipes
+# measured side by side with torch 2.15 (time-to-bits/dim curves: results/cpu-presets/). A CPU PixelCNN on
+# CIFAR-10 (about 100 img/s) learns little in that time: use gpu. Steady-state rates: bench/throughput.py.
 _COSINE = dict(decay="cosine")
 _ARCH: dict[str, dict[str, dict[int, tuple]]] = {
     "glow": {
         "smoke": {28: (dict(levels=2, steps=2, hidden=16), 40), 32: (dict(levels=2, steps=2, hidden=16), 40)},
         "cpu": {28: (dict(levels=2, steps=8, hidden=64), 6000, _COSINE),
-                32: (dict(levels=3, steps=4, hidden=64), 3000)},
+                32: (dict(levels=3, steps=8, hidden=64), 4000, _COSINE)},
         "gpu": {28: (dict(levels=2, steps=8, hidden=400), 20_000),
                 32: (dict(levels=3, steps=8, hidden=400), 30_000)},
     },
     "pixelcnn": {
         "smoke": {28: (dict(hidden=12, blocks=2), 40), 32: (dict(hidden=12, blocks=2), 40)},
-        "cpu": {28: (dict(hidden=32, blocks=4), 900), 32: (dict(hidden=24, blocks=4), 400)},
+        "cpu": {28: (dict(hidden=32, blocks=4), 2000, _COSINE), 32: (dict(hidden=24, blocks=4), 900, _COSINE)},
         "gpu": {28: (dict(hidden=120, blocks=12), 20_000), 32: (dict(hidden=192, blocks=15), 30_000)},
     },
     "vae": {
         "smoke": {28: (dict(latent=8, hidden=16, eval_samples=10), 40),
                   32: (dict(latent=8, hidden=16, eval_samples=10), 40)},
-        "cpu": {28: (dict(latent=32, hidden=64), 5000), 32: (dict(latent=64, hidden=64), 4000)},
+        "cpu": {28: (dict(latent=64, hidden=64), 12_000, _COSINE), 32: (dict(latent=64, hidden=64), 8000, _COSINE)},
         "gpu": {28: (dict(latent=64, hidden=128), 20_000), 32: (dict(latent=128, hidden=128), 30_000)},
     },
 }
