@@ -1,7 +1,8 @@
 """Training and evaluation throughput of a preset on this device: ``python bench/throughput.py``.
 
 Prints images/s, peak memory and (with --peak-tflops) model FLOPs utilisation, for each option toggled
-on/off (bf16 coupling networks, torch.compile, channels-last; CUDA only) with its ratio to the baseline.
+on/off (bf16 coupling networks, torch.compile, channels-last; on a CPU compile and channels-last with
+``--cpu-variants``) with its ratio to the baseline.
 ``--anchor DIR`` adds the reference PyTorch Glow (y0ast/Glow-PyTorch, from ../shared/anchors) built with the
 same levels, steps, hidden channels and coupling, timed the same way on the same batch, with both parameter
 counts. 1 process against N under torchrun: bench/scaling.py.
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, help="device peak (e.g. 989 for H100 bf16) for MFU")
     p.add_argument("--anchor", type=Path, help="folder of the reference Glow (../shared/anchors/y0ast-glow-pytorch)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--cpu-variants", action="store_true", help="on a CPU also measure torch.compile and channels-last")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     base = dict(amp=False, compile_=False, channels_last=False)
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         variants += [{**base, "amp": True}, {**base, "amp": True, "compile_": True},
                      {**base, "amp": True, "channels_last": True}]
+    elif args.cpu_variants:  # no bf16 on a CPU; torch.compile needs a C++ compiler (inductor)
+        variants += [{**base, "compile_": True}, {**base, "channels_last": True}]
     rows = [measure(args.preset, args.model, args.dataset, device, args.batch, args.iters, **v) for v in variants]
     ref = rows[0]
     print(f"{args.model}/{args.preset} on {args.dataset}-shaped batches of {args.batch}, device {device} "

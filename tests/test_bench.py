@@ -21,6 +21,15 @@ def test_throughput_prints_a_table():
     assert "train img/s" in out and "GFLOP/img" in out
 
 
+def test_throughput_on_cpu_times_compile_and_channels_last(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--preset", "smoke", "--iters", "1",
+                    "--batch", "4", "--dataset", "mnist", "--device", "cpu", "--cpu-variants",
+                    "--json", str(tmp_path / "t.json")], capture_output=True, text=True, check=True)
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [(r["compile"], r["channels_last"]) for r in rows] == [(False, False), (True, False), (False, True)]
+    assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
+
+
 FAKE_ANCHOR = """
 import torch
 from torch import nn
