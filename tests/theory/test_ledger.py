@@ -180,9 +180,21 @@ def test_assemble_ratios_signs_and_the_biggest_move():
     assert by_key["linear_path"]["sign_agrees"] is False and by_key["diagonal_covariance"]["sign_agrees"] is True
     assert book["moves_most"]["from_row"] == 5 and book["moves_most"]["to_row"] == 6  # ×90 with a sign flip
     assert book["moves_most"]["adds"] == ["diagonal_covariance"] and "sign flip" in book["summary"]
+    assert "moves_most_derived" not in book  # the largest step is already one of the derivation's own
     assert book["closest"]["row"] == 3
     table = "\n".join(ledger.markdown_table(book))
     assert "`diagonal_covariance`" in table and "share 150.0%" in table
+
+
+def test_when_the_paper_coefficient_moves_most_the_derivations_largest_step_is_named_too():
+    rows = ledger.measured_rows(100.0, 2.0, {"latent_top": (100.0, 2.0)})
+    rows += [ledger._row(3, 150.0), ledger._row(4, 5.0), ledger._row(5, 6.0), ledger._row(6, -60.0),
+             ledger._row(7, 1e-4)]  # 6 → 7: ×1.7e-6; among rows 1, 3–6 the largest is 3 → 4 (×1/30; 5 → 6 is ×-10)
+    book = ledger.assemble(rows, dims=784)
+    assert (book["moves_most"]["from_row"], book["moves_most"]["to_row"]) == (6, 7)
+    derived = book["moves_most_derived"]
+    assert (derived["from_row"], derived["to_row"]) == (3, 4) and derived["factor"] == pytest.approx(5 / 150)
+    assert "Among the derivation's own steps (rows 1, 3–6) it is row 3 → 4 (adds linear_path)" in book["summary"]
 
 
 def test_a_measured_gap_indistinguishable_from_zero_is_not_used_for_ratios():
