@@ -3,6 +3,8 @@
 Each write goes to a temp file in the target's folder (named ``.NAME.PID.*.tmp``), is fsync'ed and renamed
 over the target, with the mode the umask gives (0644 under the usual 022). Ctrl-C and SIGTERM remove the temp
 file on the way out; one left by a writer killed outright (kill -9) is removed by the next write to that name.
+A report of several files is written into a staging folder first (``staged``) and moved in only when every file
+is complete, so a full disk or an interruption never mixes a new report's files with an old one's.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,3 +75,23 @@ def write_json(path: Path, obj: Any) -> None:
     except ValueError as err:
         raise DgmOodError(f"refusing to write {path}: it would hold a non-finite number ({err})") from err
     atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+@contextmanager
+def staged(folder: Path) -> Iterator[Path]:
+    """A staging folder ``folder/.staging-PID-*``: the files written there are moved into ``folder`` (renamed, which
+    needs no space) only when the block ends without an error; otherwise ``folder`` is left as it was. A staging
+    folder left by a writer killed outright is removed by the next ``staged`` of ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(".staging-*"):
+        m = re.match(r"^\.staging-(\d+)-", old.name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(dir=folder, prefix=f".staging-{os.getpid()}-"))
+    try:
+        yield stage
+        for path in sorted(stage.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

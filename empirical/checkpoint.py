@@ -8,12 +8,14 @@ import io
 import pickle
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from empirical.atomic import atomic_write
 from empirical.errors import CheckpointError
 from empirical.models import build_model
+from empirical.sources import ImageSet, training_digest
 from empirical.transfer import MANIFEST_SUFFIX, joined_bytes
 
 FORMAT = 1
@@ -73,6 +75,24 @@ def load_checkpoint(path: Path) -> dict:
     return payload
 
 
+def trained_on(payload: dict, train_set: ImageSet, test_set: ImageSet) -> bool:
+    """Whether a checkpoint was trained on these images: by content digest, or, for a checkpoint older than the
+    digest, by the SHA-256 of the files it read."""
+    if "data_digest" in payload:
+        return payload["data_digest"] == training_digest(train_set, test_set)
+    files = [f.sha256 for s in (train_set, test_set) for f in s.files]
+    return sorted(f["sha256"] for f in payload.get("data_files", [])) == sorted(files)
+
+
+def check_trained_on(payload: dict, path: Path, train_set: ImageSet, test_set: ImageSet) -> None:
+    """A CheckpointError unless the checkpoint at ``path`` was trained on ``train_set`` (and tested on
+    ``test_set``): IN must name the data a checkpoint was trained on."""
+    if not trained_on(payload, train_set, test_set):
+        raise CheckpointError(f"{path} was trained on {payload.get('dataset')}, not on {train_set.source}: IN names "
+                              f"the training set (its images are compared by content), so pass the data it was "
+                              f"trained on as IN")
+
+
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors in a state dict that hold NaN or ±inf."""
     return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
@@ -89,8 +109,29 @@ def _mismatch(path: Path, ours: dict, theirs: dict) -> str:
     return f"checkpoint {path} does not match the model its config describes: " + "; ".join(parts)
 
 
-def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model of a checkpoint in eval mode; returns (model, payload). Refuses non-finite weights."""
+class Checkpoint(NamedTuple):
+    """A trained model of ours, rebuilt: the model in eval mode, the checkpoint's payload and where it was read."""
+
+    model: torch.nn.Module
+    payload: dict
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The model's name (``cvglow``, ``glow``, ``pixelcnn``, ``vae``)."""
+        return self.payload["model"]
+
+    def heldout(self, in_train: ImageSet) -> ImageSet | None:
+        """The training images it never saw (the preset's ``holdout``: the last N of ``in_train``), or None."""
+        n = int(self.payload.get("train_config", {}).get("holdout", 0))
+        if n <= 0:
+            return None
+        return in_train.select(slice(len(in_train) - n, None), f"the last {n} of {len(in_train)}, held out of "
+                                                                f"training")
+
+
+def model_from_checkpoint(path: Path) -> Checkpoint:
+    """Rebuild the model of a checkpoint in eval mode; returns (model, payload, path). Refuses non-finite weights."""
     payload = load_checkpoint(path)
     try:
         model = build_model(payload["model"], payload["model_config"])
@@ -107,4 +148,4 @@ def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
         raise CheckpointError(f"checkpoint {path} holds non-finite weights ({n_bad} of {total} values are NaN or "
                               f"inf, in {len(bad)} tensors, first {bad[0]}); it cannot give a likelihood")
     model.load_state_dict(state)
-    return model.eval(), payload
+    return Checkpoint(model.eval(), payload, Path(path))

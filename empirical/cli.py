@@ -1,12 +1,21 @@
-"""Shared CLI plumbing: our errors become one clear line and exit status 2; SIGTERM stops cleanly."""
+"""Shared CLI plumbing: our errors and the operating system's become one clear line and exit status 2; SIGTERM
+stops cleanly; the data options every command shares; output paths checked before any work."""
 
 from __future__ import annotations
 
+import argparse
+import errno
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from empirical.errors import DgmOodError
+from empirical.sources import LAYOUTS, RESIZE_FILTERS, DataOptions, ShapeMap
+
+NAME_MAX = 255 - 40  # bytes of a file name, leaving room for the atomic writer's temp name (.NAME.PID.xxxxxxxx.tmp)
 
 
 class Terminated(KeyboardInterrupt):
@@ -17,13 +26,23 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def os_error_text(err: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file."""
+    what = "no space left on the device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    where = f" ({err.filename})" if err.filename else ""
+    return f"{what}{where}: files written before are intact (writes are atomic)"
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; a DgmOodError is printed as ``error: ...`` (no traceback) with exit status 2."""
+    """Run ``main``; a DgmOodError or an OSError is printed as ``error: ...`` (no traceback) with exit status 2."""
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(argv)
     except DgmOodError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {os_error_text(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
@@ -31,3 +50,68 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         return 143 if isinstance(err, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--data-dir, --download, --allow-nonstandard-data and --layout: how every command reads its sources."""
+    p.add_argument("--data-dir", help="root of the registry datasets (else $DGM_OOD_DATA, <repo>/data, "
+                                      "../shared/data)")
+    p.add_argument("--download", action="store_true", help="download missing registry datasets (needs a network)")
+    p.add_argument("--allow-nonstandard-data", action="store_true",
+                   help="accept registry files with non-official image counts; the run is labelled PLUMBING")
+    p.add_argument("--layout", choices=LAYOUTS,
+                   help="layout of 4-D arrays whose shape could be either (e.g. N×3×32×3)")
+
+
+def data_options(args: argparse.Namespace) -> DataOptions:
+    return DataOptions(args.data_dir, args.download, args.allow_nonstandard_data, args.layout)
+
+
+def add_shape_arguments(p: argparse.ArgumentParser) -> None:
+    """--match and --resize: how OUT images are brought to the model's shape (never silently)."""
+    p.add_argument("--match", action="store_true",
+                   help="map OUT to the model's shape: zero-pad or centre-crop, grey↔RGB")
+    p.add_argument("--resize", choices=list(RESIZE_FILTERS), metavar="FILTER",
+                   help=f"resize OUT to the model's height and width with this Pillow filter "
+                        f"({', '.join(RESIZE_FILTERS)}); channels are converted as with --match")
+
+
+def shape_map(args: argparse.Namespace) -> ShapeMap:
+    return ShapeMap(args.match, args.resize)
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _utf8(path: Path, flag: str) -> None:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DgmOodError(f"{flag} {path!r} is not valid UTF-8; reports and JSON name their files, so use a UTF-8 "
+                          f"name") from err
+
+
+def writable_dir(path: Path, flag: str) -> None:
+    """Create ``path`` and prove a file can be written there, or a one-line error naming ``flag``."""
+    path = Path(path)
+    _utf8(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (FileExistsError, NotADirectoryError) as err:
+        raise DgmOodError(f"{flag} {path}: a file is in the way ({err.filename} is not a folder)") from err
+    except OSError as err:
+        raise DgmOodError(f"{flag} {path} is not writable: {os_error_text(err)}") from err
+
+
+def writable_file(path: Path, flag: str) -> None:
+    """Prove ``path`` can be written (its folder exists or can be made, its name is valid and not a folder), before
+    any work: a one-line error naming ``flag`` otherwise. Nothing is left behind."""
+    path = Path(path)
+    _utf8(path, flag)
+    name = os.fsencode(path.name)
+    if len(name) > NAME_MAX:
+        raise DgmOodError(f"{flag} {path}: the file name is {len(name)} bytes; at most {NAME_MAX} are allowed")
+    if path.is_dir():
+        raise DgmOodError(f"{flag} {path} is a folder, not a file")
+    writable_dir(path.parent if str(path.parent) else Path("."), flag)

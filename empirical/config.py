@@ -1,4 +1,5 @@
-"""What every model's config shares: the image shape C×H×W it models, D, and its dict form."""
+"""What every model's config shares: the image shape C×H×W it models, D, its dict form, and the checks of each
+field's type and range (a ValueError naming the field, before any model is built)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,37 @@ import torch
 from empirical.errors import DataError
 
 
+def whole(name: str, value: object, minimum: int) -> None:
+    """``value`` is a whole number ≥ ``minimum`` (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
+
+
+def flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def choice(name: str, value: object, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+
+
+def positive(name: str, value: object) -> None:
+    """``value`` is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ImageModelConfig:
     shape: tuple[int, int, int]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(self.shape))
+        if len(self.shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.shape):
+            raise ValueError(f"shape must be (C, H, W) of whole numbers ≥ 1, got {self.shape!r}")
+        whole("seed", getattr(self, "seed", 0), 0)
 
     @property
     def dims(self) -> int:

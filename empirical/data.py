@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import hmac
 import io
 import lzma
 import os
 import pickle
+import secrets
 import sys
 import tarfile
 import zlib
@@ -31,7 +33,6 @@ from empirical.errors import DataError, DataNotFound
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPRESSIONS = ("", ".gz", ".xz")
-SYNTHETIC = ("constant", "noise")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ DATASETS: dict[str, Dataset] = {
                             "idx", "FashionMNIST"),
 }
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CACHE_FORMAT = b"dgm-ood decoded arrays v2"  # part of every cache key: bump when a reader's output changes
+CACHE_FORMAT = b"dgm-ood decoded arrays v3"  # part of every cache key: bump when a reader's output changes
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,10 @@ class SourceFile:
     path: str
     bytes: int
     sha256: str
+    count: int | None = None  # a folder read as one source: how many files its one digest covers
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 class Split(NamedTuple):
@@ -96,15 +98,10 @@ class Split(NamedTuple):
 def dataset_info(name: str) -> Dataset:
     """The registry entry for ``name``, or a DataError that lists the known names."""
     if name not in DATASETS:
-        known = ", ".join([*DATASETS, *SYNTHETIC])
-        raise DataError(f"unknown dataset {name!r}; known datasets: {known}")
+        known = ", ".join(DATASETS)
+        raise DataError(f"unknown dataset {name!r}; known datasets: {known}, the synthetic OUT sets constant and "
+                        f"noise, or a path (an .npy/.npz array or a folder of images)")
     return DATASETS[name]
-
-
-def display_name(name: str) -> str:
-    """Human name for reports ("CIFAR-10", "uniform noise")."""
-    return DATASETS[name].display if name in DATASETS else {"constant": "constant colour",
-                                                            "noise": "uniform noise"}.get(name, name)
 
 
 # --------------------------------------------------------------------------------------- roots
@@ -152,11 +149,11 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None) -> 
         if name == "cifar10" and (archive := root / CIFAR10_ARCHIVE).is_file():
             return [archive]
     wanted = ", ".join(info.files[split])
-    hint = ""
+    hint = "; or pass --download (download=True) on a machine with a network"
     if name == "svhn":
         hint = (f"; SVHN is not in the offline mirror: put the official {info.files[split][0]} "
                 f"(from http://ufldl.stanford.edu/housenumbers/) in <data-dir>/svhn/, or pass "
-                f"download=True (--download) on a machine with a network")
+                f"--download (download=True) on a machine with a network")
     where = ", ".join(str(p) for p in dict.fromkeys(searched))
     origin = _root_origin(data_dir)
     if origin:
@@ -325,22 +322,64 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DGM_OOD_CACHE", Path.home() / ".cache" / "dgm-ood"))
 
 
-def _hash_sources(paths: list[Path]) -> tuple[str, tuple[SourceFile, ...]]:
-    """SHA-256 of every source file (streamed) and one digest over them all, the cache key."""
-    overall = hashlib.sha256(CACHE_FORMAT)
-    files = []
-    for path in paths:
-        h, size = hashlib.sha256(), 0
+def cache_key_file() -> Path:
+    """This user's secret that seals cache entries: $DGM_OOD_KEY_FILE or $XDG_CONFIG_HOME/dgm-ood/cache-key (outside
+    the cache folder, so write access to the cache alone cannot forge an entry)."""
+    if os.environ.get("DGM_OOD_KEY_FILE"):
+        return Path(os.environ["DGM_OOD_KEY_FILE"])
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "dgm-ood" / "cache-key"
+
+
+def _cache_key() -> bytes | None:
+    """The sealing key (32 random bytes, mode 0600, made on first use), or None when it cannot be had (no cache)."""
+    path = cache_key_file()
+    try:
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        return path.read_bytes()
+    except OSError:  # another process made it first, or the folder is read-only
         try:
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
-                    size += len(chunk)
-        except OSError as err:
-            raise DataError(f"cannot read {path}: {err.strerror or err}") from err
-        files.append(SourceFile(str(path.resolve()), size, h.hexdigest()))
-        overall.update(path.name.encode() + b"\0" + h.digest())
-    return overall.hexdigest(), tuple(files)
+            key = path.read_bytes()
+            return key if len(key) >= 32 else None
+        except OSError:
+            return None
+
+
+def _seal(key: bytes, source_digest: str, arrays_digest: str) -> str:
+    """HMAC-SHA256 of (source digest, arrays digest) under this user's key."""
+    return hmac.new(key, f"{source_digest}:{arrays_digest}".encode(), hashlib.sha256).hexdigest()
+
+
+def file_record(path: Path) -> SourceFile:
+    """A file as it is on disk: resolved path, size and SHA-256 (streamed)."""
+    h, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+                size += len(chunk)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+    return SourceFile(str(Path(path).resolve()), size, h.hexdigest())
+
+
+def _hash_sources(paths: list[Path]) -> tuple[str, tuple[SourceFile, ...]]:
+    """Every source file's record and one digest over them all, the cache key."""
+    overall = hashlib.sha256(CACHE_FORMAT)
+    files = tuple(file_record(path) for path in paths)
+    for path, record in zip(paths, files, strict=True):
+        overall.update(path.name.encode() + b"\0" + bytes.fromhex(record.sha256))
+    return overall.hexdigest(), files
 
 
 def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
@@ -350,26 +389,28 @@ def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _read_cache(path: Path, source_digest: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached arrays if the entry is intact and belongs to these source bytes, else None (rebuild)."""
+def _read_cache(path: Path, source_digest: str, key: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays if the entry is intact, belongs to these source bytes and carries this user's seal, else
+    None (rebuild): an entry rewritten without the key, digests and all, is rebuilt."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels = z["images"], z["labels"]
-            recorded_source, recorded_arrays = str(z["source_sha256"]), str(z["arrays_sha256"])
+            recorded_source, seal = str(z["source_sha256"]), str(z["seal"])
     except Exception as err:  # a damaged .npz raises many types
         print(f"warning: unreadable cache entry {path} ({type(err).__name__}); rebuilding it", file=sys.stderr)
         return None
-    if recorded_source != source_digest or recorded_arrays != _arrays_digest(images, labels):
+    if recorded_source != source_digest or not hmac.compare_digest(
+            seal, _seal(key, source_digest, _arrays_digest(images, labels))):
         print(f"warning: cache entry {path} does not match its source files; rebuilding it", file=sys.stderr)
         return None
     return images, labels
 
 
-def _save_cache(path: Path, source_digest: str, images: np.ndarray, labels: np.ndarray) -> None:
+def _save_cache(path: Path, source_digest: str, images: np.ndarray, labels: np.ndarray, key: bytes) -> None:
     arrays = dict(images=images, labels=labels, source_sha256=np.array(source_digest),
-                  arrays_sha256=np.array(_arrays_digest(images, labels)))
+                  seal=np.array(_seal(key, source_digest, _arrays_digest(images, labels))))
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError:
@@ -395,15 +436,16 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *, do
         paths = locate(name, split, data_dir)
     digest, files = _hash_sources(paths)
     cached = cache_dir() / f"{name}-{split}-{digest[:24]}.npz"
-    if use_cache and (arrays := _read_cache(cached, digest)) is not None:
+    key = _cache_key() if use_cache else None
+    if key is not None and (arrays := _read_cache(cached, digest, key)) is not None:
         try:
             return Split(*_validate(info, split, *arrays, paths, allow_nonstandard), files)
         except DataError as err:
             print(f"warning: cache entry {cached} failed validation ({err}); rebuilding it", file=sys.stderr)
     images, labels = READERS[info.reader](paths, split)
     images, labels = _validate(info, split, images, labels, paths, allow_nonstandard)
-    if use_cache:
-        _save_cache(cached, digest, images, labels)
+    if key is not None:
+        _save_cache(cached, digest, images, labels, key)
     return Split(images, labels, files)
 
 
@@ -447,55 +489,3 @@ def _download(name: str, split: str, data_dir: str | os.PathLike | None) -> None
             tvd.FashionMNIST(str(root), train=train, download=True)
     except Exception as err:  # network errors come in many types
         raise DataError(f"could not download {name} {split} into {root}: {err}") from err
-
-
-# ------------------------------------------------------------------------- shapes and synthetic
-def match_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Map images to ``shape`` explicitly (Serrà et al. 2020): zero-pad or centre-crop H×W,
-    replicate grey to RGB, or RGB to grey by ITU-R 601 luma (rounded)."""
-    c, h, w = shape
-    x = images
-    if x.shape[1] == 1 and c == 3:
-        x = np.repeat(x, 3, axis=1)
-    elif x.shape[1] == 3 and c == 1:
-        luma = np.tensordot(np.array([0.299, 0.587, 0.114]), x.astype(np.float64), axes=([0], [1]))
-        x = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, None]
-    elif x.shape[1] != c:
-        raise DataError(f"cannot map {x.shape[1]} channels to {c}")
-    dh, dw = h - x.shape[2], w - x.shape[3]
-    if dh >= 0 and dw >= 0:
-        x = np.pad(x, ((0, 0), (0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)))
-    elif dh <= 0 and dw <= 0:
-        top, left = -dh // 2, -dw // 2
-        x = x[:, :, top: top + h, left: left + w]
-    else:
-        raise DataError(f"cannot map {x.shape[2]}×{x.shape[3]} images to {h}×{w}")
-    return np.ascontiguousarray(x)
-
-
-def synthetic(name: str, shape: tuple[int, int, int], n: int, seed: int) -> np.ndarray:
-    """``constant``: each image one uniform random colour; ``noise``: i.i.d. uniform pixels."""
-    rng = np.random.default_rng(seed)
-    if name == "constant":
-        colour = rng.integers(0, 256, size=(n, shape[0], 1, 1), dtype=np.uint8)
-        return np.ascontiguousarray(np.broadcast_to(colour, (n, *shape)))
-    if name == "noise":
-        return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
-    raise DataError(f"unknown synthetic dataset {name!r}; known: {', '.join(SYNTHETIC)}")
-
-
-def load_as(name: str, split: str, shape: tuple[int, int, int], *, match: bool,
-            data_dir: str | os.PathLike | None = None, download: bool = False,
-            allow_nonstandard: bool = False, synthetic_n: int = 10_000, seed: int = 0) -> Split:
-    """``name`` in ``shape``: synthetic sets are made in it (no files, no labels); real ones must already have
-    it unless ``match`` maps them (a clear error otherwise)."""
-    if name in SYNTHETIC:
-        return Split(synthetic(name, shape, synthetic_n, seed), np.zeros(0, dtype=np.int64), ())
-    loaded = load(name, split, data_dir, download=download, allow_nonstandard=allow_nonstandard)
-    if loaded.images.shape[1:] == tuple(shape):
-        return loaded
-    if not match:
-        raise DataError(f"{display_name(name)} images are {'×'.join(map(str, loaded.images.shape[1:]))} but the "
-                        f"model takes {'×'.join(map(str, shape))}; pass --match to zero-pad/crop and "
-                        f"convert channels explicitly")
-    return loaded._replace(images=match_shape(loaded.images, shape))

@@ -144,17 +144,19 @@ def gather(obj: Any) -> list[Any]:
 
 
 class _LogLikelihood(nn.Module):
-    """A model's ``log_likelihood(x, generator, shard)`` as ``forward``, the method DDP wraps."""
+    """``empirical.likelihood.log_likelihood(model, x, generator, shard)`` as ``forward``, the method DDP wraps."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor, generator: torch.Generator, shard: Shard) -> dict[str, torch.Tensor]:
-        return self.model.log_likelihood(x, generator, shard)
+        from empirical.likelihood import log_likelihood  # it needs Shard from here
+
+        return log_likelihood(self.model, x, generator, shard)
 
 
 def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model.log_likelihood`` wrapped in DistributedDataParallel: its backward all-reduces (averages) the
+    """The model's log-likelihood wrapped in DistributedDataParallel: its backward all-reduces (averages) the
     gradients over the ranks; the parameters stay ``model``'s own, so checkpoints hold no wrapper."""
     return DistributedDataParallel(_LogLikelihood(model), device_ids=[device] if device.type == "cuda" else None)

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical import data, distributed
+from empirical import distributed, sources
 from empirical.atomic import write_json
 from empirical.checkpoint import model_from_checkpoint
-from empirical.cli import run_cli
+from empirical.cli import add_data_arguments, add_shape_arguments, data_options, run_cli, shape_map, writable_file
+from empirical.contract import describe, model_device, model_dtype
 from empirical.distributed import Shard
-from empirical.errors import DgmOodError
+from empirical.errors import DataError, DgmOodError
 from empirical.flows.glow import Glow
-from empirical.likelihood import bits_per_dim, dequantize
+from empirical.likelihood import bits_per_dim, dequantize, log_likelihood
 
 
 @dataclass
@@ -46,39 +47,54 @@ class Evaluation:
                 **{f"{k}_nats": stat(v) for k, v in self.parts.items()}}
 
 
+class NonFiniteLikelihood(DgmOodError):
+    """A model gave NaN or ±inf as the log-likelihood of an image: there is no number to report."""
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: np.ndarray | torch.Tensor, *, batch_size: int = 500, seed: int = 0,
-             device: torch.device | str | None = None) -> Evaluation:
-    """Evaluate uint8 images N×C×H×W; any noise (dequantisation, IWAE samples) comes from a fixed seed.
+             device: torch.device | str | None = None, label: str = "images") -> Evaluation:
+    """Evaluate uint8 images N×C×H×W with any model meeting empirical.contract; any noise (dequantisation, IWAE
+    samples) comes from a fixed seed. A non-finite log-likelihood is an error naming how many of the ``label``.
 
     In a torchrun group the batches are shared out round-robin and gathered in order on every rank: the
-    per-image arrays equal one process's. The caller's array is never modified (each batch is copied).
+    per-image arrays equal one process's (a stochastic model whose log_prob takes no ``shard`` is evaluated whole
+    on every rank instead). The caller's array is never modified (each batch is copied).
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    info = describe(model)
+    images = torch.as_tensor(images)
+    if images.dim() != 4 or tuple(images.shape[1:]) != info.shape:
+        raise DataError(f"{label} are {'×'.join(map(str, images.shape[1:]))} but the model takes "
+                        f"{'×'.join(map(str, info.shape))}")
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    images = torch.as_tensor(images)
     world = distributed.world()
+    sharded = world.size > 1 and (not info.stochastic or info.shardable)
     mine: dict[int, dict[str, torch.Tensor]] = {}  # batch index → this rank's results
     try:
         for b, start in enumerate(range(0, len(images), batch_size)):
             batch = images[start: start + batch_size]
-            if world.size == 1:
-                result = model.log_likelihood(batch.to(device), gen)
+            if not sharded:
+                result = log_likelihood(model, batch.to(device), gen, info=info)
             else:  # round-robin batches; the others' noise is drawn too (rows 0..0), keeping the stream in step
                 owned = b % world.size == world.rank
                 shard = Shard(0, len(batch) if owned else 0, len(batch))
-                result = model.log_likelihood(shard.rows(batch).to(device), gen, shard)
+                result = log_likelihood(model, shard.rows(batch).to(device), gen, shard, info)
                 if not owned:
                     continue
             mine[b] = {k: v.double().cpu() for k, v in result.items()}
     finally:
         model.train(was_training)
-    batches = {b: r for part in distributed.gather(mine) for b, r in part.items()}
+    batches = {b: r for part in (distributed.gather(mine) if sharded else [mine]) for b, r in part.items()}
     cat = {k: torch.cat([batches[b][k] for b in sorted(batches)]).numpy() for k in batches.get(0, {})}
     log_px = cat.pop("log_px", np.zeros(0))
-    return Evaluation(log_px, cat, int(np.prod(images.shape[1:])))
+    bad = int((~np.isfinite(log_px)).sum())
+    if bad:
+        raise NonFiniteLikelihood(f"{info.name} gives a non-finite log-likelihood to {bad} of {len(log_px)} {label}: "
+                                  f"there is no number to report (an overflowing model?)")
+    return Evaluation(log_px, cat, info.dims)
 
 
 def require_splits(model: torch.nn.Module) -> None:
@@ -94,8 +110,7 @@ def split_prior_stats(model: Glow, images: np.ndarray | torch.Tensor, *, batch_s
     """Per image, for every split i of a flow: the smallest log σ_i(z_keep) of its conditional prior and the largest
     ((z_out − μ_i)/σ_i)², on the same dequantised x̃ as ``evaluate`` with the same seed (see ``Split.prior_stats``)."""
     require_splits(model)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device, dtype = model_device(model), model_dtype(model)
     gen = torch.Generator().manual_seed(seed)
     images = torch.as_tensor(images)
     stats: dict[str, list[torch.Tensor]] = {}
@@ -108,21 +123,22 @@ def split_prior_stats(model: Glow, images: np.ndarray | torch.Tensor, *, batch_s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m empirical.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m empirical.evaluate", description=__doc__.splitlines()[0],
+                                epilog=sources.SOURCE_HELP)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--dataset", required=True, help=f"{', '.join([*data.DATASETS, *data.SYNTHETIC])}")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--match", action="store_true", help="map the images to the model's shape explicitly")
+    p.add_argument("--dataset", required=True, metavar="SOURCE", help="what to evaluate: a registry name, constant, "
+                                                                      "noise, or a path (see below)")
+    p.add_argument("--split", default="test", choices=["train", "test"],
+                   help="which part of a two-part source (registry datasets; a one-part path is read whole)")
+    add_shape_arguments(p)
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--data-dir")
+    add_data_arguments(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="dequantisation noise seed")
     p.add_argument("--json", type=Path, help="write per-image results and the summary here")
     p.add_argument("--split-priors", action="store_true",
                    help="flows: also print each split prior's smallest log σ and largest squared standardised "
                         "residual per image (what makes an extreme log p(z_i | z_keep))")
-    p.add_argument("--allow-nonstandard-data", action="store_true",
-                   help="accept well-formed files with non-official image counts (plumbing only)")
     return p
 
 
@@ -130,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise DgmOodError(f"--limit must be ≥ 1, got {args.limit}")
+    if args.seed < 0:
+        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {args.seed}")
+    sources.check_name(args.dataset)
+    if args.json:
+        writable_file(args.json, "--json")
     device = distributed.init_from_env(args.device)  # under torchrun the images are shared out over the ranks
     try:
         return _evaluate_checkpoint(args, device)
@@ -137,25 +158,30 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
+def _open(args: argparse.Namespace, shape: tuple[int, int, int]) -> sources.ImageSet:
+    """The images to evaluate: a registry split (or a two-part source's part), else the source as OUT reads it."""
+    if args.split == "train" or (not sources.is_path(args.dataset) and args.dataset not in sources.SYNTHETIC_NAMES):
+        part = sources.open_in(args.dataset, data_options(args))[args.split == "test"]
+        return sources.map_to(part, shape, shape_map(args))
+    return sources.open_out(args.dataset, shape, shape_map(args), data_options(args), seed=args.seed)
+
+
 def _evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> int:
-    model, payload = model_from_checkpoint(args.checkpoint)
+    model, payload, _ = model_from_checkpoint(args.checkpoint)
     model.to(device)
     if args.split_priors:
         require_splits(model)
-    images = data.load_as(args.dataset, args.split, model.config.shape, match=args.match,
-                          data_dir=args.data_dir, seed=args.seed,
-                          allow_nonstandard=args.allow_nonstandard_data).images
-    if args.limit is not None:
-        images = images[: args.limit]
-    result = evaluate(model, images, seed=args.seed, device=device)
+    images = _open(args, model.config.shape).head(args.limit)
+    result = evaluate(model, images.images, seed=args.seed, device=device, label=f"{images.name} images")
     if not distributed.world().main:
         return 0
     s = result.summary()
     parts = "".join(f", {k.removesuffix('_nats')} {s[k]['mean']:.1f} nats" for k in s if k.endswith("_nats")
                     and k != "log_px_nats")
-    print(f"{args.dataset} {args.split} under {payload['model']} trained on {payload['dataset']} "
-          f"(step {payload['step']}): {s['n']} images, bpd {s['bpd']['mean']:.4f} ± {s['bpd']['stderr']:.4f}{parts}")
-    stats = split_prior_stats(model, images, seed=args.seed) if args.split_priors else {}
+    plumbing = " (PLUMBING: non-standard data, not a result)" if images.nonstandard else ""
+    print(f"{images.name} under {payload['model']} trained on {payload['dataset']} (step {payload['step']}): "
+          f"{s['n']} images, bpd {s['bpd']['mean']:.4f} ± {s['bpd']['stderr']:.4f}{parts}{plumbing}")
+    stats = split_prior_stats(model, images.images, seed=args.seed) if args.split_priors else {}
     for name in sorted({k.split("_")[0] for k in stats}):
         log_std, residual = stats[f"{name}_min_log_std"], stats[f"{name}_max_residual_sq"]
         print(f"  {name} prior, per image: smallest log σ median {np.median(log_std):.2f} (lowest "
@@ -165,7 +191,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> int:
         per_image = {"bpd": result.bpd.tolist(), "log_px_nats": result.log_px.tolist(),
                      **{f"{k}_nats": v.tolist() for k, v in result.parts.items()},
                      **{k: v.tolist() for k, v in stats.items()}}
-        write_json(args.json, {"summary": s, **per_image})
+        write_json(args.json, {"summary": s, "data": images.provenance(), "plumbing": images.nonstandard,
+                               **per_image})
     return 0
 
 

@@ -8,6 +8,9 @@ Discrete models (PixelCNN, the VAE's discretised likelihood) give log P(x) exact
 dequantisation. The whole pipeline speaks log p(x̃) in nats; a discrete model enters it through
 ``discrete_to_density_nats``: log p(x̃) := log P(x) + D·log 256, the density that is constant on each
 1/256 bin, so the one ``bits_per_dim`` formula returns exactly -log P(x)/(D·log 2) for it.
+
+``log_likelihood`` is the pipeline's one call of a model (empirical.contract): uint8 images in, the model's
+input made here (dequantised, or the bin centres for a discrete model), log p(x̃) and its parts out.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 
 import torch
 
+from empirical.contract import ModelInfo, describe, model_dtype
 from empirical.distributed import Shard
 
 LEVELS = 256
@@ -67,3 +71,30 @@ def nats_gap_to_bpd(gap_nats: float, dims: int) -> float:
     Same sign convention in both units: positive means q gets the higher likelihood.
     """
     return gap_nats / (dims * math.log(2))
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """The 8-bit image x = ⌊256·x̃⌋ (clipped to 0..255) of x̃ ∈ [0,1)^D: what a discrete model evaluates."""
+    return torch.floor(x * LEVELS).clamp_(0, LEVELS - 1).to(torch.uint8)
+
+
+def bin_centres(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x̃ = (x + ½)/256: the noise-free input of a discrete model (its density is constant on each bin)."""
+    return (x.to(dtype) + 0.5) / LEVELS
+
+
+def log_likelihood(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator | None = None,
+                   shard: Shard | None = None, info: ModelInfo | None = None) -> dict[str, torch.Tensor]:
+    """log p(x̃) in nats per image (``log_px``) and the model's parts, for uint8 images ``x`` (``shard``'s rows of a
+    larger batch, if given): x̃ = dequantize(x) for a continuous model, the bin centres for a discrete one."""
+    info = info or describe(model)
+    dtype = model_dtype(model)
+    x_in = bin_centres(x, dtype) if info.discrete else dequantize(x, generator, dtype, shard)
+    kwargs = {}
+    if info.stochastic:
+        kwargs["generator"] = generator
+        if info.shardable:
+            kwargs["shard"] = shard
+    if info.parts:
+        return model.log_prob_parts(x_in, **kwargs)
+    return {"log_px": model.log_prob(x_in, **kwargs)}

@@ -1,7 +1,8 @@
-"""The model families and how to build each from its config (saved beside every checkpoint).
+"""The project's model families and how to build each from its config (saved beside every checkpoint).
 
-Every model maps uint8 images to ``log_likelihood(x, generator) -> {"log_px": ..., parts...}`` in nats of
-x̃ ∈ [0,1)^D (see empirical.likelihood), so one trainer, evaluator and report serve them all.
+Every model meets the density-model contract (empirical.contract): ``log_prob(x̃)`` in nats of x̃ ∈ [0,1)^D,
+and what it declares about itself, so one trainer, evaluator and report serve them and outside models alike.
+``cvglow`` is a configuration of ``glow`` (additive couplings, fixed N(0, σ_ψ²) top prior), not a family.
 """
 
 from __future__ import annotations
@@ -15,19 +16,30 @@ from empirical.vae import VAE, VAEConfig
 
 FAMILIES: dict[str, tuple[type, type]] = {
     "glow": (GlowConfig, Glow),
-    "cvglow": (GlowConfig, Glow),
     "pixelcnn": (PixelCNNConfig, PixelCNN),
     "vae": (VAEConfig, VAE),
 }
-MODELS = tuple(FAMILIES)
+VARIANTS: dict[str, tuple[str, dict]] = {  # model name -> (family, the config fields that make it)
+    "cvglow": ("glow", {"coupling": "additive", "prior": "fixed"}),
+}
+MODELS = ("glow", "cvglow", "pixelcnn", "vae")
 FLOWS = ("glow", "cvglow")
 
 
-def build_model(family: str, config: dict | object) -> nn.Module:
-    """A fresh model of ``family`` from its config object or its ``to_dict()``."""
-    if family not in FAMILIES:
-        raise CheckpointError(f"unknown model family {family!r}; known: {', '.join(MODELS)}")
-    config_cls, model_cls = FAMILIES[family]
+def family_of(name: str) -> str:
+    """The family that builds model ``name`` (``cvglow`` → ``glow``)."""
+    if name not in MODELS:
+        raise CheckpointError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return VARIANTS.get(name, (name, {}))[0]
+
+
+def build_model(name: str, config: dict | object) -> nn.Module:
+    """A fresh model ``name`` from its config object or its ``to_dict()``; a config that contradicts the name (an
+    affine-coupling ``cvglow``) is refused."""
+    config_cls, model_cls = FAMILIES[family_of(name)]
     if isinstance(config, dict):
         config = config_cls(**config)
+    wrong = {k: getattr(config, k) for k, v in VARIANTS.get(name, ("", {}))[1].items() if getattr(config, k) != v}
+    if wrong:
+        raise CheckpointError(f"{name} means {VARIANTS[name][1]}, but the config has {wrong}")
     return model_cls(config)

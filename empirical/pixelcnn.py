@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.config import ImageModelConfig, check_images
-from empirical.distributed import Shard
-from empirical.likelihood import LEVELS, discrete_to_density_nats
+from empirical.config import ImageModelConfig, check_images, whole
+from empirical.likelihood import LEVELS, discrete_to_density_nats, quantize
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,11 @@ class PixelCNNConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        whole("hidden", self.hidden, 1)
+        whole("blocks", self.blocks, 0)
+        whole("kernel", self.kernel, 1)
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (a masked convolution has a centre), got {self.kernel}")
         if self.hidden % self.shape[0]:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of the {self.shape[0]} image channels")
 
@@ -70,16 +74,23 @@ class GatedBlock(nn.Module):
 
 
 class PixelCNN(nn.Module):
-    """``log_likelihood(x_uint8)`` is exact: no dequantisation noise is involved."""
+    """Exact discrete likelihood: ``log_prob(x̃)`` = log P(⌊256·x̃⌋) + D·log 256, constant on each 1/256 bin."""
+
+    discrete = True  # the density-model contract (empirical.contract): evaluated at bin centres, no noise
 
     def __init__(self, config: PixelCNNConfig) -> None:
         super().__init__()
-        torch.manual_seed(config.seed)
         self.config = config
         c = config.shape[0]
-        self.inp = MaskedConv2d(c, config.hidden, 7, c, "A")
-        self.blocks = nn.ModuleList(GatedBlock(config.hidden, config.kernel, c) for _ in range(config.blocks))
-        self.logits_conv = MaskedConv2d(config.hidden, LEVELS * c, 1, c, "B")
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's generator state is left as it was
+            torch.manual_seed(config.seed)
+            self.inp = MaskedConv2d(c, config.hidden, 7, c, "A")
+            self.blocks = nn.ModuleList(GatedBlock(config.hidden, config.kernel, c) for _ in range(config.blocks))
+            self.logits_conv = MaskedConv2d(config.hidden, LEVELS * c, 1, c, "B")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.config.shape
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """N×256×C×H×W logits of every sub-pixel given the earlier ones (x uint8)."""
@@ -100,10 +111,10 @@ class PixelCNN(nn.Module):
         logp = F.log_softmax(self.logits(x), dim=1)
         return logp.gather(1, x.long().unsqueeze(1)).squeeze(1).flatten(1).sum(1)
 
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                       shard: Shard | None = None) -> dict[str, torch.Tensor]:
-        """log p(x̃) of the exact discrete likelihood; no noise, so ``generator`` and ``shard`` are unused."""
-        return {"log_px": discrete_to_density_nats(self.log_prob_discrete(x), self.config.dims)}
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x̃) = log P(⌊256·x̃⌋) + D·log 256 in nats per image (exact; x̃ ∈ [0,1)^D)."""
+        check_images(x, self.config.shape)
+        return discrete_to_density_nats(self.log_prob_discrete(quantize(x)), self.config.dims)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from empirical.errors import DgmOodError
-from empirical.models import FAMILIES, MODELS
+from empirical.models import FAMILIES, FLOWS, MODELS, VARIANTS, family_of
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise DgmOodError(f"{name} must be a finite number > 0 (--{name.replace('_', '-')}), got {value!r}")
-        if not isinstance(self.holdout, int) or self.holdout < 0:
-            raise DgmOodError(f"holdout must be a whole number ≥ 0, got {self.holdout!r}")
+        for name in ("holdout", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DgmOodError(f"{name} must be a whole number ≥ 0 (--{name}), got {value!r}")
         if not 0.0 <= self.perturb < 1.0:
             raise DgmOodError(f"perturb (μ) must be in [0, 1), got {self.perturb!r}")
         if self.decay not in ("none", "cosine"):
@@ -134,6 +136,13 @@ _MODEL_TRAIN = {"vae": {"cpu": dict(eval_images=200, eval_every=1000), "gpu": di
 PRESETS = ("smoke", "cpu", "gpu")
 
 
+def default_budget(name: str = "cpu") -> EvalBudget:
+    """The evaluation budget of preset ``name`` for a model without a preset of its own (an outside model)."""
+    if name not in PRESETS:
+        raise DgmOodError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return _BUDGET[name]
+
+
 def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prior: str | None = None,
                arch: dict[str, Any] | None = None, **train_overrides) -> Preset:
     """The preset ``name`` for ``model`` on images of ``shape``; overrides replace TrainConfig fields.
@@ -150,16 +159,20 @@ def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prio
         raise DgmOodError(f"preset {name!r} has no {model} architecture for {size}×{size} images")
     preset_arch, train_steps, *size_schedule = _ARCH[model][name][size]
     overrides = arch or {}
-    arch = {**preset_arch, **({"coupling": "additive", "prior": "fixed"} if model == "cvglow" else {})}
-    config_class = FAMILIES[model][0]
+    fixed = VARIANTS.get(model, ("", {}))[1]  # what makes a variant (cvglow: additive couplings, fixed prior)
+    arch = {**preset_arch, **fixed}
+    config_class = FAMILIES[family_of(model)][0]
     known = {f.name for f in fields(config_class)} - {"shape", "seed", "split_prior"}  # these have their own options
+    if sorted(set(overrides) & set(fixed)):
+        raise DgmOodError(f"{model} fixes {', '.join(sorted(set(overrides) & set(fixed)))}; use another model "
+                          f"(e.g. glow) to change it")
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise DgmOodError(f"{model} has no architecture field {', '.join(map(repr, unknown))}; "
-                          f"fields: {', '.join(sorted(known))}")
+                          f"fields: {', '.join(sorted(known - set(fixed)))}")
     arch = {**arch, **overrides}
     if split_prior is not None:
-        if model not in ("glow", "cvglow"):
+        if model not in FLOWS:
             raise DgmOodError(f"--split-prior applies to flows (glow, cvglow), not to {model}")
         if split_prior not in ("learned", "fixed"):
             raise DgmOodError(f"unknown split prior {split_prior!r}; use learned or fixed")
@@ -169,7 +182,7 @@ def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prio
     try:
         config = config_class(shape=tuple(shape), **arch)
     except (TypeError, ValueError) as err:
-        raise DgmOodError(f"invalid {model} architecture {arch}: {err}") from None
+        raise DgmOodError(f"invalid {model} architecture: {err}") from None
     schedule = {**_TRAIN[name], **_MODEL_TRAIN.get(model, {}).get(name, {}), **dict(*size_schedule)}
     train = replace(TrainConfig(steps=train_steps, **schedule),
                     **{k: v for k, v in train_overrides.items() if v is not None})

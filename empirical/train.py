@@ -16,22 +16,25 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import MISSING, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from empirical import data, distributed
+from empirical import distributed, sources
 from empirical.atomic import write_json
-from empirical.checkpoint import code_version, load_checkpoint, non_finite_tensors, save_checkpoint
-from empirical.cli import run_cli
+from empirical.checkpoint import code_version, load_checkpoint, non_finite_tensors, save_checkpoint, trained_on
+from empirical.cli import add_data_arguments, data_options, run_cli, writable_dir
+from empirical.contract import describe
 from empirical.distributed import resolve_device
 from empirical.errors import CheckpointError, TrainingError
-from empirical.evaluate import evaluate
-from empirical.likelihood import bits_per_dim
+from empirical.evaluate import NonFiniteLikelihood, evaluate
+from empirical.likelihood import bits_per_dim, log_likelihood
 from empirical.locking import run_lock
 from empirical.models import MODELS, build_model
 from empirical.presets import PRESETS, Preset, TrainConfig, get_preset
+from empirical.sources import ImageSet, training_digest
 
 CHECKPOINT = "last.pt"
 
@@ -57,10 +60,21 @@ class TrainResult:
     model: torch.nn.Module  # the trained model in memory (every rank's is identical)
 
 
-def _resume_state(payload: dict, ckpt_path: Path, preset: Preset) -> list[dict]:
-    """Check a checkpoint can be resumed under ``preset``; returns the schedule changes (lr, warm-up, steps) it
-    records, with this resume's changes appended. Anything else that differs is refused."""
+def _resume_state(payload: dict, ckpt_path: Path, preset: Preset, sets: tuple[ImageSet, ImageSet],
+                  n_train: int) -> list[dict]:
+    """Check a checkpoint can be resumed under ``preset`` on these data; returns the schedule changes (lr, warm-up,
+    steps) it records, with this resume's changes appended. Other data, another training subset, other settings
+    or fewer steps than it has done are refused."""
     cfg = preset.train
+    if not trained_on(payload, *sets):
+        raise CheckpointError(f"{ckpt_path} was trained on other data ({payload.get('dataset')}, other images); "
+                              f"resume it on the data it was trained on, or choose another --out")
+    if payload.get("train_images", n_train) != n_train:
+        raise CheckpointError(f"{ckpt_path} was trained on {payload['train_images']} images, this run would use "
+                              f"{n_train} (another --train-subset?); only --steps, --lr and --warmup may change")
+    if cfg.steps < payload["step"]:
+        raise CheckpointError(f"{ckpt_path} has already done {payload['step']} steps; --steps {cfg.steps} would "
+                              f"rewrite its record: pass --steps ≥ {payload['step']}")
     # a field added to TrainConfig after the checkpoint was written takes its default (what that run used)
     old = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **payload["train_config"]}
     changeable = ("steps", "lr", "warmup")
@@ -75,11 +89,11 @@ def _resume_state(payload: dict, ckpt_path: Path, preset: Preset) -> list[dict]:
     return changes
 
 
-def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_dir: str | None = None,
-          device: str = "auto", resume: bool = False, train_subset: int | None = None,
-          allow_nonstandard: bool = False, command: str | None = None, progress: bool = True,
-          wait_for_lock: bool = False, time_limit: float | None = None) -> TrainResult:
-    """Train (or resume) ``model_name`` on ``dataset`` with ``preset``; checkpoints go to ``out_dir``.
+def train(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, out_dir: Path, *,
+          device: str = "auto", resume: bool = False, train_subset: int | None = None, command: str | None = None,
+          progress: bool = True, wait_for_lock: bool = False, time_limit: float | None = None) -> TrainResult:
+    """Train (or resume) ``model_name`` on ``train_set`` with ``preset``; checkpoints go to ``out_dir``; the periodic
+    test bits/dim come from the first ``eval_images`` of ``test_set``.
 
     One job at a time per ``out_dir`` (a lock; ``wait_for_lock`` waits instead of refusing). Under torchrun
     every rank calls this with the same arguments; rank 0 alone writes. Every step
@@ -95,24 +109,23 @@ def train(dataset: str, model_name: str, preset: Preset, out_dir: Path, *, data_
         raise TrainingError(f"--time-limit must be > 0 minutes, got {time_limit / 60:g}")
     if train_subset is not None and train_subset < 1:
         raise TrainingError(f"--train-subset must be ≥ 1, got {train_subset}")
-    train_split = data.load(dataset, "train", data_dir, allow_nonstandard=allow_nonstandard)
-    test_split = data.load(dataset, "test", data_dir, allow_nonstandard=allow_nonstandard)
-    n_train = len(train_split.images)
+    n_train = len(train_set)
     if cfg.holdout >= n_train:
-        raise TrainingError(f"the preset holds out {cfg.holdout} of the {n_train} {dataset} training images, "
+        raise TrainingError(f"the preset holds out {cfg.holdout} of the {n_train} {train_set.name} images, "
                             f"leaving none to train on")
-    images = train_split.images[: n_train - cfg.holdout]  # the last `holdout` images are never trained on
+    images = train_set.images[: n_train - cfg.holdout]  # the last `holdout` images are never trained on
     images = images[:train_subset] if train_subset else images
-    test_images = test_split.images[: cfg.eval_images]
-    if tuple(images.shape[1:]) != preset.model.shape:
-        raise TrainingError(f"{dataset} images are {images.shape[1:]}, preset expects {preset.model.shape}")
-    lock = run_lock(out_dir, wait=wait_for_lock, what=f"training {model_name} on {dataset}") \
+    if train_set.shape != preset.model.shape or test_set.shape != preset.model.shape:
+        raise TrainingError(f"{train_set.name} images are {train_set.shape} and {test_set.name} {test_set.shape}, "
+                            f"the preset expects {preset.model.shape}")
+    data = {"dataset": train_set.source, "data": {"train": train_set.provenance(), "test": test_set.provenance()},
+            "data_digest": training_digest(train_set, test_set), "train_images": int(images.shape[0])}
+    lock = run_lock(out_dir, wait=wait_for_lock, what=f"training {model_name} on {train_set.source}") \
         if distributed.world().main else nullcontext()  # rank 0 holds the lock for the whole job
     with lock:
-        return _train_locked(dataset, model_name, preset, out_dir, ckpt_path, dev, images, test_images,
-                             [f.to_dict() for f in (*train_split.files, *test_split.files)], resume=resume,
-                             command=command, progress=progress,
-                             hflip=cfg.hflip and data.dataset_info(dataset).mirror_symmetric, time_limit=time_limit)
+        return _train_locked(model_name, preset, out_dir, ckpt_path, dev, images, (train_set, test_set), data,
+                             resume=resume, command=command, progress=progress,
+                             hflip=cfg.hflip and train_set.mirror_symmetric, time_limit=time_limit)
 
 
 def perturb_subpixels(x: torch.Tensor, mu: float, generator: torch.Generator) -> torch.Tensor:
@@ -139,7 +152,8 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torch.device, resume: bool):
+def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torch.device, resume: bool,
+                     sets: tuple[ImageSet, ImageSet], n_train: int):
     """A fresh model and optimizer on ``dev``, or both restored from ``ckpt_path``; with the step to start
     from, the history so far and the schedule changes (see _resume_state). bf16 coupling networks on CUDA."""
     cfg = preset.train
@@ -148,7 +162,7 @@ def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torc
     start, history, changes = 0, [], []
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
-        changes = _resume_state(payload, ckpt_path, preset)
+        changes = _resume_state(payload, ckpt_path, preset, sets, n_train)
         model.load_state_dict(payload["model_state"])
         optimizer.load_state_dict(payload["optimizer_state"])
         start, history = payload["step"], payload["history"]
@@ -169,14 +183,16 @@ def initialize(model: torch.nn.Module, train_x: torch.Tensor, seed: int, dev: to
     world = distributed.world()
     shard = world.shard(len(init)) if world.size > 1 else None
     with torch.no_grad():
-        model.log_likelihood(init if shard is None else shard.rows(init), step_generator(seed, -1, dev), shard)
+        log_likelihood(model, init if shard is None else shard.rows(init), step_generator(seed, -1, dev), shard)
 
 
 def training_forward(model: torch.nn.Module, cfg: TrainConfig, dev: torch.device):
-    """What a training step calls: ``model.log_likelihood`` wrapped in DDP in a group, compiled on CUDA if asked."""
+    """What a training step calls, ``log_likelihood(model, x, generator, shard)``: wrapped in DDP in a group,
+    compiled on CUDA if asked."""
     if distributed.active():
         return distributed.data_parallel(model, dev)
-    return torch.compile(model.log_likelihood) if (cfg.compile and dev.type == "cuda") else model.log_likelihood
+    forward = partial(log_likelihood, model, info=describe(model))
+    return torch.compile(forward) if (cfg.compile and dev.type == "cuda") else forward
 
 
 def batch_loss(forward, batch: torch.Tensor, gen: torch.Generator, dims: int,
@@ -192,18 +208,19 @@ def batch_loss(forward, batch: torch.Tensor, gen: torch.Generator, dims: int,
     return bpd.sum() * size / shard.total, distributed.all_sum(bpd.sum().detach()) / shard.total
 
 
-def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, ckpt_path: Path,
-                  dev: torch.device, images, test_images, data_files: list[dict], *, resume: bool,
-                  command: str | None, progress: bool, hflip: bool, time_limit: float | None) -> TrainResult:
+def _train_locked(model_name: str, preset: Preset, out_dir: Path, ckpt_path: Path, dev: torch.device, images,
+                  sets: tuple[ImageSet, ImageSet], data: dict, *, resume: bool, command: str | None, progress: bool,
+                  hflip: bool, time_limit: float | None) -> TrainResult:
     cfg = preset.train
     world = distributed.world()
     train_x = torch.from_numpy(images).to(dev)  # the whole uint8 set lives on the device
-    model, optimizer, start, history, changes = _build_or_resume(model_name, preset, ckpt_path, dev, resume)
+    test_images = sets[1].images[: cfg.eval_images]
+    model, optimizer, start, history, changes = _build_or_resume(model_name, preset, ckpt_path, dev, resume, sets,
+                                                                 len(images))
 
-    hparams = {"dataset": dataset, "model": model_name, "preset": preset.name,
+    hparams = {**data, "model": model_name, "preset": preset.name,
                "model_config": preset.model.to_dict(), "train_config": cfg.to_dict(),
-               "train_images": int(images.shape[0]), "code_version": code_version(),
-               "command": command or shlex.join(sys.argv), "device": str(dev), "data_files": data_files,
+               "code_version": code_version(), "command": command or shlex.join(sys.argv), "device": str(dev),
                "schedule_changes": changes, "hflip": hflip}
     if world.main:
         write_json(out_dir / "hparams.json", hparams)
@@ -217,10 +234,13 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
                              f"(python -m empirical.train ... --resume --lr {cfg.lr / 4:.2e} --warmup "
                              f"{2 * cfg.warmup})")
 
-    def save(step: int) -> None:
+    def check_parameters(step: int) -> None:
         bad = non_finite_tensors(model.state_dict())
         if bad:  # never replace a good checkpoint with a broken one
             raise stop(f"parameters became non-finite ({bad[0]} and {len(bad) - 1} more)", step, cfg.lr)
+
+    def save(step: int) -> None:
+        check_parameters(step)
         if world.main:
             save_checkpoint(ckpt_path, {**hparams, "step": step, "history": history,
                                         "model_state": model.state_dict(),
@@ -236,7 +256,7 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
     t0, last_test = time.time(), None
     before = history[-1]["seconds"] if history else 0.0  # wall-clock of earlier sessions of this run
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (progress and world.main),
-               desc=f"{dataset} {model_name}/{preset.name}", mininterval=5, file=sys.stderr)
+               desc=f"{data['dataset']} {model_name}/{preset.name}", mininterval=5, file=sys.stderr)
     seen, done = 0, start
     for step in bar:
         gen = step_generator(cfg.seed, step, dev)
@@ -263,7 +283,11 @@ def _train_locked(dataset: str, model_name: str, preset: Preset, out_dir: Path, 
             torch.tensor(float(time.time() - t0 >= time_limit), device=dev)) > 0)  # on dev: NCCL has no CPU tensors
         if done % cfg.eval_every == 0 or done == cfg.steps or out_of_time:
             model.eval()
-            last_test = float(evaluate(model, test_images, device=dev).bpd.mean())  # sharded over the ranks
+            try:
+                last_test = float(evaluate(model, test_images, device=dev, label="test images").bpd.mean())
+            except NonFiniteLikelihood as err:  # sharded over the ranks, so every rank stops here together
+                check_parameters(done)
+                raise stop(str(err), done, lr) from err
             model.train()
             history.append({"step": done, "train_bpd": float(shown.item()), "test_bpd": last_test,
                             "seconds": before + time.time() - t0, "device": str(dev), "ranks": world.size})
@@ -298,12 +322,14 @@ def arch_override(text: str) -> tuple[str, int | float | bool | str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m empirical.train", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.DATASETS)}")
+    p = argparse.ArgumentParser(prog="python -m empirical.train", description=__doc__.splitlines()[0],
+                                epilog=sources.SOURCE_HELP)
+    p.add_argument("--dataset", required=True, metavar="SOURCE",
+                   help="what to train on: a registry name or a path (see below); its train part is trained on")
     p.add_argument("--model", default="glow", choices=MODELS)
     p.add_argument("--preset", default="cpu", choices=PRESETS)
     p.add_argument("--out", type=Path, help="checkpoint folder (default runs/train/DATASET-MODEL-PRESET)")
-    p.add_argument("--data-dir", help="dataset root (else $DGM_OOD_DATA, <repo>/data, ../shared/data)")
+    add_data_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--steps", type=int, help="override the preset's number of steps")
@@ -321,8 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips of training images on mirror-symmetric datasets (CIFAR-10/100; "
                         "default: on in the gpu preset)")
-    p.add_argument("--allow-nonstandard-data", action="store_true",
-                   help="accept well-formed files with non-official image counts (plumbing only)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after this many minutes with an evaluation and a checkpoint (--resume continues)")
     p.add_argument("--no-progress", action="store_true")
@@ -331,29 +355,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    info = data.dataset_info(args.dataset)
-    preset = get_preset(args.preset, args.model, info.shape, split_prior=args.split_prior, arch=dict(args.arch),
+    sources.check_name(args.dataset)
+    out = args.out or Path("runs/train") / f"{sources.slug(args.dataset)}-{args.model}-{args.preset}"
+    train_set, test_set = sources.open_in(args.dataset, data_options(args))  # read and checked before any write
+    writable_dir(out, "--out")
+    preset = get_preset(args.preset, args.model, train_set.shape, split_prior=args.split_prior, arch=dict(args.arch),
                         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
                         compile=args.compile, hflip=args.hflip, decay=args.decay)
-    out = args.out or Path("runs/train") / f"{args.dataset}-{args.model}-{args.preset}"
     device = distributed.init_from_env(args.device)  # joins torchrun's group, if any
     main_rank = distributed.world().main
     try:
-        result = train(args.dataset, args.model, preset, out, data_dir=args.data_dir, device=str(device),
-                       resume=args.resume, train_subset=args.train_subset,
-                       allow_nonstandard=args.allow_nonstandard_data, progress=not args.no_progress,
+        result = train(train_set, test_set, args.model, preset, out, device=str(device), resume=args.resume,
+                       train_subset=args.train_subset, progress=not args.no_progress,
                        time_limit=None if args.time_limit is None else 60 * args.time_limit)
     finally:
         distributed.shutdown()
     if not main_rank:
         return 0
     bpd = "n/a" if result.test_bpd is None or math.isnan(result.test_bpd) else f"{result.test_bpd:.3f}"
-    print(f"{args.dataset} {args.model}/{args.preset}: step {result.step}, test bpd {bpd} "
-          f"({min(preset.train.eval_images, info.counts['test'])} test images), "
+    print(f"{train_set.source} {args.model}/{args.preset}: step {result.step}, test bpd {bpd} "
+          f"({min(preset.train.eval_images, len(test_set))} test images), "
           f"{result.seconds:.0f} s; checkpoint {result.checkpoint}")
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))
-

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.config import ImageModelConfig, check_images
+from empirical.config import ImageModelConfig, check_images, whole
 from empirical.distributed import Shard
-from empirical.likelihood import discrete_to_density_nats
+from empirical.likelihood import discrete_to_density_nats, quantize
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class VAEConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for key in ("latent", "hidden", "eval_samples"):
+            whole(key, getattr(self, key), 1)
         if self.shape[1] % 4 or self.shape[2] % 4:
             raise ValueError(f"VAE needs image sizes divisible by 4, got {self.shape[1]}×{self.shape[2]}")
 
@@ -49,20 +51,29 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
 
 
 class VAE(nn.Module):
+    """log_prob(x̃) is IWAE_k of the 8-bit image ⌊256·x̃⌋ (+ D·log 256) in evaluation, the ELBO in training."""
+
+    discrete, exact, stochastic = True, False, True  # the density-model contract (empirical.contract)
+
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        torch.manual_seed(config.seed)
         self.config = config
         c, h, w = config.shape
         hid = config.hidden
-        self.enc = nn.Sequential(nn.Conv2d(c, hid, 4, 2, 1), nn.ELU(), nn.Conv2d(hid, 2 * hid, 4, 2, 1), nn.ELU(),
-                                 nn.Flatten())
         self.feat = (2 * hid, h // 4, w // 4)
         flat = math.prod(self.feat)
-        self.to_q = nn.Linear(flat, 2 * config.latent)
-        self.from_z = nn.Linear(config.latent, flat)
-        self.dec = nn.Sequential(nn.ELU(), nn.ConvTranspose2d(2 * hid, hid, 4, 2, 1), nn.ELU(),
-                                 nn.ConvTranspose2d(hid, 2 * c, 4, 2, 1))
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's generator state is left as it was
+            torch.manual_seed(config.seed)
+            self.enc = nn.Sequential(nn.Conv2d(c, hid, 4, 2, 1), nn.ELU(), nn.Conv2d(hid, 2 * hid, 4, 2, 1),
+                                     nn.ELU(), nn.Flatten())
+            self.to_q = nn.Linear(flat, 2 * config.latent)
+            self.from_z = nn.Linear(config.latent, flat)
+            self.dec = nn.Sequential(nn.ELU(), nn.ConvTranspose2d(2 * hid, hid, 4, 2, 1), nn.ELU(),
+                                     nn.ConvTranspose2d(hid, 2 * c, 4, 2, 1))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.config.shape
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) = N(μ, exp(log_std)²)."""
@@ -102,14 +113,20 @@ class VAE(nn.Module):
         kl = 0.5 * (mu**2 + torch.exp(2 * log_std) - 1 - 2 * log_std).sum(1)
         return self.decode_log_prob(x, mu + torch.exp(log_std) * eps) - kl
 
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None,
+    def log_prob_parts(self, x: torch.Tensor, generator: torch.Generator | None = None,
                        shard: Shard | None = None) -> dict[str, torch.Tensor]:
-        """Training: the ELBO. Evaluation: IWAE_k as ``log_px`` and the mean one-sample ELBO as ``elbo``."""
-        d = self.config.dims
+        """For x̃ ∈ [0,1)^D, of the 8-bit image ⌊256·x̃⌋, + D·log 256: in training the ELBO as ``log_px``; in evaluation
+        IWAE_k as ``log_px`` and the mean one-sample ELBO as ``elbo`` (both bounds on log p)."""
+        d, x = self.config.dims, quantize(x)
         if self.training:
             return {"log_px": discrete_to_density_nats(self.elbo(x, generator, shard), d)}
         iwae, elbo = self.iwae(x, self.config.eval_samples, generator, shard=shard)
         return {"log_px": discrete_to_density_nats(iwae, d), "elbo": discrete_to_density_nats(elbo, d)}
+
+    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 shard: Shard | None = None) -> torch.Tensor:
+        """``log_prob_parts(x)["log_px"]``."""
+        return self.log_prob_parts(x, generator, shard)["log_px"]
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:

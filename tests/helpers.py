@@ -43,3 +43,10 @@ def randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.n
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return module
+
+
+def registry_sets(name: str, data_dir: Path | str, allow_nonstandard: bool = True):
+    """(train, test) ImageSets of a registry dataset read from ``data_dir`` (small test-made files by default)."""
+    from empirical.sources import DataOptions, open_in
+
+    return open_in(name, DataOptions(str(data_dir), allow_nonstandard=allow_nonstandard))

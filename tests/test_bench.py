@@ -11,6 +11,7 @@ import pytest
 from empirical.presets import get_preset
 from empirical.train import train
 from tests import datafiles
+from tests.helpers import registry_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,8 +73,7 @@ def test_time_to_bpd_keeps_wall_clock_across_resume(tmp_path, monkeypatch):
     run = tmp_path / "run"
     for steps in (20, 40):
         preset = get_preset("smoke", "glow", (1, 28, 28), steps=steps)
-        train("mnist", "glow", preset, run, data_dir=str(tmp_path / "data"), resume=steps > 20,
-              allow_nonstandard=True, progress=False)
+        train(*registry_sets("mnist", tmp_path / "data"), "glow", preset, run, resume=steps > 20, progress=False)
     from bench.time_to_bpd import main
 
     assert main([str(run / "last.pt"), "--out", str(tmp_path / "curve")]) == 0

@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from empirical.contract import describe
 from empirical.flows import Glow
 from empirical.flows.layers import InvConv1x1
 from empirical.likelihood import nats_gap_to_bpd
@@ -40,8 +41,9 @@ KEYS = {1: "measured", 3: "exact_second_order", 4: "linear_path", 5: "equal_mean
         7: "paper_coefficient"}
 ADDS = {1: [], 3: ["smooth", "second_order"], 4: ["linear_path"], 5: ["equal_means"], 6: ["diagonal_covariance"],
         7: ["no_channel_mixing"]}
-NOT_CONSTANT_VOLUME = ("n/a: needs a constant-volume flow (--model cvglow); the linear path of an affine Glow "
-                       "drops its x-dependent volume term")
+NOT_CONSTANT_VOLUME = ("n/a: needs a constant-volume flow with a linear path (--model cvglow); the linear path of "
+                       "an affine Glow drops its x-dependent volume term")
+NOT_GLOW = "n/a: the paper's printed coefficient needs Glow's actnorm-scaled 1×1 convolutions"
 
 
 def _row(row: int, gap_nats: float | None, *, key: str | None = None, label: str | None = None,
@@ -67,7 +69,7 @@ def paper_path(model: Glow) -> Glow:
 
 
 @torch.no_grad()
-def mean_log_prob(model: Glow, images: np.ndarray, batch_size: int = 1000) -> float:
+def mean_log_prob(model: torch.nn.Module, images: np.ndarray, batch_size: int = 1000) -> float:
     """Mean log p at the pixel centres (x+½)/256 of uint8 images, float64 (the model is not changed)."""
     m64 = copy.deepcopy(model).double().cpu().eval()
     total = 0.0
@@ -77,29 +79,36 @@ def mean_log_prob(model: Glow, images: np.ndarray, batch_size: int = 1000) -> fl
     return total / len(images)
 
 
-def predicted_rows(model: Glow, quad: Quadratic, p: Moments, q: Moments,
+def predicted_rows(model: torch.nn.Module, quad: Quadratic, p: Moments, q: Moments,
                    monte_carlo: dict | None = None) -> list[dict]:
-    """Rows 3–7 from the exact quadratic ``quad`` of the model at x0 and the sets' moments."""
+    """Rows 3–7 from the exact quadratic ``quad`` of the model at x0 and the sets' moments; rows 4–6 need a
+    constant-volume model with a linear path, row 7 a Glow (each is n/a with the reason otherwise)."""
     exact = quad.gap(p, q)
     rows = [_row(3, exact["gap_nats"], terms={k: v for k, v in exact.items() if k != "gap_nats"},
                  monte_carlo=monte_carlo)]
-    if not model.constant_volume:
+    info = describe(model)
+    if not (info.constant_volume and info.linear_path):
         return rows + [_row(r, None, note=NOT_CONSTANT_VOLUME) for r in (4, 5, 6, 7)]
     lin_quad = exact_quadratic(model.linear_path(), quad.x0)
     lin_gap = lin_quad.gap(p, q)
-    adds = ["linear_path"] + ([] if model.config.split_prior == "fixed" else ["gaussian_latent"])
-    note = "" if model.config.split_prior == "fixed" else \
-        f"the learned split priors are replaced by N(0, σ_ψ²), σ_ψ = {model.config.prior_std:g}"
+    paper_class = isinstance(model, Glow) and model.config.split_prior == "fixed"
+    adds = ["linear_path"] + ([] if paper_class else ["gaussian_latent"])
+    note = "" if paper_class else (f"the learned split priors are replaced by N(0, σ_ψ²), σ_ψ = "
+                                   f"{model.config.prior_std:g}" if isinstance(model, Glow) else
+                                   "the model's own linear_path()")
     dvar = q.var - p.var
+    row7 = _row(7, 0.5 * float(quadratic_diagonal(paper_path(model)).ravel() @ dvar)) if isinstance(model, Glow) \
+        else _row(7, None, note=NOT_GLOW)
     return rows + [
         _row(4, lin_gap["gap_nats"], adds=adds, note=note, terms={k: v for k, v in lin_gap.items() if k != "gap_nats"}),
         _row(5, lin_gap["trace_term"]),
         _row(6, 0.5 * float(np.diagonal(lin_quad.hess) @ dvar)),
-        _row(7, 0.5 * float(quadratic_diagonal(paper_path(model)).ravel() @ dvar)),
+        row7,
     ]
 
 
-def linear_path_check(model: Glow, rows: list[dict], p_images: np.ndarray, q_images: np.ndarray) -> dict | None:
+def linear_path_check(model: torch.nn.Module, rows: list[dict], p_images: np.ndarray,
+                      q_images: np.ndarray) -> dict | None:
     """Row 4 against the linear-path model evaluated on the images themselves (equal up to rounding)."""
     row4 = next((r for r in rows if r["row"] == 4), None)
     if row4 is None or row4["gap_nats"] is None:

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical import data
+from empirical import sources
 from empirical.atomic import write_json
-from empirical.checkpoint import model_from_checkpoint
-from empirical.cli import run_cli
+from empirical.checkpoint import check_trained_on, model_from_checkpoint
+from empirical.cli import add_data_arguments, add_shape_arguments, data_options, run_cli, shape_map, writable_file
+from empirical.contract import describe, model_device
 from empirical.errors import TheoryError
 from empirical.flows import Glow
 from empirical.likelihood import LEVELS, dequantize, nats_gap_to_bpd
@@ -53,7 +54,7 @@ def _mean_se(v: torch.Tensor) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------- linear paths (quadratic log p)
-def linear_path_curvature(model: Glow) -> np.ndarray:
+def linear_path_curvature(model: torch.nn.Module) -> np.ndarray:
     """diag(H) of the linear path: -Σ_o M_od² λ_o, M the linear map, λ the latent precisions."""
     return quadratic_diagonal(model.linear_path())
 
@@ -83,15 +84,16 @@ def paper_coefficients(model: Glow) -> torch.Tensor:
     return prod**2 / model.config.prior_std**2
 
 
-def closed_form(model: Glow, p: Moments, q: Moments, alphas: list[float] | None = None) -> dict:
+def closed_form(model: torch.nn.Module, p: Moments, q: Moments, alphas: list[float] | None = None) -> dict:
     """The constant-volume closed form ½ Σ_d H_dd Δσ²_d (nats/image), and its graying curve
     ½(α²-1) Σ_d H_dd σ²_p*,d (x_α = α·x + (1-α)·grey changes the variances by α², means ignored)."""
-    if not model.constant_volume:
-        raise TheoryError("the closed form needs a constant-volume flow (additive couplings, --model cvglow); "
-                          "use the exact second-order prediction for affine Glow")
+    info = describe(model)
+    if not (info.constant_volume and info.linear_path):
+        raise TheoryError("the closed form needs a constant-volume flow with a linear path (additive couplings, "
+                          "--model cvglow); use the exact second-order prediction for other models")
     h_diag = linear_path_curvature(model)
     gap = 0.5 * float(h_diag.ravel() @ (q.var - p.var))
-    out = {"gap_nats": gap, "gap_bpd": nats_gap_to_bpd(gap, model.config.dims),
+    out = {"gap_nats": gap, "gap_bpd": nats_gap_to_bpd(gap, info.dims),
            # -H_dd of the linear path averaged over the pixels of each image channel (all levels pooled); for a
            # one-level model it is ‖M_:,c‖²/σ_ψ² of the squeezed channels (derived_coefficients), averaged
            "neg_hessian_diag_pixel_mean": (-h_diag).mean(axis=(1, 2)).tolist(),
@@ -106,14 +108,14 @@ def _samples(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray
     return images[rng.choice(len(images), size=min(n, len(images)), replace=False)]
 
 
-def taylor_gap(model: Glow, x0: torch.Tensor, v_p: torch.Tensor, v_q: torch.Tensor, mu_p: torch.Tensor,
+def taylor_gap(model: torch.nn.Module, x0: torch.Tensor, v_p: torch.Tensor, v_q: torch.Tensor, mu_p: torch.Tensor,
                mu_q: torch.Tensor, batch_size: int = 32) -> dict:
     """Monte Carlo E_q[T] - E_p*[T] for the Taylor polynomial T of log p at x0 (1×C×H×W, model space).
 
     v_p, v_q: sampled deviations x - x0 (rows); mu_p, mu_q: exact means. The gradient term g·(μ_q - μ_p) is
     exact; the curvature term ½(E_q[vᵀHv] - E_p*[vᵀHv]) is a sample mean with its standard error.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     mu_p, mu_q = mu_p.reshape(x0.shape), mu_q.reshape(x0.shape)
     vecs = torch.cat([v_p, v_q])
     hv_parts, g = [], None
@@ -132,10 +134,10 @@ def taylor_gap(model: Glow, x0: torch.Tensor, v_p: torch.Tensor, v_q: torch.Tens
             "curvature_term": curv_q - curv_p, "n_samples": {"in_test": n_p, "out_test": len(v_q)}}
 
 
-def averaged_curvature(model: Glow, points: torch.Tensor, v_p: torch.Tensor, v_q: torch.Tensor,
+def averaged_curvature(model: torch.nn.Module, points: torch.Tensor, v_p: torch.Tensor, v_q: torch.Tensor,
                        mu_p: torch.Tensor, mu_q: torch.Tensor, batch_size: int = 32) -> dict:
     """Like ``taylor_gap`` but with g and H averaged over ``points`` (row j pairs H(x_j) with v_p,j and v_q,j)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     grads, diffs = [], []
     for s in range(0, len(points), batch_size):
         sl = slice(s, s + batch_size)
@@ -150,12 +152,12 @@ def averaged_curvature(model: Glow, points: torch.Tensor, v_p: torch.Tensor, v_q
             "n_points": len(points)}
 
 
-def monte_carlo(model: Glow, p_images: np.ndarray, q_images: np.ndarray, x0_pixels: np.ndarray, *,
+def monte_carlo(model: torch.nn.Module, p_images: np.ndarray, q_images: np.ndarray, x0_pixels: np.ndarray, *,
                 n_samples: int = 128, seed: int = 0, batch_size: int = 32) -> dict:
     """The Monte Carlo estimates from ``n_samples`` images per set: the second order at x0 and the
     averaged-curvature extra (H at dequantised data points from ½(p* + q), paired with the same deviations)."""
     model.eval()
-    dims = model.config.dims
+    dims = describe(model).dims
     rng = np.random.default_rng(seed)
     ps, qs = _samples(p_images, n_samples, rng), _samples(q_images, n_samples, rng)
     x0 = to_model_space(x0_pixels)[None]
@@ -177,7 +179,7 @@ def monte_carlo(model: Glow, p_images: np.ndarray, q_images: np.ndarray, x0_pixe
 
 
 # --------------------------------------------------------------------------------- all together
-def predict(model: Glow, x0_pixels: np.ndarray, p_images: np.ndarray, q_images: np.ndarray, *,
+def predict(model: torch.nn.Module, x0_pixels: np.ndarray, p_images: np.ndarray, q_images: np.ndarray, *,
             gray_images: np.ndarray | None = None, alphas: list[float] | None = None, n_samples: int = 128,
             seed: int = 0, p: Moments | None = None, q: Moments | None = None) -> dict:
     """Every prediction for a flow from uint8 images of p* (IN-test) and q (OUT-test) and x0 (pixel units).
@@ -188,7 +190,11 @@ def predict(model: Glow, x0_pixels: np.ndarray, p_images: np.ndarray, q_images: 
     Monte Carlo estimate stands in for the exact second order and the exact-only parts are None.
     """
     model.eval()
-    dims = model.config.dims
+    info = describe(model)
+    if not info.smooth:
+        raise TheoryError(f"the second-order predictions need a twice-differentiable log p(x̃); {info.name} declares "
+                          f"smooth = False")
+    dims = info.dims
     p = p or Moments.of_images(p_images)
     q = q or Moments.of_images(q_images)
     x0 = to_model_space(x0_pixels).numpy().ravel()
@@ -196,7 +202,7 @@ def predict(model: Glow, x0_pixels: np.ndarray, p_images: np.ndarray, q_images: 
     out = {"x0": "mean of IN-train", "averaged_curvature": mc["averaged_curvature"], "closed_form": None,
            "graying": None, "graying_closed_form": None, "taylor_mean": None, "hessian_spectrum": None,
            "ledger_rows": None, "linear_path_check": None}
-    if model.constant_volume:
+    if info.constant_volume and info.linear_path:
         cf = closed_form(model, p, q, alphas)
         out["graying_closed_form"] = cf.pop("graying", None)
         out["closed_form"] = cf
@@ -221,13 +227,14 @@ def predict(model: Glow, x0_pixels: np.ndarray, p_images: np.ndarray, q_images: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m theory.predict", description=__doc__.splitlines()[0])
-    p.add_argument("in_dataset", metavar="IN", help="the dataset the model was trained on (p*)")
-    p.add_argument("out_dataset", metavar="OUT", help="the other dataset (q)")
+    p = argparse.ArgumentParser(prog="python -m theory.predict", description=__doc__.splitlines()[0],
+                                epilog=sources.SOURCE_HELP)
+    p.add_argument("in_dataset", metavar="IN", help="the data the model was trained on (p*): a registry name or a path")
+    p.add_argument("out_dataset", metavar="OUT", help="the other data (q): a registry name, constant, noise, or a path")
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--match", action="store_true", help="map OUT to IN's shape explicitly")
+    add_shape_arguments(p)
     p.add_argument("--samples", type=int, default=128, help="images per set for the Monte Carlo estimates")
-    p.add_argument("--data-dir")
+    add_data_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the predictions here")
     return p
@@ -235,18 +242,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model, payload = model_from_checkpoint(args.checkpoint)
-    shape = model.config.shape
-    in_train = data.load_as(args.in_dataset, "train", shape, match=False, data_dir=args.data_dir).images
-    p_imgs = data.load_as(args.in_dataset, "test", shape, match=False, data_dir=args.data_dir).images
-    q_imgs = data.load_as(args.out_dataset, "test", shape, match=args.match, data_dir=args.data_dir,
-                          seed=args.seed).images
-    result = predict(model, in_train.mean(0, dtype=np.float64), p_imgs, q_imgs, n_samples=args.samples,
-                     seed=args.seed)
-    print(f"predicted E_q[log p] - E_p*[log p] for q = {args.out_dataset} test, p* = {args.in_dataset} test "
+    if args.samples < 1:
+        raise TheoryError(f"--samples must be ≥ 1, got {args.samples}")
+    if args.seed < 0:
+        raise TheoryError(f"--seed must be a whole number ≥ 0, got {args.seed}")
+    for name in (args.in_dataset, args.out_dataset):
+        sources.check_name(name)
+    if args.json:
+        writable_file(args.json, "--json")
+    model, payload, path = model_from_checkpoint(args.checkpoint)
+    info = describe(model, payload["model"])
+    if not info.smooth:  # before reading any data
+        raise TheoryError(f"{args.checkpoint} is a {payload['model']}: {info.name} has no differentiable log p(x̃) "
+                          f"(discrete or a bound), so the second-order theory does not apply")
+    in_train, in_test = sources.open_in(args.in_dataset, data_options(args))
+    check_trained_on(payload, path, in_train, in_test)
+    out = sources.open_out(args.out_dataset, info.shape, shape_map(args), data_options(args),
+                           n_synthetic=len(in_test), seed=args.seed)
+    result = predict(model, in_train.images.mean(0, dtype=np.float64), in_test.images, out.images,
+                     n_samples=args.samples, seed=args.seed)
+    print(f"predicted E_q[log p] - E_p*[log p] for q = {out.name}, p* = {in_test.name} "
           f"(model {payload['model']} on {payload['dataset']}), nats/image:")
     if result["ledger_rows"]:
-        rows = ledger.assemble(result["ledger_rows"], model.config.dims)
+        rows = ledger.assemble(result["ledger_rows"], info.dims)
         print("\n".join("  " + line for line in ledger.markdown_table(rows)))
         print("  " + rows["summary"])
     else:
@@ -255,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     avg = result["averaged_curvature"]
     print(f"  averaged curvature (extra): {avg['gap_nats']:+.1f} ± {avg['stderr']:.1f}")
     if args.json:
-        write_json(args.json, result)
+        write_json(args.json, {**result, "data": {"in_test": in_test.provenance(), "out_test": out.provenance()}})
     return 0
 
 

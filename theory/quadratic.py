@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from empirical.contract import image_shape, model_device, model_dtype
 from empirical.errors import TheoryError
 from empirical.likelihood import LEVELS
 from theory.statistics import DatasetStats, compute_stats
@@ -94,7 +95,7 @@ def hessian_vector_products(model: torch.nn.Module, points: torch.Tensor, vector
     One double-backward per set: rows are independent images, so Σ_i (∇log p(x_i)·v_i) differentiated
     w.r.t. the batch gives H(x_i) v_i in row i. Needs the model in eval mode.
     """
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     pts = points.to(dtype).detach().requires_grad_(True)
     log_p = model.log_prob(pts)
     (grad,) = torch.autograd.grad(log_p.sum(), pts, create_graph=True)
@@ -111,12 +112,12 @@ def exact_quadratic(model: torch.nn.Module, x0: np.ndarray, batch_size: int = 64
     Column block H[:, i:j] is the double-backward of ∇log p against basis vectors e_i…e_j, one per row of a
     batch of copies of x0. Works on the model's device; the model is copied, never changed.
     """
-    shape = tuple(model.config.shape)
+    shape = image_shape(model)
     dims = int(np.prod(shape))
     if dims > EXACT_MAX_DIMS:
         raise TheoryError(f"the exact Hessian needs D ≤ {EXACT_MAX_DIMS}; this model has D = {dims}")
     m64 = copy.deepcopy(model).to(torch.float64).eval()
-    device = next(m64.parameters()).device
+    device = model_device(m64)
     point = torch.as_tensor(np.asarray(x0, dtype=np.float64).reshape(1, *shape), device=device)
     hess = np.empty((dims, dims))
     log_p0, grad = 0.0, None
@@ -136,7 +137,8 @@ def quadratic_diagonal(model: torch.nn.Module, chunk: int = 256) -> np.ndarray:
     H_dd = log p(x0 + e_d) + log p(x0 - e_d) - 2 log p(x0) is exact for a quadratic.
     """
     quad = copy.deepcopy(model).double().cpu().eval()
-    shape, dims = model.config.shape, model.config.dims
+    shape = image_shape(model)
+    dims = int(np.prod(shape))
     base = torch.full((1, *shape), 0.5, dtype=torch.float64)
     diag = torch.empty(dims, dtype=torch.float64)
     with torch.no_grad():

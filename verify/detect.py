@@ -18,23 +18,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from torch import nn
 
-from empirical import data, scores
+from empirical import scores, sources
 from empirical.atomic import write_json
-from empirical.checkpoint import load_checkpoint, model_from_checkpoint
-from empirical.cli import run_cli
+from empirical.checkpoint import Checkpoint
+from empirical.cli import add_data_arguments, add_shape_arguments, data_options, run_cli, shape_map, writable_file
+from empirical.contract import ModelInfo, describe, model_device
 from empirical.distributed import resolve_device
 from empirical.errors import DgmOodError
 from empirical.evaluate import evaluate
 from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
 from empirical.models import FLOWS
-from empirical.presets import Preset, get_preset
-from verify.runs import cached_model, provenance
+from empirical.presets import get_preset
+from empirical.sources import ImageSet
+from verify.cli import add_model_arguments, check_seed, open_model
+from verify.runs import BACKGROUND_MU, extra_models, provenance
 
 BATCH_SIZES = (2, 5, 10, 25)  # M of the batch typicality test
 ALPHA = 0.99  # the bootstrap threshold's quantile
-BACKGROUND_MU = 0.2  # Ren et al.'s perturbation rate, within their 0.1–0.3
-ENSEMBLE = 5  # K models for WAIC, as in Choi et al.
 SCORE_SETS = ("cheap", "all")
 
 
@@ -70,46 +72,51 @@ def metrics(in_scores: np.ndarray, out_scores: np.ndarray) -> dict:
 # ------------------------------------------------------------------------------------------------ scores
 @dataclass
 class Inputs:
-    """What the scores need: per-image bits/dim of the main model on IN-test, OUT-test and held-out IN-train, the
-    uint8 images (for the compressors), and optionally the background model's bits/dim and the ensemble's
-    log-likelihoods (K×N, nats)."""
+    """What the scores need: per-image bits/dim of the model on IN-test, OUT-test and (optionally) held-out IN
+    images, the uint8 images (for the compressors), and optionally the background model's bits/dim and the
+    ensemble's log-likelihoods (K×N, nats)."""
 
-    bpd: dict[str, np.ndarray]  # in_test, out_test, heldout
+    bpd: dict[str, np.ndarray]  # in_test, out_test[, heldout]
     images: dict[str, np.ndarray]  # in_test, out_test
     dims: int
     background: dict[str, np.ndarray] | None = None  # in_test, out_test bits/dim
     ensemble: dict[str, np.ndarray] | None = None  # in_test, out_test: K×N log p (nats)
 
+    @property
+    def entropy(self) -> float | None:
+        """Ĥ: the mean bits/dim of the held-out IN images (None without them)."""
+        return float(np.mean(self.bpd["heldout"])) if "heldout" in self.bpd else None
+
 
 def per_image_scores(x: Inputs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every per-image score the inputs allow, as (IN-test scores, OUT-test scores); higher = more OOD."""
-    entropy = float(np.mean(x.bpd["heldout"]))
-    out = {"likelihood": tuple(scores.likelihood(x.bpd[k]) for k in ("in_test", "out_test")),
-           "typicality": tuple(scores.typicality(x.bpd[k], entropy) for k in ("in_test", "out_test"))}
+    sets = ("in_test", "out_test")
+    out = {"likelihood": tuple(scores.likelihood(x.bpd[k]) for k in sets)}
+    if x.entropy is not None:
+        out["typicality"] = tuple(scores.typicality(x.bpd[k], x.entropy) for k in sets)
     for codec in scores.COMPRESSORS:
         out[f"complexity_{codec}"] = tuple(
-            scores.complexity(x.bpd[k], scores.compressed_bits(x.images[k], codec), x.dims)
-            for k in ("in_test", "out_test"))
+            scores.complexity(x.bpd[k], scores.compressed_bits(x.images[k], codec), x.dims) for k in sets)
     if x.background is not None:
-        out["likelihood_ratio"] = tuple(scores.likelihood_ratio(x.bpd[k], x.background[k])
-                                        for k in ("in_test", "out_test"))
+        out["likelihood_ratio"] = tuple(scores.likelihood_ratio(x.bpd[k], x.background[k]) for k in sets)
     if x.ensemble is not None:
-        out["waic"] = tuple(scores.waic(x.ensemble[k]) for k in ("in_test", "out_test"))
+        out["waic"] = tuple(scores.waic(x.ensemble[k]) for k in sets)
     return out
 
 
 def batch_test(x: Inputs, seed: int = 0) -> list[dict]:
     """The typicality test on batches of M images, for each M: AUROC/AUPRC/FPR95 over batches, the bootstrap
-    threshold ε_M from held-out IN-train, and the share of OUT-test and IN-test batches beyond it."""
-    entropy = float(np.mean(x.bpd["heldout"]))
+    threshold ε_M from the held-out IN images, and the share of OUT-test and IN-test batches beyond it."""
+    if x.entropy is None:
+        return []
     rows = []
     for m in BATCH_SIZES:
         if min(len(x.bpd["in_test"]), len(x.bpd["out_test"])) < 2 * m:  # fewer than 2 batches a side: no test
             rows.append({"m": m, "note": "too few images for two batches a side"})
             continue
         rng = np.random.default_rng(seed + m)
-        s_in, s_out = (scores.batch_typicality(x.bpd[k], entropy, m, rng) for k in ("in_test", "out_test"))
-        eps = scores.bootstrap_threshold(x.bpd["heldout"], entropy, m, rng, alpha=ALPHA)
+        s_in, s_out = (scores.batch_typicality(x.bpd[k], x.entropy, m, rng) for k in ("in_test", "out_test"))
+        eps = scores.bootstrap_threshold(x.bpd["heldout"], x.entropy, m, rng, alpha=ALPHA)
         rows.append({"m": m, **metrics(s_in, s_out), "epsilon_bpd": eps,
                      "out_flagged": float((s_out > eps).mean()), "in_flagged": float((s_in > eps).mean())})
     return rows
@@ -132,7 +139,7 @@ def detection(x: Inputs, seed: int = 0) -> tuple[dict, dict[str, tuple[np.ndarra
     """results.json's ``detection``: the settings, every score's metrics, the batch test and the ensemble gap;
     and the per-image scores themselves (for the figures)."""
     per_image = per_image_scores(x)
-    settings = {"entropy_bpd": float(np.mean(x.bpd["heldout"])), "heldout_images": len(x.bpd["heldout"]),
+    settings = {"entropy_bpd": x.entropy, "heldout_images": len(x.bpd["heldout"]) if "heldout" in x.bpd else 0,
                 "compressors": {"png": "Pillow PNG, compress_level 9", "jpegxl": "JPEG XL lossless (libjxl via "
                                 "imagecodecs), effort 7"}, "batch_sizes": list(BATCH_SIZES), "alpha": ALPHA,
                 "background_mu": BACKGROUND_MU if x.background is not None else None,
@@ -141,106 +148,126 @@ def detection(x: Inputs, seed: int = 0) -> tuple[dict, dict[str, tuple[np.ndarra
             "batch_typicality": batch_test(x, seed), "ensemble": ensemble_gap(x)}, per_image
 
 
-# ------------------------------------------------------------------------------------------ extra models
-def extra_inputs(dataset: str, model_name: str, preset: Preset, device: torch.device, runs_dir: Path,
-                 sets: dict[str, np.ndarray], main_log_px: dict[str, np.ndarray], *, seed: int,
-                 data_dir: str | None, allow_nonstandard: bool, command: str, k: int = ENSEMBLE) -> dict:
-    """Train (or reuse) the background model (the preset with perturbation μ) and the K-1 other ensemble members
-    (seeds seed+1 …), evaluate them on ``sets`` (in_test, out_test); the main model is member 0."""
-    def run(p: Preset) -> dict[str, np.ndarray]:
-        ckpt = cached_model(dataset, model_name, p, device, runs_dir, data_dir=data_dir,
-                            allow_nonstandard=allow_nonstandard, command=command)
-        model, _ = model_from_checkpoint(ckpt)
-        model.to(device)
-        return {k_: evaluate(model, v, seed=seed, device=device).log_px for k_, v in sets.items()}
+def detect_for(info: ModelInfo, m, sets: dict[str, ImageSet], background: nn.Module | None,
+               ensemble: list[nn.Module], seed: int, device: torch.device) -> tuple[dict, dict]:
+    """The detection scores of a comparison (``m`` is verify.api's Measurement); the background model and the
+    ensemble's other members, when given, are evaluated here on IN-test and OUT-test."""
+    bpd = {k: m.evals[k].bpd for k in ("in_test", "out_test")}
+    if m.heldout is not None:
+        bpd["heldout"] = m.heldout.bpd
+    x = Inputs(bpd, {k: sets[k].images for k in ("in_test", "out_test")}, info.dims)
 
-    dims = preset.model.dims
-    bg = run(get_preset(preset.name, model_name, preset.model.shape, seed=seed, perturb=BACKGROUND_MU,
-                        split_prior=getattr(preset.model, "split_prior", None)))
-    members = [main_log_px] + [run(get_preset(preset.name, model_name, preset.model.shape, seed=seed + i,
-                                              split_prior=getattr(preset.model, "split_prior", None)))
-                               for i in range(1, k)]
-    return {"background": {k_: bits_per_dim(v, dims) for k_, v in bg.items()},
-            "ensemble": {k_: np.stack([m[k_] for m in members]) for k_ in sets}}
+    def log_px(model: nn.Module) -> dict[str, np.ndarray]:
+        return {k: evaluate(model.to(device), sets[k].images, seed=seed, device=device,
+                            label=f"{sets[k].name} images").log_px for k in ("in_test", "out_test")}
+
+    if background is not None:
+        x.background = {k: bits_per_dim(v, info.dims) for k, v in log_px(background).items()}
+    if ensemble:
+        members = [{k: m.evals[k].log_px for k in ("in_test", "out_test")}] + [log_px(e) for e in ensemble]
+        x.ensemble = {k: np.stack([e[k] for e in members]) for k in ("in_test", "out_test")}
+    return detection(x, seed)
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m verify.detect", description=__doc__.splitlines()[0])
-    p.add_argument("in_dataset", metavar="IN", help="the dataset the checkpoint was trained on")
-    p.add_argument("out_datasets", metavar="OUT", nargs="+",
-                   help=f"OOD sets: {', '.join([*data.DATASETS, *data.SYNTHETIC])}")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = argparse.ArgumentParser(prog="python -m verify.detect", description=__doc__.splitlines()[0],
+                                epilog=sources.SOURCE_HELP)
+    p.add_argument("in_dataset", metavar="IN", help="the data the model was trained on (a registry name or a path)")
+    p.add_argument("out_datasets", metavar="OUT", nargs="+", help="OOD sets: registry names, constant, noise, paths")
+    add_model_arguments(p, checkpoint_required=False)
     p.add_argument("--scores", default="cheap", choices=SCORE_SETS,
                    help="cheap: likelihood, typicality, complexity; all: also the likelihood ratio and WAIC, "
                         "which train a background model and an ensemble (cached in --runs-dir)")
-    p.add_argument("--match", action="store_true", help="map OUT sets to IN's shape explicitly")
-    p.add_argument("--data-dir")
+    add_shape_arguments(p)
+    add_data_arguments(p)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--allow-nonstandard-data", action="store_true")
     p.add_argument("--json", type=Path, help="write every number here")
     return p
 
 
-def heldout_images(train_images: np.ndarray, payload: dict) -> np.ndarray:
-    """The IN-train images the checkpoint never trained on (the last ``holdout`` of the split); an error if none."""
-    n = int(payload.get("train_config", {}).get("holdout", 0))
-    if n <= 0:
-        raise DgmOodError("the checkpoint holds out no training images, so typicality's Ĥ and the thresholds "
-                          "have no in-distribution data it never saw; train it with a preset that holds out some")
-    return train_images[len(train_images) - n:]
+def screen(model: nn.Module, in_test: ImageSet, out_sets: list[ImageSet], *, heldout: ImageSet | None = None,
+           background: nn.Module | None = None, ensemble: list[nn.Module] | tuple = (), seed: int = 0,
+           device: torch.device | None = None) -> dict[str, dict]:
+    """One model against several OOD sets: each OUT set's ``detection`` (as in verify.compare), keyed by its source.
+    IN-test, the held-out images and the extra models' IN-test values are evaluated once."""
+    info = describe(model)
+    device = device or model_device(model)
+
+    def log_px(net: nn.Module, images: ImageSet) -> np.ndarray:
+        return evaluate(net.to(device), images.images, seed=seed, device=device, label=f"{images.name} images").log_px
+
+    base = {"in_test": log_px(model, in_test)} | ({"heldout": log_px(model, heldout)} if heldout is not None else {})
+    extra_in = {"background": log_px(background, in_test) if background is not None else None,
+                "ensemble": [log_px(e, in_test) for e in ensemble]}
+    table = {}
+    for out_test in out_sets:
+        lp = {**base, "out_test": log_px(model, out_test)}
+        x = Inputs({k: bits_per_dim(v, info.dims) for k, v in lp.items()},
+                   {"in_test": in_test.images, "out_test": out_test.images}, info.dims)
+        if background is not None:
+            x.background = {"in_test": bits_per_dim(extra_in["background"], info.dims),
+                            "out_test": bits_per_dim(log_px(background, out_test), info.dims)}
+        if ensemble:
+            x.ensemble = {"in_test": np.stack([lp["in_test"], *extra_in["ensemble"]]),
+                          "out_test": np.stack([lp["out_test"], *(log_px(e, out_test) for e in ensemble)])}
+        table[out_test.source], _ = detection(x, seed)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     command = shlex.join(["python", "-m", "verify.detect", *(sys.argv[1:] if argv is None else argv)])
+    for name in (args.in_dataset, *args.out_datasets):
+        sources.check_name(name)
+    check_seed(args.seed)
+    if args.json:
+        writable_file(args.json, "--json")
     device = resolve_device(args.device)
-    payload = load_checkpoint(args.checkpoint)
-    if payload.get("dataset") != args.in_dataset:
-        raise DgmOodError(f"{args.checkpoint} was trained on {payload.get('dataset')}, not {args.in_dataset}")
-    model, payload = model_from_checkpoint(args.checkpoint)
-    model.to(device)
-    shape, family = tuple(model.config.shape), payload["model"]
-    load = dict(data_dir=args.data_dir, allow_nonstandard=args.allow_nonstandard_data)
-    heldout = heldout_images(data.load(args.in_dataset, "train", **load).images, payload)
-    in_test = data.load(args.in_dataset, "test", **load).images
-
-    def log_px(images):
-        return evaluate(model, images, seed=args.seed, device=device).log_px
-
-    base = {"in_test": log_px(in_test), "heldout": log_px(heldout)}
-    table = {}
-    for name in args.out_datasets:
-        out_test = data.load_as(name, "test", shape, match=args.match, seed=args.seed, synthetic_n=len(in_test),
-                                **load).images
-        sets = {"in_test": in_test, "out_test": out_test}
-        lp = {**base, "out_test": log_px(out_test)}
-        x = Inputs({k: bits_per_dim(v, model.config.dims) for k, v in lp.items()}, sets, model.config.dims)
-        if args.scores == "all":
-            preset = get_preset(payload["preset"], family, shape, seed=args.seed,
-                                split_prior=payload["model_config"].get("split_prior") if family in FLOWS else None)
-            if preset.model.to_dict() != payload["model_config"]:
-                raise DgmOodError(f"{args.checkpoint} does not use its preset's architecture, so no matching "
-                                  f"background model or ensemble can be trained; use --scores cheap")
-            extra = extra_inputs(args.in_dataset, family, preset, device, args.runs_dir, sets,
-                                 {k: lp[k] for k in sets}, seed=args.seed, data_dir=args.data_dir,
-                                 allow_nonstandard=args.allow_nonstandard_data,
-                                 command=command)
-            x.background, x.ensemble = extra["background"], extra["ensemble"]
-        table[name], _ = detection(x, args.seed)
-    names = list(next(iter(table.values()))["scores"])
-    print(f"AUROC (OUT positive; 0.5 = chance) for {family} trained on {args.in_dataset}, checkpoint "
-          f"{args.checkpoint}:")
+    options = data_options(args)
+    in_train, in_test = sources.open_in(args.in_dataset, options)
+    opened = open_model(args, in_train, in_test)
+    if args.scores == "all" and opened.checkpoint is None:
+        raise DgmOodError("--scores all trains a background model and an ensemble like the checkpoint; it needs "
+                          "--checkpoint (an outside model's training is not known)")
+    model = opened.module.to(device).eval()
+    shape = describe(model).shape
+    outs = [sources.open_out(name, shape, shape_map(args), options, n_synthetic=len(in_test), seed=args.seed)
+            for name in args.out_datasets]
+    background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args, command) \
+        if args.scores == "all" else (None, [])
+    table = screen(model, in_test, outs, heldout=opened.heldout, background=background, ensemble=ensemble,
+                   seed=args.seed, device=device)
+    plumbing = any(s.nonstandard for s in (in_train, in_test, *outs))
+    names = list(dict.fromkeys(k for det in table.values() for k in det["scores"]))
+    label = "PLUMBING RUN on non-standard data, not a result. " if plumbing else ""
+    print(f"{label}AUROC (OUT positive; 0.5 = chance) for {opened.name} trained on {in_train.source} "
+          f"({opened.source}):")
     print("| OUT | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
     for name, det in table.items():
-        print(f"| {name} | " + " | ".join(f"{det['scores'][s]['auroc']:.3f}" for s in names) + " |")
+        print(f"| {name} | " + " | ".join(f"{det['scores'][s]['auroc']:.3f}" if s in det["scores"] else "n/a"
+                                         for s in names) + " |")
     if args.json:
-        write_json(args.json, {"in": args.in_dataset, "checkpoint": str(args.checkpoint), "detection": table,
-                               "provenance": provenance(command, device, started, t0)})
+        write_json(args.json, {"in": in_train.source, "model": opened.source, "plumbing": plumbing,
+                               "detection": table, "provenance": provenance(command, device, started, t0)})
     return 0
+
+
+def extra_for(checkpoint: Checkpoint, in_train: ImageSet, in_test: ImageSet, device: torch.device,
+              args: argparse.Namespace, command: str) -> tuple[nn.Module, list[nn.Module]]:
+    """The background model and the ensemble's other members for ``--scores all``, trained or reused like the
+    checkpoint (same family, preset and architecture)."""
+    payload = checkpoint.payload
+    family = payload["model"]
+    split = payload["model_config"].get("split_prior") if family in FLOWS else None
+    preset = get_preset(payload["preset"], family, in_train.shape, seed=args.seed, split_prior=split)
+    if preset.model.to_dict() != payload["model_config"]:
+        raise DgmOodError(f"{checkpoint.path} does not use its preset's architecture, so no matching background "
+                          f"model or ensemble can be trained; use --scores cheap")
+    return extra_models(in_train, in_test, family, preset, device, args.runs_dir, seed=args.seed, command=command)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,47 @@
-"""Paper-style figures (matplotlib, PNG): log-likelihood histograms, moments, graying, decomposition."""
+"""Paper-style figures (matplotlib, PNG): log-likelihood histograms, moments, graying, decomposition.
+
+Figures are made with ``matplotlib.figure.Figure`` (no pyplot, no backend switch) and styled inside a
+``matplotlib.rc_context``: importing or calling this module changes nothing in the caller's matplotlib.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from empirical.atomic import atomic_write  # noqa: E402
+from empirical.atomic import atomic_write
 
 COLOURS = {"in_train": "#1f77b4", "in_test": "#2ca02c", "out_test": "#d62728"}
-plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
-                     "savefig.dpi": 150, "figure.constrained_layout.use": True})
+STYLE = {"font.size": 10, "axes.spines.top": False, "axes.spines.right": False, "savefig.dpi": 150}
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def styled(draw):
+    """Run a figure function inside the paper style (rc_context), leaving the caller's settings as they were."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+    return wrapper
+
+
+def _figure(**kwargs) -> Figure:
+    return Figure(layout="constrained", **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     atomic_write(Path(path), lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
     return path
 
 
+@styled
 def loglik_histograms(loglik: dict[str, np.ndarray], labels: dict[str, str], title: str, path: Path) -> Path:
     """Histograms of per-image log p(x) (discrete, nats), as the paper's Figure 1."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = _figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
     values = np.concatenate(list(loglik.values()))
     lo, hi = np.percentile(values, [0.5, 99.5])
     bins = np.linspace(lo, hi, 60)
@@ -38,10 +54,12 @@ def loglik_histograms(loglik: dict[str, np.ndarray], labels: dict[str, str], tit
     return _save(fig, path)
 
 
+@styled
 def moment_histograms(stats: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
                       path: Path) -> Path:
     """Histograms of per-dimension means and variances (pixel units) of both datasets."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig = _figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2)
     for i, name in enumerate(("mean", "variance")):
         data = [v[i].ravel() for v in stats.values()]
         bins = np.linspace(min(d.min() for d in data), max(d.max() for d in data), 50)
@@ -53,10 +71,12 @@ def moment_histograms(stats: dict[str, tuple[np.ndarray, np.ndarray]], labels: d
     return _save(fig, path)
 
 
+@styled
 def graying_curve(alphas: list[float], measured: list[float], predicted: dict[str, list[float]],
                   path: Path) -> Path:
     """E[log p(x_α)] - E[log p(x)] for x_α = α·x + (1-α)·128: measured vs predicted."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = _figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     ax.plot(alphas, measured, "o-", color="k", label="measured")
     for (name, curve), style in zip(predicted.items(), ("s--", "^:"), strict=False):
         ax.plot(alphas, curve, style, label=f"predicted: {name}")
@@ -71,9 +91,11 @@ def graying_curve(alphas: list[float], measured: list[float], predicted: dict[st
     return _save(fig, path)
 
 
+@styled
 def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: dict[str, str], path: Path) -> Path:
     """Per-image density log p_z(f(x)) and volume log|det ∂f/∂x| (nats) for each dataset, side by side."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = _figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2)
     for ax, (part, title) in zip(axes, (("density", "density  log p_z(f(x))"),
                                         ("volume", "volume  log|det ∂f/∂x|")), strict=True):
         values = np.concatenate([v[part] for v in parts.values()])
@@ -96,13 +118,15 @@ def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: di
     return _save(fig, path)
 
 
+@styled
 def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, str]], xlabel: str,
                    path: Path, ncols: int = 4) -> Path:
     """One panel per title: density histograms of its sets (keys of COLOURS) on shared bins, legend in each; a
     panel whose values span more than two orders of magnitude gets log-spaced bins, a log axis and counts."""
     nrows = -(-len(panels) // ncols)
     cols = min(ncols, len(panels))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    fig = _figure(figsize=(4.2 * cols, 3.4 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, (title, sets) in zip(axes.flat, panels.items(), strict=False):  # spare axes are hidden below
         lo, hi = np.percentile(np.concatenate(list(sets.values())), [0.5, 99.5])
         logscale = lo > 0 and hi / lo > 100  # sets orders of magnitude apart (noise under a flow): log axis
@@ -122,6 +146,7 @@ def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, d
     return _save(fig, path)
 
 
+@styled
 def family_histograms(per_image: dict[str, dict[str, np.ndarray]], labels: dict[str, str],
                       dims: dict[str, int], path: Path) -> Path:
     """One panel per model family: histograms of per-image log p(x) (discrete, nats) for the three sets."""
@@ -133,12 +158,14 @@ def family_histograms(per_image: dict[str, dict[str, np.ndarray]], labels: dict[
                           ncols=len(panels))
 
 
+@styled
 def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict[str, float], title: str,
                path: Path) -> Path:
     """The ROC curve of every score in one panel (OUT-test positive), AUROC in the legend."""
     from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    fig = _figure(figsize=(5.2, 4.4))
+    ax = fig.subplots()
     for name, (s_in, s_out) in per_image.items():
         y = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])
         fpr, tpr, _ = roc_curve(y, np.concatenate([s_in, s_out]))
@@ -151,13 +178,15 @@ def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict
     return _save(fig, path)
 
 
+@styled
 def score_histograms(per_image: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
                      path: Path) -> Path:
     """One panel per score: histograms of IN-test and OUT-test scores (higher = more OOD)."""
     n = len(per_image)
     cols = min(3, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    fig = _figure(figsize=(3.6 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, (s_in, s_out)) in zip(axes.ravel(), per_image.items(), strict=False):
         lo, hi = np.percentile(np.concatenate([s_in, s_out]), [0.5, 99.5])
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-9, 50)

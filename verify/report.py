@@ -81,7 +81,7 @@ def prediction_rows(results: dict) -> list[tuple[str, dict | None, str, str]]:
 
 
 def terminal_summary(results: dict) -> str:
-    lines = [f"{results['model']} / preset {results['preset']} trained on {results['labels']['in_train']}"
+    lines = [f"{results['model']}{_preset_text(results, ' / preset {}')} trained on {results['labels']['in_train']}"
              f" ({results['device']})", *bpd_table(results), "", results["verdict"]]
     for name, p, nats, ratio in prediction_rows(results):
         if p is None:
@@ -102,22 +102,29 @@ def terminal_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _preset_text(results: dict, form: str) -> str:
+    """`` (cpu preset)`` for our models; `` (outside model)`` for a model without a preset."""
+    return form.format(results["preset"]) if results["preset"] != "n/a" else " (outside model)"
+
+
 def write_report(results: dict, out_dir: Path) -> None:
     """report.md (tables, verdict, predictions, diagnostics, figures, provenance) and results.json."""
     out_dir = Path(out_dir)
     write_json(out_dir / "results.json", results)
     L = results["labels"]
     pred = results["prediction"]
-    md = [f"# {L['in_test']} vs {L['out_test']} under {results['model']} ({results['preset']} preset)", ""]
+    md = [f"# {L['in_test']} vs {L['out_test']} under {results['model']}{_preset_text(results, ' ({} preset)')}", ""]
     if results.get("plumbing"):
         md += ["> **PLUMBING RUN** on non-standard (test-made) data files: these numbers are not results.", ""]
     md += [f"**Verdict.** {results['verdict']}", "", f"Model class: {results['model_class']}.", "",
            "## Bits per dimension", "", *bpd_table(results), "",
            f"Gap: bpd(IN-test) − bpd(OUT-test) = **{results['gap_bpd']:+.4f} ± {results['gap_bpd_stderr']:.4f}**"
            f" bits/dim; mean log p(OUT) − mean log p(IN-test) = **{results['gap_nats']:+.1f}** nats/image.", ""]
-    if results["model"] == "vae":
-        md += ["log p is the IWAE estimate (a lower bound that tightens with k); the ELBO is listed per set "
-               "below as a looser bound.", ""]
+    if not results["model_info"]["exact"]:
+        md += ["log p is the model's estimate (for a VAE the IWAE bound, which tightens with k), not log p itself"
+               + ("; the ELBO is listed per set below as a looser bound." if "elbo_nats" in results["summary"]
+                  ["in_test"] else "."), ""]
+    if "elbo_nats" in results["summary"]["in_test"]:
         md += [f"- {L[k]}: ELBO {results['summary'][k]['elbo_nats']['mean']:.1f} nats (bound)"
                for k in ("in_train", "in_test", "out_test")] + [""]
     if results["decomposition"]:
@@ -137,11 +144,20 @@ def write_report(results: dict, out_dir: Path) -> None:
     md.append(f"| measured | {results['gap_nats']:+.1f} | {results['gap_bpd']:+.4f} | | |")
     if pred.get("note"):
         md += ["", f"Note: {pred['note']}."]
+    md += _applicability_section(results)
     md += _second_order_details(results)
     md += _ledger_section(results)
     md += _detection_section(results)
     md += _graying_and_provenance(results)
     write_text(out_dir / "report.md", md)
+
+
+def _applicability_section(results: dict) -> list[str]:
+    parts = results.get("applicability") or []
+    skipped = [p for p in parts if not p["ran"]]
+    if not skipped:
+        return ["", "Every part of the report applies to this model and ran."]
+    return ["", "**What did not run, and why:**", ""] + [f"- {p['part']}: {p['why']}" for p in skipped]
 
 
 def _second_order_details(results: dict) -> list[str]:
@@ -208,7 +224,9 @@ def _detection_section(results: dict) -> list[str]:
     if "note" in det:
         return ["## OOD detection", "", f"{det['note']}.", ""]
     st, L = det["settings"], results["labels"]
-    extra = []
+    extra = [] if st["entropy_bpd"] is None else [
+        f"Ĥ = {st['entropy_bpd']:.4f} bits/dim is the mean over {st['heldout_images']} IN images held out of "
+        f"training, which also set the thresholds"]
     if st["background_mu"] is not None:
         extra.append(f"the background model was trained on IN-train with each sub-pixel replaced by a uniform "
                      f"random value with probability μ = {st['background_mu']}")
@@ -217,17 +235,16 @@ def _detection_section(results: dict) -> list[str]:
         extra.append(f"WAIC uses K = {k} independently seeded models (this one and {k - 1} more)")
     md = ["## OOD detection", "",
           f"Can the model tell {L['out_test']} (positive) from {L['in_test']}? Every score is higher for more OOD; "
-          f"Ĥ = {st['entropy_bpd']:.4f} bits/dim is the mean over {st['heldout_images']} IN-train images held out of "
-          f"training, which also set the thresholds; nothing is fitted on the OOD set"
-          + ("; " + "; ".join(extra) if extra else "") + ".", "",
+          f"nothing is fitted on the OOD set" + ("; " + "; ".join(extra) if extra else "") + ".", "",
           "| score | what | AUROC | AUPRC | FPR at 95% TPR |", "|---|---|---:|---:|---:|"]
     for name, r in det["scores"].items():
         what = SCORE_PAPERS.get(name, "").replace("|", "\\|")
         md.append(f"| {name} | {what} | {r['auroc']:.3f} | {r['auprc']:.3f} | {r['fpr95']:.3f} |")
-    md += ["", f"Typicality test on batches of M images (Nalisnick et al. 2019): ε_M is the {st['alpha']:.0%} "
-           f"bootstrap quantile of |batch mean − Ĥ| on the held-out IN-train images.", "",
-           "| M | batches IN / OUT | AUROC | ε_M (bpd) | OUT batches beyond ε_M | IN-test batches beyond ε_M |",
-           "|---:|---:|---:|---:|---:|---:|"]
+    if det["batch_typicality"]:
+        md += ["", f"Typicality test on batches of M images (Nalisnick et al. 2019): ε_M is the {st['alpha']:.0%} "
+               f"bootstrap quantile of |batch mean − Ĥ| on the held-out IN images.", "",
+               "| M | batches IN / OUT | AUROC | ε_M (bpd) | OUT batches beyond ε_M | IN-test batches beyond ε_M |",
+               "|---:|---:|---:|---:|---:|---:|"]
     for r in det["batch_typicality"]:
         if "note" in r:
             md.append(f"| {r['m']} | n/a ({r['note']}) | | | | |")
@@ -255,13 +272,15 @@ def _graying_and_provenance(results: dict) -> list[str]:
     md += ["", "## Provenance", "", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
            f"- device: {prov['device']}", f"- torch {prov['torch']}, started {prov['started']}, "
            f"wall-clock {prov['seconds']:.0f} s", f"- checkpoint: `{results['checkpoint']}`"]
-    files = results.get("data_files") or {}
-    if any(files.values()):
-        md += ["- data files read (path, bytes, SHA-256):"]
-        for key, entries in files.items():
-            md += [f"  - {results['labels'][key]}: " + (", ".join(f"`{f['path']}` ({f['bytes']:,} B, "
-                                                                  f"`{f['sha256'][:16]}…`)" for f in entries)
-                                                       or "synthetic, no files")]
+    if results.get("model_source"):
+        md += [f"- model: {results['model_source']}"]
+    md += ["- data read (path, bytes, SHA-256; images evaluated, their content digest, what was done to them):"]
+    for d in (results.get("data") or {}).values():
+        files = ", ".join(f"`{f['path']}` ({f['bytes']:,} B" + (f" in {f['count']} files" if f.get("count") else "")
+                          + f", `{f['sha256'][:16]}…`)" for f in d["files"]) or "no files (made in memory)"
+        done = "; ".join(d["transforms"]) or "used as read"
+        md += [f"  - {d['name']} ({d['source']}): {d['n']} images {'×'.join(map(str, d['shape']))}, content "
+               f"`{d['content_sha256'][:16]}…`; {files}; {done}"]
     return md
 
 

@@ -16,24 +16,30 @@ import torch
 from empirical import distributed
 from empirical.checkpoint import CorruptCheckpoint, code_version, load_checkpoint
 from empirical.presets import Preset
+from empirical.sources import ImageSet, slug, training_digest
 from empirical.train import CHECKPOINT, train
 
 REPO = Path(__file__).resolve().parent.parent
+BACKGROUND_MU = 0.2  # Ren et al.'s perturbation rate for the background model, within their 0.1–0.3
+ENSEMBLE = 5  # K models for WAIC, as in Choi et al.
 
 
-def run_name(dataset: str, model_name: str, preset: Preset) -> str:
-    """IN-MODEL-PRESET[-splitfixed][-bgMU]-seedN-CODEHASH: every setting that changes the trained model."""
+def run_name(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset) -> str:
+    """IN-MODEL-PRESET[-splitfixed][-bgMU]-seedN-CODEHASH-DATAHASH: every setting that changes the trained model,
+    the training code, and the content of the training and test images."""
     tags = "-splitfixed" if getattr(preset.model, "split_prior", "learned") == "fixed" else ""
     tags += f"-bg{preset.train.perturb:g}" if preset.train.perturb else ""
-    return f"{dataset}-{model_name}-{preset.name}{tags}-seed{preset.train.seed}-{code_version()}"
+    return (f"{slug(train_set.source)}-{model_name}-{preset.name}{tags}-seed{preset.train.seed}-{code_version()}"
+            f"-{training_digest(train_set, test_set)[:12]}")
 
 
-def cached_model(dataset: str, model_name: str, preset: Preset, device: torch.device, runs_dir: Path, *,
-                 data_dir: str | None = None, allow_nonstandard: bool = False, command: str | None = None) -> Path:
-    """The checkpoint of ``model_name`` trained on ``dataset`` with ``preset`` in ``runs_dir/models``: reused when
-    finished, else trained or resumed (waiting for another process that is training it). Only a checkpoint proven
-    corrupt is moved aside (renamed, never deleted); an unreadable one is an error."""
-    run_dir = Path(runs_dir) / "models" / run_name(dataset, model_name, preset)
+def cached_model(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,
+                 runs_dir: Path, *, command: str | None = None) -> Path:
+    """The checkpoint of ``model_name`` trained on ``train_set`` with ``preset`` in ``runs_dir/models``: reused when
+    finished, else trained or resumed (waiting for another process that is training it). The folder's name holds
+    the images' content digest, so changed data are never given an old model. Only a checkpoint proven corrupt is
+    moved aside (renamed, never deleted); an unreadable one is an error."""
+    run_dir = Path(runs_dir) / "models" / run_name(train_set, test_set, model_name, preset)
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
         try:
@@ -44,9 +50,9 @@ def cached_model(dataset: str, model_name: str, preset: Preset, device: torch.de
             aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
             os.replace(ckpt, aside)
             print(f"warning: {err}; moved it aside to {aside} and training again", file=sys.stderr)
-    print(f"training {model_name} on {dataset} ({preset.train.steps} steps) into {run_dir}", file=sys.stderr)
-    train(dataset, model_name, preset, run_dir, data_dir=data_dir, device=str(device), resume=True,
-          allow_nonstandard=allow_nonstandard, wait_for_lock=True, command=command)
+    print(f"training {model_name} on {train_set.name} ({preset.train.steps} steps) into {run_dir}", file=sys.stderr)
+    train(train_set, test_set, model_name, preset, run_dir, device=str(device), resume=True, wait_for_lock=True,
+          command=command)
     return ckpt
 
 
@@ -73,3 +79,24 @@ def provenance(command: str, device: torch.device, started: str, t0: float) -> d
     """results.json's ``provenance``: what produced the numbers, where, and how long it took (``t0`` from time.time)."""
     return {"command": command, "commit": git_commit(), "device": device_description(device),
             "torch": torch.__version__, "started": started, "seconds": time.time() - t0}
+
+
+def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,
+                 runs_dir: Path, *, seed: int, command: str, k: int = ENSEMBLE) -> tuple[torch.nn.Module, list]:
+    """For the likelihood ratio and WAIC: the background model (``preset`` with perturbation μ = BACKGROUND_MU) and
+    the ensemble's k − 1 other members (seeds seed+1 …), each trained or reused from ``runs_dir`` like the main
+    model (which is member 0)."""
+    from empirical.checkpoint import model_from_checkpoint
+    from empirical.presets import get_preset
+
+    split = getattr(preset.model, "split_prior", None)
+
+    def model_for(p: Preset) -> torch.nn.Module:
+        ckpt = cached_model(train_set, test_set, model_name, p, device, runs_dir, command=command)
+        return model_from_checkpoint(ckpt).model.to(device)
+
+    background = model_for(get_preset(preset.name, model_name, preset.model.shape, seed=seed, perturb=BACKGROUND_MU,
+                                      split_prior=split))
+    members = [model_for(get_preset(preset.name, model_name, preset.model.shape, seed=seed + i, split_prior=split))
+               for i in range(1, k)]
+    return background, members

@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical import data, distributed
+from empirical import distributed, sources
 from empirical.atomic import atomic_write, write_json
 from empirical.checkpoint import model_from_checkpoint
-from empirical.cli import run_cli
-from empirical.errors import DataNotFound, TheoryError
+from empirical.cli import add_data_arguments, data_options, run_cli, writable_dir
+from empirical.errors import DataNotFound, DgmOodError, TheoryError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import nats_gap_to_bpd
 from empirical.models import FLOWS, MODELS
 from empirical.presets import PRESETS, get_preset
+from empirical.sources import ImageSet, ShapeMap
 from theory.predict import closed_form, to_model_space
 from theory.quadratic import Moments, exact_quadratic
 from verify import figures
@@ -54,9 +55,10 @@ class InModel:
     checkpoint: Path
     train: Evaluation
     test: Evaluation
-    test_images: np.ndarray
+    test_set: ImageSet
     p: Moments | None  # IN-test's moments (flows)
     quad: object | None  # theory.quadratic.Quadratic at x0 = mean of IN-train (flows)
+    nonstandard: bool  # IN's files have non-official counts (plumbing)
 
 
 def _num(v: float, signed: bool = False) -> str:
@@ -75,52 +77,47 @@ def _missing(what: str, err: DataNotFound) -> str:
 
 def prepare_in(name: str, args: argparse.Namespace, device: torch.device, command: str) -> InModel:
     """Train or reuse IN's model; evaluate IN-train (the budget's subset) and IN-test; the flow's quadratic at x0."""
-    info = data.dataset_info(name)
-    preset = get_preset(args.preset, args.model, info.shape, seed=args.seed)
-    load = dict(data_dir=args.data_dir, allow_nonstandard=args.allow_nonstandard_data)
-    train_images = data.load(name, "train", **load).images
-    test_images = data.load(name, "test", **load).images[: preset.budget.in_test]
-    ckpt = cached_model(name, args.model, preset, device, args.runs_dir, data_dir=args.data_dir,
-                        allow_nonstandard=args.allow_nonstandard_data, command=command)
-    model, _ = model_from_checkpoint(ckpt)
-    model = model.to(device).eval()
-    ev = {k: evaluate(model, v, seed=args.seed, device=device)
-          for k, v in (("train", train_images[: preset.budget.in_train]), ("test", test_images))}
+    train_set, test_set = sources.open_in(name, data_options(args))
+    preset = get_preset(args.preset, args.model, train_set.shape, seed=args.seed)
+    ckpt = cached_model(train_set, test_set, args.model, preset, device, args.runs_dir, command=command)
+    model = model_from_checkpoint(ckpt).model.to(device).eval()
+    test_set = test_set.head(preset.budget.in_test)
+    ev = {k: evaluate(model, v.images, seed=args.seed, device=device, label=f"{v.name} images")
+          for k, v in (("train", train_set.head(preset.budget.in_train)), ("test", test_set))}
     p = quad = None
     if args.model in FLOWS:
-        p = Moments.of_images(test_images)
+        p = Moments.of_images(test_set.images)
         try:
-            quad = exact_quadratic(model, to_model_space(train_images.mean(0, dtype=np.float64)).numpy().ravel())
+            quad = exact_quadratic(model, to_model_space(train_set.images.mean(0, dtype=np.float64)).numpy().ravel())
         except TheoryError as err:
             print(f"note: no exact second order for {name}: {err}", file=sys.stderr)
-    return InModel(name, args.model, model, Path(ckpt), ev["train"], ev["test"], test_images, p, quad)
+    return InModel(name, args.model, model, Path(ckpt), ev["train"], ev["test"], test_set, p, quad,
+                   train_set.nonstandard or test_set.nonstandard)
 
 
 def row(m: InModel, out: str, match: bool, args: argparse.Namespace, device: torch.device) -> dict:
     """One OUT of one IN: bits/dim, the gap and its standard error, and the predicted signs."""
     shape = tuple(m.model.config.shape)
-    out_images = data.load_as(out, "test", shape, match=match, seed=args.seed, synthetic_n=len(m.test_images),
-                              data_dir=args.data_dir, allow_nonstandard=args.allow_nonstandard_data).images
-    out_images = out_images[: len(m.test_images)]
-    ev = evaluate(m.model, out_images, seed=args.seed, device=device)
+    out_set = sources.open_out(out, shape, ShapeMap(match=match), data_options(args), n_synthetic=len(m.test_set),
+                               seed=args.seed).head(len(m.test_set))
+    ev = evaluate(m.model, out_set.images, seed=args.seed, device=device, label=f"{out_set.name} images")
     dims = m.model.config.dims
     gap = float(m.test.bpd.mean() - ev.bpd.mean())
     stderr = float(np.hypot(*(v.std(ddof=1) / np.sqrt(len(v)) for v in (m.test.bpd, ev.bpd))))
     cf = exact = None
     if m.p is not None:
-        q = Moments.of_images(out_images)
+        q = Moments.of_images(out_set.images)
         if m.model.constant_volume:
             cf = closed_form(m.model, m.p, q)["gap_bpd"]
         if m.quad is not None:
             exact = nats_gap_to_bpd(m.quad.gap(m.p, q)["gap_nats"], dims)
-    label = data.display_name(out) + ("" if out in data.SYNTHETIC else "-test") + (" (matched)" if match else "")
-    return {"out": out, "match": match, "label": label,
-            "out_bpd": float(ev.bpd.mean()), "n_out": len(out_images), "gap_bpd": gap, "gap_bpd_stderr": stderr,
+    return {"out": out, "match": match, "label": out_set.name, "plumbing": out_set.nonstandard,
+            "out_bpd": float(ev.bpd.mean()), "n_out": len(out_set), "gap_bpd": gap, "gap_bpd_stderr": stderr,
             "closed_form_bpd": cf, "exact_second_order_bpd": exact, "per_image_bpd": ev.bpd}
 
 
-def markdown(table: list[dict], args: argparse.Namespace, skipped: list[str], prov: dict) -> str:
-    plumbing = ["**PLUMBING RUN on non-standard data: not a result.**", ""] if args.allow_nonstandard_data else []
+def markdown(table: list[dict], args: argparse.Namespace, skipped: list[str], prov: dict, plumbing: bool) -> str:
+    plumbing = ["**PLUMBING RUN on non-standard data: not a result.**", ""] if plumbing else []
     lines = [f"# The paper's table of pairs: {args.model}, {args.preset} preset", "", *plumbing,
              "Gap = bpd(IN-test) − bpd(OUT-test): positive means OUT gets the HIGHER likelihood (the inversion). "
              "The last two columns are the predicted gap's sign (closed form: CV-Glow only; exact second order: "
@@ -147,53 +144,63 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IN datasets (default: all)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trained models are cached")
     p.add_argument("--out", type=Path, help="table folder (default runs/table/MODEL-PRESET)")
-    p.add_argument("--data-dir", help="dataset root (else $DGM_OOD_DATA, <repo>/data, ../shared/data)")
+    add_data_arguments(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--allow-nonstandard-data", action="store_true",
-                   help="accept well-formed files with non-official counts; the table is labelled PLUMBING")
     return p
+
+
+def tabulate(name: str, args: argparse.Namespace, device: torch.device, command: str, skipped: list[str],
+             panels: dict, labels: dict) -> dict | None:
+    """One IN's entry (its model's bits/dim and every OUT row); None when its data are optional and missing."""
+    try:
+        m = prepare_in(name, args, device, command)
+    except DataNotFound as err:
+        if name not in OPTIONAL:
+            raise
+        skipped.append(_missing(name, err))
+        return None
+    label = m.test_set.name.removesuffix("-test")
+    entry = {"in": name, "label": label, "checkpoint": str(m.checkpoint), "plumbing": m.nonstandard,
+             "train_bpd": float(m.train.bpd.mean()), "test_bpd": float(m.test.bpd.mean()),
+             "n_train": len(m.train.bpd), "n_test": len(m.test.bpd), "rows": []}
+    for o, match in PAIRS[name]:
+        try:
+            r = row(m, o, match, args, device)
+        except DataNotFound as err:
+            if o not in OPTIONAL:
+                raise
+            skipped.append(_missing(f"{name} → {o}", err))
+            continue
+        title = f"{label} → {r['label'].replace('-test', '')}"
+        panels[title] = {"in_test": m.test.bpd, "out_test": r.pop("per_image_bpd")}
+        labels[title] = {"in_test": m.test_set.name, "out_test": r["label"]}
+        entry["rows"].append(r)
+    print(f"{name}: " + ", ".join(f"{r['out']} {r['gap_bpd']:+.3f}" for r in entry["rows"]), file=sys.stderr)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     command = shlex.join(["python", "-m", "verify.table", *(sys.argv[1:] if argv is None else argv)])
+    if args.seed < 0:
+        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {args.seed}")
     out = args.out or Path("runs/table") / f"{args.model}-{args.preset}"
+    writable_dir(out, "--out")  # before any training
+    writable_dir(args.runs_dir / "models", "--runs-dir")
     device = distributed.resolve_device(args.device)
-    table, skipped, panels, labels = [], [], {}, {}
-    for name in args.in_datasets:
-        try:
-            m = prepare_in(name, args, device, command)
-        except DataNotFound as err:
-            if name not in OPTIONAL:
-                raise
-            skipped.append(_missing(name, err))
-            continue
-        entry = {"in": name, "label": data.display_name(name), "checkpoint": str(m.checkpoint),
-                 "train_bpd": float(m.train.bpd.mean()), "test_bpd": float(m.test.bpd.mean()),
-                 "n_train": len(m.train.bpd), "n_test": len(m.test.bpd), "rows": []}
-        for o, match in PAIRS[name]:
-            try:
-                r = row(m, o, match, args, device)
-            except DataNotFound as err:
-                if o not in OPTIONAL:
-                    raise
-                skipped.append(_missing(f"{name} → {o}", err))
-                continue
-            title = f"{entry['label']} → {r['label'].replace('-test', '')}"
-            panels[title] = {"in_test": m.test.bpd, "out_test": r.pop("per_image_bpd")}
-            labels[title] = {"in_test": f"{entry['label']}-test", "out_test": r["label"]}
-            entry["rows"].append(r)
-        table.append(entry)
-        print(f"{name}: " + ", ".join(f"{r['out']} {r['gap_bpd']:+.3f}" for r in entry["rows"]), file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
+    skipped, panels, labels = [], {}, {}
+    table = [e for name in args.in_datasets
+             if (e := tabulate(name, args, device, command, skipped, panels, labels)) is not None]
+    if not panels:
+        raise DataNotFound("nothing to tabulate: every pair asked for was skipped (" + "; ".join(skipped) + ")")
+    plumbing = any(t["plumbing"] or any(r["plumbing"] for r in t["rows"]) for t in table)
     figures.histogram_grid(panels, labels, "bits/dim", out / "pairs.png")
     prov = provenance(command, device, started, t0)
-    write_json(out / "table.json", {"model": args.model, "preset": args.preset,
-                                    "plumbing": bool(args.allow_nonstandard_data), "table": table,
-                                    "skipped": skipped, "provenance": prov})
-    report = markdown(table, args, skipped, prov)
+    write_json(out / "table.json", {"model": args.model, "preset": args.preset, "plumbing": plumbing,
+                                    "table": table, "skipped": skipped, "provenance": prov})
+    report = markdown(table, args, skipped, prov, plumbing)
     atomic_write(out / "table.md", lambda f: f.write(report.encode()))
     print(report)
     return 0

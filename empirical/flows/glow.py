@@ -14,10 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from empirical.config import ImageModelConfig, check_images
-from empirical.distributed import Shard
+from empirical.config import ImageModelConfig, check_images, choice, flag, positive, whole
 from empirical.flows.layers import FlowStep, Split, Squeeze, gaussian_log_density
-from empirical.likelihood import dequantize
 
 
 @dataclass(frozen=True)
@@ -36,15 +34,17 @@ class GlowConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for key in ("levels", "steps", "hidden"):
+            whole(key, getattr(self, key), 1)
+        choice("coupling", self.coupling, ("affine", "additive"))
+        flag("lu", self.lu)
+        for key in ("prior", "split_prior"):
+            choice(key, getattr(self, key), ("learned", "fixed"))
+        positive("prior_std", self.prior_std)
         c, h, w = self.shape
         if h % 2**self.levels or w % 2**self.levels:
             raise ValueError(f"{h}×{w} images cannot be squeezed {self.levels} times (need multiples of "
                              f"{2**self.levels})")
-        for key in ("prior", "split_prior"):
-            if getattr(self, key) not in ("learned", "fixed"):
-                raise ValueError(f"{key} must be 'learned' or 'fixed', got {getattr(self, key)!r}")
-        if not self.prior_std > 0:
-            raise ValueError(f"prior_std must be positive, got {self.prior_std}")
 
     @property
     def paper_class(self) -> bool:
@@ -59,8 +59,11 @@ class Glow(nn.Module):
     def __init__(self, config: GlowConfig) -> None:
         super().__init__()
         self.config = config
-        gen = torch.Generator().manual_seed(config.seed)
-        torch.manual_seed(config.seed)  # conv weights of the coupling networks
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's generator state is left as it was
+            torch.manual_seed(config.seed)  # conv weights of the coupling networks
+            self._build(config, torch.Generator().manual_seed(config.seed))
+
+    def _build(self, config: GlowConfig, gen: torch.Generator) -> None:
         c, h, w = config.shape
         self.squeeze = Squeeze()
         self.levels = nn.ModuleList()
@@ -124,12 +127,14 @@ class Glow(nn.Module):
             h = self.squeeze.inverse(h)
         return h + 0.5
 
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                       shard: Shard | None = None) -> dict[str, torch.Tensor]:
-        """Dequantise uint8 images (x is ``shard``'s rows of a larger batch, if given); log p(x̃) (``log_px``), its
-        ``density`` and ``volume`` parts, and the density's terms per latent (``latent_split1``, …, ``latent_top``)."""
-        dtype = next(self.parameters()).dtype
-        _, terms, volume = self.encode(dequantize(x, generator, dtype, shard))
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.config.shape
+
+    def log_prob_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """log p(x̃) (``log_px``) of dequantised x̃ ∈ [0,1)^D in nats per image, its ``density`` and ``volume`` parts,
+        and the density's terms per latent (``latent_split1``, …, ``latent_top``)."""
+        _, terms, volume = self.encode(x)
         density = sum(terms.values())
         return {"log_px": density + volume, "density": density, "volume": volume,
                 **{f"latent_{k}": v for k, v in terms.items()}}

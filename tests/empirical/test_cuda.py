@@ -7,6 +7,7 @@ evidence about CUDA: autocast applies on CUDA only)."""
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from empirical.evaluate import evaluate
 from empirical.flows.layers import Coupling
+from empirical.likelihood import log_likelihood
 from empirical.models import build_model
 from empirical.presets import get_preset
 from empirical.train import batch_loss
@@ -52,9 +54,9 @@ def test_one_training_step_on_the_accelerator_equals_the_cpu_step(family):
     for model, device in ((cpu, torch.device("cpu")), (acc, ACCEL)):
         model.train()
         with torch.no_grad():  # ActNorm's data-dependent init, on the same images and noise
-            model.log_likelihood(batch.to(device), torch.Generator().manual_seed(2))
+            log_likelihood(model, batch.to(device), torch.Generator().manual_seed(2))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss, _ = batch_loss(model.log_likelihood, batch.to(device), torch.Generator().manual_seed(3),
+        loss, _ = batch_loss(partial(log_likelihood, model), batch.to(device), torch.Generator().manual_seed(3),
                              model.config.dims, None)  # the noise is drawn on the CPU generator for both
         loss.backward()
         optimizer.step()

@@ -143,25 +143,6 @@ def test_cache_returns_the_same_arrays_and_records_the_files(tmp_path):
     assert first.files[0].sha256 == hashlib.sha256(image_file.read_bytes()).hexdigest()
 
 
-def test_match_shape_and_synthetic():
-    grey = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 1, 28, 28)
-    rgb = data.match_shape(grey, (3, 32, 32))
-    assert rgb.shape == (2, 3, 32, 32) and (rgb[:, :, :2] == 0).all()
-    assert np.array_equal(rgb[:, 1, 2:30, 2:30], grey[:, 0])
-    back = data.match_shape(rgb, (1, 28, 28))
-    assert np.array_equal(back, grey)
-    const = data.synthetic("constant", (3, 8, 8), 5, 0)
-    assert const.shape == (5, 3, 8, 8) and (const == const[:, :, :1, :1]).all()
-    noise = data.synthetic("noise", (1, 8, 8), 5, 0)
-    assert noise.dtype == np.uint8 and noise.std() > 30
-
-
-def test_shape_mismatch_without_match_is_a_clear_error(tmp_path):
-    datafiles.write_idx_dataset(tmp_path, "mnist", n=3)
-    with pytest.raises(DataError, match="pass --match"):
-        data.load_as("mnist", "test", (3, 32, 32), match=False, data_dir=tmp_path, allow_nonstandard=True)
-
-
 REAL = [("cifar10", "train", 50_000, [125.3, 123.0, 113.9]), ("cifar10", "test", 10_000, [126.0, 123.7, 114.9]),
         ("cifar100", "test", 10_000, [129.7, 124.3, 112.7]), ("mnist", "train", 60_000, [33.3]),
         ("mnist", "test", 10_000, [33.8]), ("fashionmnist", "train", 60_000, [72.9]),

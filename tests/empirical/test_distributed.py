@@ -26,6 +26,7 @@ from empirical.models import build_model
 from empirical.presets import get_preset
 from empirical.train import train
 from tests.faults.conftest import REPO, env_for, write_tiny_idx
+from tests.helpers import registry_sets
 
 WORLD = 2
 
@@ -57,16 +58,16 @@ def _preset(model: str):
 
 
 def _train_rank(rank: int, tmp: Path, data_dir: Path, model: str) -> None:
-    result = train("fashionmnist", model, _preset(model), tmp / "ddp", data_dir=str(data_dir), device="cpu",
-                   allow_nonstandard=True, progress=False)
+    result = train(*registry_sets("fashionmnist", data_dir), model, _preset(model), tmp / "ddp", device="cpu",
+                   progress=False)
     torch.save(result.model.state_dict(), tmp / f"rank{rank}.pt")
 
 
 @pytest.mark.parametrize("model", ["cvglow", "vae"])
 def test_two_ranks_with_half_batches_train_like_one_process(tiny, tmp_path, model):
     _spawn(_train_rank, tmp_path, tiny, model)
-    one = train("fashionmnist", model, _preset(model), tmp_path / "one", data_dir=str(tiny), device="cpu",
-                allow_nonstandard=True, progress=False).model.state_dict()
+    one = train(*registry_sets("fashionmnist", tiny), model, _preset(model), tmp_path / "one", device="cpu",
+                progress=False).model.state_dict()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for name, value in one.items():
         assert torch.equal(ranks[0][name], ranks[1][name]), f"ranks disagree on {name}"
@@ -77,8 +78,8 @@ def test_two_ranks_with_half_batches_train_like_one_process(tiny, tmp_path, mode
 
 
 def _time_limited_rank(rank: int, tmp: Path, data_dir: Path) -> None:
-    result = train("fashionmnist", "cvglow", get_preset("smoke", "cvglow", (1, 28, 28), steps=30), tmp / "ddp",
-                   data_dir=str(data_dir), device="cpu", allow_nonstandard=True, progress=False,
+    result = train(*registry_sets("fashionmnist", data_dir), "cvglow",
+                   get_preset("smoke", "cvglow", (1, 28, 28), steps=30), tmp / "ddp", device="cpu", progress=False,
                    time_limit=1e-9 if rank == 0 else 1e9)  # only rank 0's clock runs out
     (tmp / f"stopped{rank}.txt").write_text(str(result.step))
 
@@ -117,12 +118,16 @@ def _evaluate_rank(rank: int, tmp: Path, images: np.ndarray) -> None:
 
 def test_sharded_evaluation_returns_one_process_per_image_results_in_order(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (110, 1, 28, 28), dtype=np.uint8)  # 3 batches, uneven
-    expected = {}
-    for family in ("cvglow", "vae"):
-        torch.manual_seed(0)
-        model = build_model(family, _preset(family).model)
-        torch.save(model.state_dict(), tmp_path / f"{family}.pt")
-        expected[family] = evaluate(model, images, batch_size=40, seed=3)
+    expected, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs: float sums depend on the thread count on some CPUs
+    try:
+        for family in ("cvglow", "vae"):
+            torch.manual_seed(0)
+            model = build_model(family, _preset(family).model)
+            torch.save(model.state_dict(), tmp_path / f"{family}.pt")
+            expected[family] = evaluate(model, images, batch_size=40, seed=3)
+    finally:
+        torch.set_num_threads(threads)
     _spawn(_evaluate_rank, tmp_path, images)
     for family, want in expected.items():
         for rank in range(WORLD):
@@ -133,8 +138,8 @@ def test_sharded_evaluation_returns_one_process_per_image_results_in_order(tmp_p
 
 
 def test_evaluate_cli_under_torchrun_writes_one_process_results(tiny, tmp_path):
-    ckpt = train("fashionmnist", "cvglow", _preset("cvglow"), tmp_path / "model", data_dir=str(tiny), device="cpu",
-                 allow_nonstandard=True, progress=False).checkpoint
+    ckpt = train(*registry_sets("fashionmnist", tiny), "cvglow", _preset("cvglow"), tmp_path / "model", device="cpu",
+                 progress=False).checkpoint
     args = ["-m", "empirical.evaluate", "--checkpoint", str(ckpt), "--dataset", "fashionmnist", "--data-dir",
             str(tiny), "--allow-nonstandard-data"]
     env = env_for(tmp_path, OMP_NUM_THREADS="1")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from empirical.errors import DataError
+from empirical.likelihood import bin_centres, log_likelihood
 from empirical.pixelcnn import PixelCNN, PixelCNNConfig
 from tests.helpers import randomize
 
@@ -40,13 +41,16 @@ def test_probabilities_sum_to_one_over_all_images():
     assert total.item() == pytest.approx(0.0, abs=1e-9)
 
 
-def test_log_likelihood_is_exact_and_sample_runs():
+def test_log_prob_is_exact_and_constant_on_each_bin_and_sample_runs():
     model = PixelCNN(PixelCNNConfig((1, 4, 4), hidden=4, blocks=1)).eval()
     x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
-    out = model.log_likelihood(x)
-    assert torch.allclose(out["log_px"] - 16 * torch.log(torch.tensor(256.0)), model.log_prob_discrete(x))
+    exact = model.log_prob_discrete(x)
+    for u in (0.0, 0.5, 0.999):  # any point of the bin [x, x+1)/256 gives log P(x) + D·log 256
+        x_tilde = (x.float() + u) / 256
+        assert torch.allclose(model.log_prob(x_tilde) - 16 * torch.log(torch.tensor(256.0)), exact)
+    assert torch.equal(log_likelihood(model, x)["log_px"], model.log_prob(bin_centres(x)))  # no noise drawn
     torch.manual_seed(0)
     s = model.sample(2)
     assert s.shape == (2, 1, 4, 4) and s.dtype == torch.uint8
     with pytest.raises(DataError, match="wrong image shape"):
-        model.log_likelihood(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+        model.log_prob(torch.zeros(1, 3, 4, 4))

@@ -16,7 +16,9 @@ from empirical.errors import CheckpointError, TrainingError
 from empirical.evaluate import evaluate
 from empirical.models import MODELS
 from empirical.presets import get_preset
+from empirical.sources import synthetic
 from tests import datafiles
+from tests.helpers import registry_sets
 
 
 @pytest.fixture
@@ -79,8 +81,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tiny_data
     monkeypatch.setattr(train_mod, "bits_per_dim", poisoned)
     preset = get_preset("smoke", "glow", (1, 28, 28), steps=40)
     with pytest.raises(TrainingError, match=r"loss became nan at step 2\d.*last good checkpoint"):
-        train_mod.train("fashionmnist", "glow", preset, out, data_dir=str(tiny_data), resume=True,
-                        allow_nonstandard=True, progress=False)
+        train_mod.train(*registry_sets("fashionmnist", tiny_data), "glow", preset, out, resume=True, progress=False)
     assert load_checkpoint(out / "last.pt")["step"] == good
 
 
@@ -110,7 +111,7 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def test_evaluate_is_deterministic_and_leaves_input_untouched(tiny_data, tmp_path):
     assert _cli(tiny_data, tmp_path / "e", "--steps", "5") == 0
-    model, _ = model_from_checkpoint(tmp_path / "e" / "last.pt")
+    model, *_ = model_from_checkpoint(tmp_path / "e" / "last.pt")
     images = np.random.default_rng(0).integers(0, 256, (10, 1, 28, 28), dtype=np.uint8)
     before = images.copy()
     a = evaluate(model, images, batch_size=4, seed=3)
@@ -128,7 +129,7 @@ def test_every_model_trains_on_tiny_data(tiny_data, tmp_path, model):
     payload = load_checkpoint(out / "last.pt")
     bpds = [h["test_bpd"] for h in payload["history"]]
     assert bpds[-1] < bpds[0], f"{model}: test bpd did not go down: {bpds}"
-    reloaded, _ = model_from_checkpoint(out / "last.pt")
+    reloaded, *_ = model_from_checkpoint(out / "last.pt")
     images = np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
     result = evaluate(reloaded, images)
     assert np.isfinite(result.bpd).all() and (result.bpd > 0).all()
@@ -151,8 +152,7 @@ def test_hflip_applies_to_mirror_symmetric_datasets_only(tmp_path, monkeypatch, 
     getattr(datafiles, writer)(*args, n=40)
     info = data.dataset_info(dataset)
     preset = get_preset("smoke", "cvglow", info.shape, steps=2, hflip=True, holdout=4)
-    train_mod.train(dataset, "cvglow", preset, tmp_path / "run", data_dir=str(tmp_path / "data"),
-                    allow_nonstandard=True, progress=False)
+    train_mod.train(*registry_sets(dataset, tmp_path / "data"), "cvglow", preset, tmp_path / "run", progress=False)
     assert json.loads((tmp_path / "run" / "hparams.json").read_text())["hflip"] is flipped
 
 
@@ -194,7 +194,7 @@ def test_arch_override_trains_that_shape_and_records_it(tiny_data, tmp_path):
     assert _cli(tiny_data, out, "--model", "cvglow", "--steps", "2", "--arch", "hidden=24", "--arch", "steps=3") == 0
     config = json.loads((out / "hparams.json").read_text())["model_config"]
     assert (config["hidden"], config["steps"], config["coupling"]) == (24, 3, "additive")
-    model, _ = model_from_checkpoint(out / "last.pt")  # rebuilt from the recorded config
+    model, *_ = model_from_checkpoint(out / "last.pt")  # rebuilt from the recorded config
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -226,8 +226,8 @@ def test_evaluate_split_priors_reports_each_split(tiny_data, tmp_path, capsys):
     assert "split1 prior, per image: smallest log σ" in capsys.readouterr().out
     saved = json.loads((tmp_path / "noise.json").read_text())
     assert len(saved["split1_min_log_std"]) == len(saved["split1_max_residual_sq"]) == 6
-    model, _ = model_from_checkpoint(out / "last.pt")
-    noise = data.load_as("noise", "test", model.config.shape, match=False, seed=0).images[:6]
+    model, *_ = model_from_checkpoint(out / "last.pt")
+    noise = synthetic("noise", model.config.shape, 10_000, 0).images[:6]
     direct = evaluate_mod.split_prior_stats(model, noise, seed=0)
     assert np.array_equal(direct["split1_max_residual_sq"], np.array(saved["split1_max_residual_sq"]))
 

@@ -37,7 +37,7 @@ def test_split_then_join_rebuilds_the_file_byte_for_byte(ckpt):
 
 def test_load_checkpoint_reads_a_manifest_directly(ckpt):
     manifest = split(ckpt, max_bytes=10_000)
-    model, payload = model_from_checkpoint(manifest)
+    model, payload, _path = model_from_checkpoint(manifest)
     assert payload["step"] == 7
     reference = load_checkpoint(ckpt)["model_state"]
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())

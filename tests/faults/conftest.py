@@ -16,6 +16,7 @@ from empirical.locking import LOCK_NAME
 from empirical.presets import get_preset
 from empirical.train import train
 from tests import datafiles
+from tests.helpers import registry_sets
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 64
@@ -54,8 +55,8 @@ def world(tmp_path_factory) -> dict:
     ckpts = {}
     for model in ("cvglow", "glow", "pixelcnn"):
         preset = get_preset("smoke", model, (1, 28, 28), steps=20)
-        ckpts[model] = train("fashionmnist", model, preset, root / "models" / model, data_dir=str(data),
-                             allow_nonstandard=True, progress=False).checkpoint
+        ckpts[model] = train(*registry_sets("fashionmnist", data), model, preset, root / "models" / model,
+                             progress=False).checkpoint
     return {"root": root, "data": data, "ckpt": ckpts}
 
 

@@ -15,6 +15,7 @@ from empirical.models import MODELS
 from empirical.presets import get_preset
 from empirical.train import train
 from tests.faults.conftest import REPO, env_for
+from tests.helpers import registry_sets
 
 SLOW_SECOND_SAVE = """
 import sys, time, torch
@@ -68,10 +69,10 @@ def test_sigterm_during_training_stops_cleanly_and_resumes(world, tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_resume_is_bit_for_bit_the_uninterrupted_run(world, tmp_path, model):
-    kw = dict(data_dir=str(world["data"]), allow_nonstandard=True, progress=False)
-    train("fashionmnist", model, get_preset("smoke", model, (1, 28, 28), steps=40), tmp_path / "a", **kw)
-    train("fashionmnist", model, get_preset("smoke", model, (1, 28, 28), steps=20), tmp_path / "b", **kw)
-    train("fashionmnist", model, get_preset("smoke", model, (1, 28, 28), steps=40), tmp_path / "b", resume=True, **kw)
+    sets = registry_sets("fashionmnist", world["data"])
+    train(*sets, model, get_preset("smoke", model, (1, 28, 28), steps=40), tmp_path / "a", progress=False)
+    train(*sets, model, get_preset("smoke", model, (1, 28, 28), steps=20), tmp_path / "b", progress=False)
+    train(*sets, model, get_preset("smoke", model, (1, 28, 28), steps=40), tmp_path / "b", resume=True, progress=False)
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in "ab")
     assert a["model_state"].keys() == b["model_state"].keys()
     for k in a["model_state"]:

@@ -15,13 +15,17 @@ import pytest
 import torch
 
 from empirical.atomic import write_json
-from empirical.checkpoint import code_version, load_checkpoint, save_checkpoint
+from empirical.checkpoint import load_checkpoint, save_checkpoint
 from empirical.locking import LOCK_NAME, run_lock
+from empirical.presets import get_preset
 from tests.faults.conftest import REPO, assert_one_line_error, cli, env_for, snapshot
+from tests.helpers import registry_sets
+from verify.runs import run_name
 
 
-def _cached_dir(tmp, model="cvglow"):
-    return tmp / "runs" / "models" / f"fashionmnist-{model}-smoke-seed0-{code_version()}"
+def _cached_dir(world, tmp, model="cvglow"):
+    sets = registry_sets("fashionmnist", world["data"])
+    return tmp / "runs" / "models" / run_name(*sets, model, get_preset("smoke", model, (1, 28, 28)))
 
 
 def _compare(world, tmp, *args):
@@ -31,7 +35,7 @@ def _compare(world, tmp, *args):
 
 # 7. only a checkpoint proven corrupt is moved aside (renamed, never deleted); an unreadable one is an error ----
 def test_a_corrupt_cached_checkpoint_is_moved_aside_and_retrained(world, tmp_path):
-    folder = _cached_dir(tmp_path)
+    folder = _cached_dir(world, tmp_path)
     folder.mkdir(parents=True)
     (folder / "last.pt").write_bytes(b"\x00 not a checkpoint")
     proc = _compare(world, tmp_path)
@@ -42,7 +46,7 @@ def test_a_corrupt_cached_checkpoint_is_moved_aside_and_retrained(world, tmp_pat
 
 
 def test_an_unreadable_cached_checkpoint_is_an_error_and_kept(world, tmp_path):
-    folder = _cached_dir(tmp_path)
+    folder = _cached_dir(world, tmp_path)
     (folder / "last.pt").mkdir(parents=True)  # not readable as a file (permission denied behaves alike)
     (folder / "last.pt" / "keep").write_text("precious")
     before = snapshot(tmp_path / "runs")

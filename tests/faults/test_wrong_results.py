@@ -23,7 +23,8 @@ from empirical.presets import get_preset
 from empirical.train import train
 from tests import datafiles
 from tests.faults.conftest import assert_one_line_error, cli, env_for, snapshot
-from verify.compare import _without_non_finite
+from tests.helpers import registry_sets
+from verify.predictions import _without_non_finite
 
 COMPARE = "verify.compare"
 
@@ -36,7 +37,7 @@ def _compare(world, tmp, *args, **kw):
 # 1. the checkpoint is the truth ----------------------------------------------------------------------------
 def test_checkpoint_trained_on_another_dataset_is_refused(world, tmp_path):
     proc = _compare(world, tmp_path, "mnist", "fashionmnist", "--checkpoint", world["ckpt"]["cvglow"])
-    assert_one_line_error(proc, "trained on fashionmnist, not mnist")
+    assert_one_line_error(proc, "trained on fashionmnist, not on mnist")
     assert not (tmp_path / "report" / "results.json").exists()
 
 
@@ -125,10 +126,9 @@ def test_non_finite_training_keeps_the_last_good_checkpoint(world, tmp_path, mon
     _poison(monkeypatch, after, what)
     preset = get_preset("smoke", "cvglow", (1, 28, 28), steps=60)
     with pytest.raises(TrainingError, match=rf"{message}.*last good checkpoint is .*\(step 20\)"):
-        train("fashionmnist", "cvglow", preset, out, data_dir=str(world["data"]), resume=True,
-              allow_nonstandard=True, progress=False)
+        train(*registry_sets("fashionmnist", world["data"]), "cvglow", preset, out, resume=True, progress=False)
     assert snapshot(out)["last.pt"] == before["last.pt"]
-    model, _ = model_from_checkpoint(out / "last.pt")  # loads: every weight finite
+    model, *_ = model_from_checkpoint(out / "last.pt")  # loads: every weight finite
 
 
 # 4. the data directory named is the one used, and reports say which files were read ------------------------
@@ -152,13 +152,14 @@ def test_reports_record_the_files_read(world, tmp_path):
         for f in files:
             raw = (world["data"] / folder / os.path.basename(f["path"])).read_bytes()
             assert f["sha256"] == hashlib.sha256(raw).hexdigest() and f["bytes"] == len(raw)
-    assert "data files read" in (tmp_path / "report" / "report.md").read_text()
+    assert "data read (path, bytes, SHA-256" in (tmp_path / "report" / "report.md").read_text()
 
 
 # 5. the decoded-array cache is keyed by content and verified -----------------------------------------------
 @pytest.fixture
 def idx_root(tmp_path, monkeypatch):
     monkeypatch.setenv("DGM_OOD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DGM_OOD_KEY_FILE", str(tmp_path / "config" / "cache-key"))
     written = datafiles.write_idx_dataset(tmp_path / "data", "mnist", n=6)
     return tmp_path / "data", written
 
@@ -186,10 +187,27 @@ def test_a_cache_entry_failing_validation_is_rebuilt_not_blamed_on_the_source(id
     root, _ = idx_root
     entry, fields = _cached_entry(root, tmp_path)
     images, labels = fields["images"][:, :, :20], fields["labels"]  # self-consistent, but not 28×28
+    source = str(fields["source_sha256"])  # sealed with this user's key, as an older reader's entry would be
     np.savez(entry, images=images, labels=labels, source_sha256=fields["source_sha256"],
-             arrays_sha256=np.array(data._arrays_digest(images, labels)))
+             seal=np.array(data._seal(data._cache_key(), source, data._arrays_digest(images, labels))))
     got = data.load("mnist", "test", root, allow_nonstandard=True)
     assert got.images.shape == (6, 1, 28, 28) and "failed validation" in capsys.readouterr().err
+
+
+def test_a_forged_cache_entry_with_matching_digests_is_rebuilt(idx_root, tmp_path, capsys):
+    """Write access to the cache is not enough: an entry rewritten with its digests recomputed lacks the seal that
+    only the user's key (kept outside the cache folder) can make."""
+    root, written = idx_root
+    entry, fields = _cached_entry(root, tmp_path)
+    forged = np.full_like(fields["images"], 9)
+    digest = data._arrays_digest(forged, fields["labels"])
+    np.savez(entry, images=forged, labels=fields["labels"], source_sha256=fields["source_sha256"],
+             arrays_sha256=np.array(digest), seal=np.array(data._seal(b"\0" * 32, str(fields["source_sha256"]),
+                                                                       digest)))
+    got = data.load("mnist", "test", root, allow_nonstandard=True)
+    assert np.array_equal(got.images[:, 0], written["test"][0])
+    assert "does not match its source" in capsys.readouterr().err
+    assert (tmp_path / "config" / "cache-key").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_changed_source_with_its_mtime_restored_is_read_again(idx_root):

@@ -1,0 +1,486 @@
+"""Image sources: whatever a user names as IN or OUT becomes an ``ImageSet`` (uint8 N×C×H×W, what was read, what was
+done to it, and a digest of its content).
+
+A source is a registry name (``fashionmnist``, ``cifar10``, … and the synthetic ``constant`` and ``noise``), or a
+path: any text that contains a ``/`` or ends in ``.npy`` or ``.npz`` (``./photos`` names a folder in the current
+directory; a bare word is always a registry name). Paths:
+
+- ``X.npy`` / ``X.npz``: a uint8 array N×H×W (grey), N×H×W×C or N×C×H×W (C = 1 or 3; the axis of size 1 or 3
+  decides, and a shape where both could be channels needs ``layout``). An ``.npz`` with arrays ``train`` and
+  ``test`` has two parts; one with a single array is that array; otherwise name it as ``X.npz:KEY``.
+- a folder of image files Pillow reads (PNG, JPEG, PPM, BMP, TIFF, …), flat or with one sub-folder per class
+  (torchvision's ``ImageFolder``), read in sorted path order; hidden files are skipped. A folder with ``train/``
+  and ``test/`` sub-folders has those two parts.
+
+An IN without two parts is split by one fixed rule, ``SPLIT_RULE``, never at random. From Python,
+``as_image_set`` takes any uint8 array or tensor and any torchvision-style dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import zipfile
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from empirical import data
+from empirical.data import SourceFile
+from empirical.errors import DataError
+
+SPLIT_EVERY = 10
+SPLIT_RULE = (f"every {SPLIT_EVERY}th image in order (positions {SPLIT_EVERY}, {2 * SPLIT_EVERY}, …) is test, "
+              f"the rest train")
+LAYOUTS = ("nchw", "nhwc")
+RESIZE_FILTERS = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX,
+                  "bilinear": Image.Resampling.BILINEAR, "hamming": Image.Resampling.HAMMING,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+_LOSSLESS_MODES = {"L": None, "RGB": None, "1": "L", "P": "RGB"}  # Pillow mode → conversion (None: as it is)
+SYNTHETIC_NAMES = {"constant": "constant colour", "noise": "uniform noise"}
+SOURCE_HELP = (
+    "Data sources (IN, OUT, --dataset): a registry name (" + ", ".join(data.DATASETS) + "; OUT also constant or "
+    "noise), or a path: anything containing '/' or ending in .npy/.npz ('./photos' names a folder here). X.npy or "
+    "X.npz: uint8 images N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3; --layout for ambiguous shapes); an .npz with "
+    "arrays 'train' and 'test' has two parts, one with several other arrays needs X.npz:KEY. A folder: image files "
+    "Pillow reads (PNG, JPEG, PPM, ...), flat or one sub-folder per class, sorted by path, hidden files skipped; "
+    "train/ and test/ sub-folders make two parts. An IN without parts is split: " + SPLIT_RULE + ". OUT uses a "
+    "source's test part, or all of it.")
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """uint8 images N×C×H×W with where they came from (``files``: path, bytes, SHA-256; a folder is one entry with
+    its file count and one digest over names and contents) and what was done to them (``transforms``)."""
+
+    images: np.ndarray
+    name: str  # as reports show it, e.g. "FashionMNIST-test", "scans.npz-test"
+    source: str  # as the user named it: a registry name, a path, or a description of a Python object
+    kind: str  # registry | synthetic | npy | npz | folder | array | dataset
+    files: tuple[SourceFile, ...] = ()
+    transforms: tuple[str, ...] = ()
+    nonstandard: bool = False  # registry data whose image count is not the official one (plumbing, not a result)
+    mirror_symmetric: bool = False  # natural photographs: flip augmentation allowed in training
+    part: str = "all"  # train | test | all
+
+    def __post_init__(self) -> None:
+        x = self.images
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise DataError(f"{self.name}: expected uint8 images N×C×H×W with C = 1 or 3, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+        if len(x) == 0:
+            raise DataError(f"{self.name} ({self.source}) holds no images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the images' shape and bytes: what caches of trained models are keyed by."""
+        h = hashlib.sha256(_shape_text(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        return h.hexdigest()
+
+    def select(self, rows: slice, note: str) -> ImageSet:
+        """The images ``rows``, with ``note`` (what they are) recorded among the transforms."""
+        return replace(self, images=self.images[rows], transforms=(*self.transforms, note))
+
+    def head(self, n: int | None) -> ImageSet:
+        """The first ``n`` images (all when ``n`` is None or at least their number), the choice recorded."""
+        if n is None or n >= len(self):
+            return self
+        return self.select(slice(None, n), f"the first {n} of {len(self)}")
+
+    def provenance(self) -> dict:
+        """What a report names: the source, the files read, the content digest and every transform."""
+        return {"name": self.name, "source": self.source, "kind": self.kind, "part": self.part, "n": len(self),
+                "shape": list(self.shape), "content_sha256": self.digest, "files": [f.to_dict() for f in self.files],
+                "transforms": list(self.transforms), "nonstandard": self.nonstandard}
+
+
+def training_digest(train_set: ImageSet, test_set: ImageSet) -> str:
+    """One SHA-256 over the contents of a training and a test part: what a trained model is keyed by."""
+    return hashlib.sha256(f"{train_set.digest}:{test_set.digest}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How sources are read: the registry's root and options, and the layout of ambiguous 4-D arrays."""
+
+    data_dir: str | None = None
+    download: bool = False
+    allow_nonstandard: bool = False
+    layout: str | None = None  # nchw | nhwc, for arrays whose layout the shape cannot decide
+
+
+@dataclass(frozen=True)
+class ShapeMap:
+    """How to bring images to a model's shape: ``match`` zero-pads/centre-crops and converts grey↔RGB; ``resize``
+    (a Pillow filter name) resizes instead of padding or cropping."""
+
+    match: bool = False
+    resize: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ names
+def is_path(text: str) -> bool:
+    """A source is a path when it contains a ``/`` or ends in ``.npy``/``.npz`` (or ``.npz:KEY``)."""
+    return "/" in text or os.sep in text or text.endswith((".npy", ".npz")) or ".npz:" in text
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short name of a source for default output folders (``scans.npz:x`` → ``scans-x``)."""
+    if not is_path(text):
+        return text
+    path, key = _split_path(text)
+    stem = Path(str(path).rstrip("/" + os.sep)).stem or "data"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in stem + (f"-{key}" if key else ""))
+
+
+def check_name(text: str) -> None:
+    """A clear error now (before any work) for a registry name that does not exist."""
+    if not is_path(text) and text not in SYNTHETIC_NAMES:
+        data.dataset_info(text)
+
+
+# ------------------------------------------------------------------------------------------------ arrays
+def to_nchw(array: np.ndarray, where: str, layout: str | None = None) -> np.ndarray:
+    """uint8 N×C×H×W from N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3). Integer arrays are accepted only when every value
+    is in 0..255 (converted exactly); floats, booleans and anything else are refused, never cast."""
+    if layout is not None and layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+            hint = " (values in [0, 1]? multiply by 255 and round them yourself)" if a.dtype.kind == "f" else ""
+            raise DataError(f"{where}: pixel values are {a.dtype}, expected uint8 (0..255); refusing to convert"
+                            + hint)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: pixel values {lo}..{hi} lie outside 0..255")
+        a = a.astype(np.uint8)
+    if a.ndim == 3:
+        if layout is not None:
+            raise DataError(f"{where}: layout {layout} names a channel axis, but the array is N×H×W {a.shape}")
+        return np.ascontiguousarray(a[:, None])
+    if a.ndim != 4:
+        raise DataError(f"{where}: expected images N×H×W, N×H×W×C or N×C×H×W, got {a.ndim} dimensions {a.shape}")
+    first, last = a.shape[1] in (1, 3), a.shape[3] in (1, 3)
+    if layout is None:
+        if first and last:
+            raise DataError(f"{where}: shape {a.shape} could be N×C×H×W or N×H×W×C; say which with --layout nchw "
+                            f"or --layout nhwc (layout= in Python)")
+        if not (first or last):
+            raise DataError(f"{where}: shape {a.shape} has no axis of 1 or 3 channels (grey or RGB) after N")
+        layout = "nchw" if first else "nhwc"
+    if layout == "nhwc":
+        if not last:
+            raise DataError(f"{where}: layout nhwc needs 1 or 3 channels last, got shape {a.shape}")
+        a = a.transpose(0, 3, 1, 2)
+    elif not first:
+        raise DataError(f"{where}: layout nchw needs 1 or 3 channels second, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _regular_file(path: Path) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path} is not a regular file (a folder, device or pipe)")
+
+
+def _read_array_file(path: Path, key: str | None) -> dict[str, np.ndarray]:
+    """The arrays of an .npy (``{"all": a}``) or .npz (its chosen array, or its ``train`` and ``test``); never
+    unpickles."""
+    _regular_file(path)
+    if path.suffix == ".npy" and key is not None:
+        raise DataError(f"{path} is an .npy file: it holds one array, so :{key} names nothing")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic[:6 if path.suffix == ".npy" else 4] != (b"\x93NUMPY" if path.suffix == ".npy" else b"PK\x03\x04"):
+            raise DataError(f"{path} is not a readable NumPy file (no {path.suffix} header)")
+        if path.suffix == ".npy":
+            return {"all": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as z:
+            return _npz_arrays(path, z, key)
+    except DataError:
+        raise
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise DataError(f"refused to read {path}: it holds a pickled (object) array, and dgm-ood never unpickles "
+                            f"data; save it as a plain uint8 array") from err
+        raise DataError(f"{path} is not a readable NumPy file: {err}") from err
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise DataError(f"{path} is not a readable NumPy file: {err}") from err
+
+
+def _npz_arrays(path: Path, z, key: str | None) -> dict[str, np.ndarray]:
+    names = list(z.files)
+    if key is not None:
+        if key not in names:
+            raise DataError(f"{path} has no array {key!r}; it holds {', '.join(names) or 'none'}")
+        return {"all": z[key]}
+    if {"train", "test"} <= set(names):
+        return {"train": z["train"], "test": z["test"]}
+    if len(names) == 1:
+        return {"all": z[names[0]]}
+    raise DataError(f"{path} holds {len(names)} arrays ({', '.join(names) or 'none'}) and none is named train and "
+                    f"test; name the one to use as {path}:KEY")
+
+
+# ----------------------------------------------------------------------------------------------- folders
+def _image_files(folder: Path) -> list[Path]:
+    """Every non-hidden file under ``folder`` in sorted path order (symlinked folders are not followed)."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(here) / f for f in files if not f.startswith(".")]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _decode(path: Path) -> np.ndarray:
+    """One image file as uint8 C×H×W (grey or RGB; bilevel and palette images converted losslessly)."""
+    _regular_file(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in _LOSSLESS_MODES:
+                why = "an alpha channel" if "A" in im.mode else f"Pillow mode {im.mode}, not 8-bit grey or RGB"
+                raise DataError(f"{path} has {why}; dgm-ood reads 8-bit grey or RGB images")
+            target = _LOSSLESS_MODES[im.mode]
+            pixels = np.asarray(im.convert(target) if target else im, dtype=np.uint8)
+    except DataError:
+        raise
+    except UnidentifiedImageError as err:
+        raise DataError(f"{path} is not an image file Pillow can read") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"corrupt or truncated image {path}: {err}") from err
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _folder_record(folder: Path, files: list[Path]) -> SourceFile:
+    """One digest over the sorted relative names and contents of the files read, with their count and bytes."""
+    h, size = hashlib.sha256(), 0
+    for p in files:
+        raw = p.read_bytes()
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + hashlib.sha256(raw).digest())
+        size += len(raw)
+    return SourceFile(str(folder.resolve()), size, h.hexdigest(), count=len(files))
+
+
+def _read_folder(folder: Path) -> tuple[np.ndarray, SourceFile]:
+    files = _image_files(folder)
+    if not files:
+        raise DataError(f"{folder} holds no image files (hidden files are skipped)")
+    decoded = [_decode(p) for p in files]
+    groups: dict[tuple, list[Path]] = {}
+    for p, x in zip(files, decoded, strict=True):
+        groups.setdefault(x.shape, []).append(p)
+    if len(groups) > 1:
+        parts = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        what = "; ".join(f"{_shape_text(s)} ({len(ps)} files, e.g. {', '.join(p.name for p in ps[:3])})"
+                         for s, ps in parts[:4])
+        raise DataError(f"images of different sizes or channels in {folder} (C×H×W): {what}; every image of a "
+                        f"source must have one shape")
+    return np.stack(decoded), _folder_record(folder, files)
+
+
+# ------------------------------------------------------------------------------------------------ opening
+def _split_path(text: str) -> tuple[Path, str | None]:
+    if ".npz:" in text:
+        path, _, key = text.rpartition(":")
+        return Path(path), key
+    return Path(text), None
+
+
+def _read_path(text: str, options: DataOptions) -> tuple[dict[str, np.ndarray], str, dict[str, tuple], str]:
+    """(parts, kind, each part's files, display name) of a path source: parts are ``all`` or ``train`` and ``test``."""
+    path, key = _split_path(text)
+    if not path.exists():
+        raise DataError(f"no such file or folder: {path}")
+    if path.is_dir():
+        if (path / "train").is_dir() and (path / "test").is_dir():
+            read = {p: _read_folder(path / p) for p in ("train", "test")}
+            return {p: a for p, (a, _) in read.items()}, "folder", {p: (f,) for p, (_, f) in read.items()}, \
+                f"{path.name}/"
+        array, record = _read_folder(path)
+        return {"all": array}, "folder", {"all": (record,)}, f"{path.name}/"
+    if path.suffix not in (".npy", ".npz"):
+        raise DataError(f"{path}: a file source must be an .npy or .npz array (or name a folder of images)")
+    arrays = _read_array_file(path, key)
+    parts = {p: to_nchw(a, f"{path}" + (f" ({p})" if p != "all" else ""), options.layout) for p, a in arrays.items()}
+    record = (data.file_record(path),)
+    return parts, path.suffix.lstrip("."), dict.fromkeys(parts, record), path.name + (f":{key}" if key else "")
+
+
+def _split_rule(images: np.ndarray, where: str) -> dict[str, np.ndarray]:
+    test = np.arange(len(images)) % SPLIT_EVERY == SPLIT_EVERY - 1
+    if test.all() or not test.any():
+        raise DataError(f"{where} holds {len(images)} images: too few to split into train and test by the fixed "
+                        f"rule ({SPLIT_RULE}); give it train and test parts")
+    return {"train": images[~test], "test": images[test]}
+
+
+def _registry(name: str, part: str, options: DataOptions) -> ImageSet:
+    info = data.dataset_info(name)
+    split = data.load(name, part, options.data_dir, download=options.download,
+                      allow_nonstandard=options.allow_nonstandard)
+    return ImageSet(split.images, f"{info.display}-{part}", name, "registry", split.files,
+                    nonstandard=len(split.images) != info.counts[part], mirror_symmetric=info.mirror_symmetric,
+                    part=part)
+
+
+def open_in(text: str, options: DataOptions = DataOptions()) -> tuple[ImageSet, ImageSet]:
+    """IN's training and test parts: a registry dataset's splits, a source's own ``train``/``test`` parts, or one
+    part split by ``SPLIT_RULE`` (recorded in both sets' transforms)."""
+    if text in SYNTHETIC_NAMES:
+        raise DataError(f"{text} is a synthetic OUT set; IN needs real training images")
+    if not is_path(text):
+        return _registry(text, "train", options), _registry(text, "test", options)
+    parts, kind, files, display = _read_path(text, options)
+    rule = ()
+    if "all" in parts:
+        parts, rule = _split_rule(parts["all"], text), (f"split: {SPLIT_RULE}",)
+        files = dict.fromkeys(parts, files["all"])
+    return tuple(ImageSet(parts[p], f"{display}-{p}", text, kind, files[p], rule, part=p)  # type: ignore[return-value]
+                 for p in ("train", "test"))
+
+
+def open_out(text: str, shape: tuple[int, int, int], mapping: ShapeMap = ShapeMap(),
+             options: DataOptions = DataOptions(), *, n_synthetic: int = 10_000, seed: int = 0) -> ImageSet:
+    """OUT's test images in ``shape``: a registry dataset's test split, a source's ``test`` part (or all of a
+    one-part source), or a synthetic set made in ``shape``; mapped to ``shape`` only as ``mapping`` allows."""
+    if text in SYNTHETIC_NAMES:
+        return synthetic(text, shape, n_synthetic, seed)
+    if not is_path(text):
+        return map_to(_registry(text, "test", options), shape, mapping)
+    parts, kind, files, display = _read_path(text, options)
+    part = "test" if "test" in parts else "all"
+    name = display + ("-test" if part == "test" else "")
+    return map_to(ImageSet(parts[part], name, text, kind, files[part], part=part), shape, mapping)
+
+
+def synthetic(name: str, shape: tuple[int, int, int], n: int, seed: int) -> ImageSet:
+    """``constant``: each image one uniform random colour; ``noise``: i.i.d. uniform pixels (both seeded)."""
+    rng = np.random.default_rng(seed)
+    if name == "constant":
+        colour = rng.integers(0, 256, size=(n, shape[0], 1, 1), dtype=np.uint8)
+        images = np.ascontiguousarray(np.broadcast_to(colour, (n, *shape)))
+    elif name == "noise":
+        images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    else:
+        raise DataError(f"unknown synthetic set {name!r}; known: {', '.join(SYNTHETIC_NAMES)}")
+    return ImageSet(images, SYNTHETIC_NAMES[name], name, "synthetic",
+                    transforms=(f"generated: {n} images of {_shape_text(shape)}, numpy seed {seed}",))
+
+
+# ----------------------------------------------------------------------------------------- Python objects
+def as_image_set(obj: object, name: str | None = None, *, layout: str | None = None) -> ImageSet:
+    """An ImageSet from an ImageSet (as it is), a uint8 NumPy array or torch tensor (layouts as ``to_nchw``), or a
+    torchvision-style dataset (``len`` and ``[i]`` giving an image or an (image, label) pair; the image a PIL image,
+    a uint8 H×W(×C) array or a uint8 C×H×W tensor). Float images (e.g. after ``ToTensor``) are refused."""
+    if isinstance(obj, ImageSet):
+        return obj
+    label = name or type(obj).__name__
+    if isinstance(obj, np.ndarray) or _is_tensor(obj):
+        array = obj.detach().cpu().numpy() if _is_tensor(obj) else obj  # type: ignore[union-attr]
+        return ImageSet(to_nchw(array, label, layout), label, f"in-memory array {tuple(array.shape)}", "array")
+    if hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):
+        n = len(obj)  # type: ignore[arg-type]
+        if n == 0:
+            raise DataError(f"{label} holds no images")
+        images = np.stack([_item_image(obj[i], f"{label}[{i}]") for i in range(n)])  # type: ignore[index]
+        root = getattr(obj, "root", None)
+        where = f"{type(obj).__name__} of {n} items" + (f" (root {root})" if root else "")
+        return ImageSet(images, label, where, "dataset")
+    raise DataError(f"cannot read images from a {type(obj).__name__}: pass a uint8 array or tensor, a "
+                    f"torchvision-style dataset, or an ImageSet")
+
+
+def _is_tensor(obj: object) -> bool:
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+
+
+def _item_image(item: object, where: str) -> np.ndarray:
+    image = item[0] if isinstance(item, tuple | list) else item
+    if isinstance(image, Image.Image):
+        if image.mode not in _LOSSLESS_MODES:
+            raise DataError(f"{where}: Pillow mode {image.mode}; dgm-ood reads 8-bit grey or RGB images")
+        target = _LOSSLESS_MODES[image.mode]
+        pixels = np.asarray(image.convert(target) if target else image, dtype=np.uint8)
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if _is_tensor(image):  # torchvision's tensors are C×H×W
+        array = image.detach().cpu().numpy()  # type: ignore[union-attr]
+        return to_nchw(array[None], where, "nchw" if array.ndim == 3 else None)[0]
+    if isinstance(image, np.ndarray):  # PIL's convention: H×W or H×W×C
+        return to_nchw(image[None], where, "nhwc" if image.ndim == 3 else None)[0]
+    raise DataError(f"{where} is a {type(image).__name__}, not an image (PIL image, uint8 array or tensor)")
+
+
+# ---------------------------------------------------------------------------------------------- mapping
+def map_to(images: ImageSet, shape: tuple[int, int, int], mapping: ShapeMap = ShapeMap()) -> ImageSet:
+    """``images`` in ``shape``, unchanged when they have it; otherwise converted as ``mapping`` allows (grey↔RGB,
+    then zero-pad/centre-crop or resize) with every step recorded, or a DataError naming the flag that would."""
+    shape = tuple(shape)
+    if images.shape == shape:
+        return images
+    if not (mapping.match or mapping.resize):
+        raise DataError(f"{images.name} images are {_shape_text(images.shape)} but the model takes "
+                        f"{_shape_text(shape)}; pass --match to zero-pad/crop and convert channels explicitly, "
+                        f"or --resize FILTER")
+    x, done = images.images, []
+    c, h, w = shape
+    if x.shape[1] == 1 and c == 3:
+        x, _ = np.repeat(x, 3, axis=1), done.append("grey → RGB: the grey channel copied to R, G and B")
+    elif x.shape[1] == 3 and c == 1:
+        luma = np.tensordot(np.array([0.299, 0.587, 0.114]), x.astype(np.float64), axes=([0], [1]))
+        x = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, None]
+        done.append("RGB → grey: ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B, rounded")
+    size = f"{x.shape[2]}×{x.shape[3]} → {h}×{w}"
+    if mapping.resize and x.shape[2:] != (h, w):
+        if mapping.resize not in RESIZE_FILTERS:
+            raise DataError(f"unknown resize filter {mapping.resize!r}; filters: {', '.join(RESIZE_FILTERS)}")
+        x = _resize(x, h, w, RESIZE_FILTERS[mapping.resize])
+        done.append(f"resized {size} with Pillow's {mapping.resize} filter (aspect ratio not kept)")
+    elif x.shape[2:] != (h, w):
+        x, step = _pad_or_crop(x, h, w, images.name)
+        done.append(f"{step} {size}")
+    return replace(images, images=np.ascontiguousarray(x), transforms=(*images.transforms, *done),
+                   name=images.name + " (matched)")
+
+
+def _pad_or_crop(x: np.ndarray, h: int, w: int, name: str) -> tuple[np.ndarray, str]:
+    dh, dw = h - x.shape[2], w - x.shape[3]
+    if dh >= 0 and dw >= 0:
+        pads = ((0, 0), (0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))
+        return np.pad(x, pads), (f"zero-padded ({pads[2][0]} px top, {pads[2][1]} bottom, {pads[3][0]} left, "
+                                 f"{pads[3][1]} right)")
+    if dh <= 0 and dw <= 0:
+        top, left = -dh // 2, -dw // 2
+        return x[:, :, top: top + h, left: left + w], f"centre-cropped (from row {top}, column {left})"
+    raise DataError(f"cannot pad or crop {name}'s {x.shape[2]}×{x.shape[3]} images to {h}×{w} (one side grows, the "
+                    f"other shrinks); use --resize FILTER")
+
+
+def _resize(x: np.ndarray, h: int, w: int, resample: Image.Resampling) -> np.ndarray:
+    def one(image: np.ndarray) -> np.ndarray:
+        pil = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+        out = np.asarray(pil.resize((w, h), resample), dtype=np.uint8)
+        return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
+
+    return np.stack([one(image) for image in x])

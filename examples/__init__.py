@@ -1,0 +1,1 @@
+"""Outside models wrapped for the density-model contract (empirical.contract); each runs through verify.compare."""

@@ -1,0 +1,30 @@
+"""The README's Python example, runnable: ``python -m examples.python_api CHECKPOINT IMAGES.npy OUT``.
+
+Score your own images with a trained model: the measurement, the theory's ledger and the detection table.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(checkpoint: str, images: str, out: str) -> None:
+    # --- README example: begin
+    import numpy as np
+
+    from empirical.sources import as_image_set, open_in
+    from verify.api import compare, load_model
+
+    trained = load_model(checkpoint)                       # our checkpoint; or any nn.Module meeting empirical.contract
+    in_train, in_test = open_in(trained.payload["dataset"])  # the data it was trained on: "fashionmnist", a path, …
+    mine = as_image_set(np.load(images), "my images")       # any uint8 array N×H×W, N×H×W×C or N×C×H×W
+    result = compare(trained, in_train, in_test, mine)
+    print(result.verdict)
+    print(result.ledger["summary"])
+    print(result.detection_table())
+    result.write(out)                                       # report.md, results.json, per_image.npz, figures
+    # --- README example: end
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

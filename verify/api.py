@@ -1,0 +1,280 @@
+"""The pipeline as a Python API: objects in, a ``Result`` out.
+
+    from empirical.sources import open_in
+    from verify.api import compare, load_model
+
+    trained = load_model("runs/models/fashionmnist-cvglow-cpu-…/last.pt")  # or any nn.Module meeting
+    in_train, in_test = open_in("fashionmnist")                             # empirical.contract
+    result = compare(trained, in_train, in_test, my_uint8_images)
+    print(result.ledger["summary"], result.detection_table(), sep="\\n")
+    result.write("my-report")  # report.md, results.json, per_image.npz and the figures
+
+``compare`` measures per-image log-likelihoods (with the model's parts), predicts the gap from the theory where
+the model allows it, builds the assumption ledger, runs the graying experiment and scores OOD detection; it says
+which parts ran and why the others did not. Nothing here trains a model or parses a command line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from empirical.atomic import atomic_write, staged
+from empirical.checkpoint import Checkpoint, check_trained_on, model_from_checkpoint
+from empirical.contract import ModelInfo, describe, model_device
+from empirical.errors import DataError, DgmOodError
+from empirical.evaluate import Evaluation, evaluate
+from empirical.presets import EvalBudget, default_budget
+from empirical.sources import ImageSet, as_image_set
+from verify import detect, figures, predictions
+from verify.report import terminal_summary, verdict, write_report
+from verify.runs import device_description, provenance
+
+SETS = ("in_train", "in_test", "out_test")
+
+
+def load_model(path: str | Path) -> Checkpoint:
+    """A trained model of ours from its checkpoint (or the manifest of a split one): model, payload and path."""
+    return model_from_checkpoint(Path(path))
+
+
+@dataclass
+class Measurement:
+    """Per-image evaluations of the three sets (and the held-out IN-train images), the graying series and the sets'
+    moments."""
+
+    evals: dict[str, Evaluation]
+    summary: dict
+    gap_nats: float
+    gap_bpd: float
+    gap_bpd_stderr: float
+    gray_measured: list[float]
+    gray_images: int  # IN-test images per α of the graying experiment
+    stats: dict
+    heldout: Evaluation | None
+
+
+@dataclass
+class Result:
+    """What ``compare`` found: ``results`` is what results.json holds; ``write`` renders the report and figures."""
+
+    results: dict
+    measurement: Measurement
+    scores: dict[str, tuple[np.ndarray, np.ndarray]]  # per-image detection scores (IN-test, OUT-test)
+
+    @property
+    def ledger(self) -> dict | None:
+        return self.results["ledger"]
+
+    @property
+    def detection(self) -> dict | None:
+        return self.results["detection"]
+
+    @property
+    def verdict(self) -> str:
+        return self.results["verdict"]
+
+    def detection_table(self) -> str:
+        """The detection scores as a markdown table (AUROC, AUPRC, FPR at 95% TPR)."""
+        det = self.detection or {}
+        rows = ["| score | AUROC | AUPRC | FPR95 |", "|---|---:|---:|---:|"]
+        rows += [f"| {k} | {v['auroc']:.3f} | {v['auprc']:.3f} | {v['fpr95']:.3f} |"
+                 for k, v in det.get("scores", {}).items()]
+        return "\n".join(rows)
+
+    def write(self, folder: str | Path) -> dict:
+        """report.md, results.json, per_image.npz and the figures into ``folder``, all or none (a failure leaves the
+        folder as it was); returns results.json's content."""
+        out = Path(folder)
+        m = self.measurement
+        per_image = {**{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
+                     **{f"{k}_{p}_nats": v for k, e in m.evals.items() for p, v in e.parts.items()}}
+        with staged(out) as stage:
+            atomic_write(stage / "per_image.npz", lambda f: np.savez_compressed(f, **per_image))
+            paths = _figures(self.results, m, stage) + _detection_figures(self.results, self.scores, stage)
+            results = {**self.results, "figures": [str(out / p.name) for p in paths], "out_dir": str(out)}
+            write_report(results, stage)
+        self.results = results
+        return results
+
+    def summary(self) -> str:
+        """The terminal summary: bits/dim table, verdict, predictions, ledger and detection in a few lines."""
+        return terminal_summary({**self.results, "out_dir": self.results.get("out_dir", "(not written)")})
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, out_test: object, *,
+            heldout: object | None = None, background: nn.Module | None = None,
+            ensemble: list[nn.Module] | tuple = (), detection: bool = True, budget: EvalBudget | None = None,
+            seed: int = 0, device: str | torch.device | None = None, command: str | None = None,
+            started: tuple[str, float] | None = None, model_source: str | None = None,
+            name: str | None = None) -> Result:
+    """Does a model trained on IN give OUT a higher likelihood than IN's own test set, by how much, does the theory
+    predict it, and which score detects OUT?
+
+    ``model``: a ``Checkpoint`` (``load_model``) or any ``nn.Module`` meeting empirical.contract. The image sets
+    are ImageSets or anything ``as_image_set`` takes, all in the model's shape (map OUT with
+    ``empirical.sources.map_to`` first). ``heldout``: IN images the model never trained on (typicality's Ĥ and the
+    thresholds; a Checkpoint supplies its own). ``background`` and ``ensemble`` (models trained on IN) add the
+    likelihood ratio and WAIC. ``budget`` caps the images per set (default: the preset's, or ``default_budget``).
+    ``command``, ``started`` (ISO time, time.time()) and ``model_source`` (where the model came from) go into the
+    provenance; ``name`` is what reports call the model (default: its family, or its class name).
+    """
+    started = started or (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time())
+    sets = {k: as_image_set(v, k) for k, v in zip(SETS, (in_train, in_test, out_test), strict=True)}
+    checkpoint = model if isinstance(model, Checkpoint) else None
+    module = checkpoint.model if checkpoint else model
+    info = describe(module, name or (checkpoint.name if checkpoint else None))
+    for s in sets.values():
+        if s.shape != info.shape:
+            raise DataError(f"{s.name} images are {'×'.join(map(str, s.shape))} but the model takes "
+                            f"{'×'.join(map(str, info.shape))}; map them with empirical.sources.map_to "
+                            f"(--match or --resize on the command line)")
+    if checkpoint:
+        check_trained_on(checkpoint.payload, checkpoint.path, sets["in_train"], sets["in_test"])
+        heldout = heldout if heldout is not None else checkpoint.heldout(sets["in_train"])
+        budget = budget or checkpoint_budget(checkpoint)
+    heldout = None if heldout is None else as_image_set(heldout, "heldout")
+    budget = budget or default_budget()
+    dev = torch.device(device) if device is not None else model_device(module)
+    module = module.to(dev).eval()
+    evaluated = {k: s.head(getattr(budget, k)) for k, s in sets.items()}
+    heldout = None if heldout is None else heldout.head(budget.heldout)
+
+    m = measure(module, info, evaluated, heldout, budget, seed, dev)
+    x0 = sets["in_train"].images.mean(0, dtype=np.float64)
+    th = predictions.theory_for(module, info, x0, evaluated, m, budget, seed)
+    det, per_image_scores = (None, {}) if not detection else detect.detect_for(
+        info, m, evaluated, background, list(ensemble), seed, dev)
+    results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
+    results["model_source"] = model_source or (str(checkpoint.path) if checkpoint else info.name)
+    results["provenance"] = provenance(command or "verify.api.compare (Python)", dev, *started)
+    return Result(results, m, per_image_scores)
+
+
+def checkpoint_budget(checkpoint: Checkpoint) -> EvalBudget:
+    """The evaluation budget of the preset a checkpoint was trained with (the family's, where it has its own)."""
+    from empirical.presets import get_preset
+
+    payload = checkpoint.payload
+    try:
+        return get_preset(payload["preset"], payload["model"], tuple(checkpoint.model.config.shape)).budget
+    except (DgmOodError, KeyError):
+        return default_budget()
+
+
+# ----------------------------------------------------------------------------------------------- measure
+def measure(model: nn.Module, info: ModelInfo, sets: dict[str, ImageSet], heldout: ImageSet | None,
+            budget: EvalBudget, seed: int, device: torch.device) -> Measurement:
+    """Per-image log-likelihoods of the three sets and of the graying series, and the sets' moments."""
+    from theory.statistics import compute_stats
+
+    print("evaluating " + ", ".join(f"{s.name} {len(s)} images" for s in sets.values()), file=sys.stderr)
+    evals = {k: evaluate(model, s.images, seed=seed, device=device, label=f"{s.name} images")
+             for k, s in sets.items()}
+    summary = {k: e.summary() for k, e in evals.items()}
+    gray = sets["in_test"].images[: budget.gray_images]
+    gray_ll = [float(evaluate(model, np.rint(a * gray.astype(np.float64) + (1 - a) * 128).astype(np.uint8),
+                              seed=seed, device=device, label=f"grayed (α = {a}) images").log_px.mean())
+               for a in predictions.ALPHAS]
+    stats = {k: compute_stats(sets[k].images, full_cov=info.smooth, ddof=0) for k in ("in_test", "out_test")}
+    return Measurement(
+        evals, summary,
+        gap_nats=summary["out_test"]["log_px_nats"]["mean"] - summary["in_test"]["log_px_nats"]["mean"],
+        gap_bpd=summary["in_test"]["bpd"]["mean"] - summary["out_test"]["bpd"]["mean"],
+        gap_bpd_stderr=float(np.hypot(summary["in_test"]["bpd"]["stderr"], summary["out_test"]["bpd"]["stderr"])),
+        gray_measured=[v - gray_ll[-1] for v in gray_ll], gray_images=len(gray), stats=stats,
+        heldout=None if heldout is None else evaluate(model, heldout.images, seed=seed, device=device,
+                                                      label=f"{heldout.name} images"))
+
+
+# ----------------------------------------------------------------------------------------------- results
+def _decomposition(m: Measurement) -> dict | None:
+    parts = ("density_nats", "volume_nats")
+    if not all(p in m.summary["in_test"] for p in parts):
+        return None
+    delta = {p: m.summary["out_test"][p]["mean"] - m.summary["in_test"][p]["mean"] for p in parts}
+    dec = {k: {p: m.summary[k][p]["mean"] for p in parts} for k in m.summary}
+    return dec | {"delta": delta, "carried_by": "density" if abs(delta["density_nats"]) >=
+                  abs(delta["volume_nats"]) else "volume"}
+
+
+def results_of(model: nn.Module, info: ModelInfo, checkpoint: Checkpoint | None, evaluated: dict[str, ImageSet],
+               sets: dict[str, ImageSet], heldout: ImageSet | None, m: Measurement, th: dict, det: dict | None,
+               device: torch.device) -> dict:
+    """results.json's content (without the figures, the output folder and the provenance)."""
+    from theory.statistics import mean_difference
+
+    preds = {k: v for k, v in th["prediction"].items() if k != "note"}
+    significant = abs(m.gap_bpd) > 2 * m.gap_bpd_stderr  # a sign is compared only with a gap that has one
+    identical = np.array_equal(evaluated["in_test"].images, evaluated["out_test"].images)
+    agreement = {f"sign_{k}": (None if p is None or not significant or identical
+                               else bool((p["gap_nats"] > 0) == (m.gap_nats > 0))) for k, p in preds.items()}
+    ratios = {k: (None if p is None or m.gap_nats == 0 else p["gap_nats"] / m.gap_nats) for k, p in preds.items()}
+    labels = {k: s.name for k, s in sets.items()}
+    payload = checkpoint.payload if checkpoint else {}
+    decomposition = _decomposition(m)
+    results = {
+        "in": sets["in_train"].source, "out": sets["out_test"].source, "model": info.name,
+        "preset": payload.get("preset", "n/a"), "model_class": predictions.model_class(model, info),
+        "model_info": info.to_dict(), "dims": info.dims,
+        "match": any("(matched)" in s.name for s in sets.values()),
+        "plumbing": any(s.nonstandard for s in sets.values()), "device": device_description(device),
+        "checkpoint": str(checkpoint.path) if checkpoint else None, "trained_steps": payload.get("step"),
+        "n_images": {k: float(len(v)) for k, v in evaluated.items()},
+        "bpd": {k: s["bpd"]["mean"] for k, s in m.summary.items()},
+        "gap_bpd": m.gap_bpd, "gap_bpd_stderr": m.gap_bpd_stderr, "gap_nats": m.gap_nats,
+        "decomposition": decomposition, "prediction": th["prediction"], "agreement": agreement,
+        "ratios": ratios, "ledger": th["ledger"], "detection": det, "hessian_spectrum": th["hessian_spectrum"],
+        "linear_path_check": th["linear_path_check"], "x0": th["x0"], "quadratic_check": th["quadratic_check"],
+        "mean_difference": mean_difference(m.stats["out_test"], m.stats["in_test"]),
+        "graying": {"alphas": predictions.ALPHAS, "n_images": m.gray_images, "measured": m.gray_measured,
+                    "exact_second_order": th["graying"], "closed_form": th["closed"]},
+        "applicability": predictions.applicability(info, model, th, decomposition is not None, det),
+        "summary": m.summary, "labels": labels,
+        "data": {k: s.provenance() for k, s in evaluated.items()} | (
+            {"heldout": heldout.provenance()} if heldout is not None else {}),
+        "data_files": {k: [f.to_dict() for f in s.files] for k, s in sets.items()},
+    }
+    results["verdict"] = verdict(labels["in_test"], labels["out_test"], m.gap_bpd, m.gap_bpd_stderr,
+                                 {k: (p["gap_bpd"] if p else None) for k, p in preds.items()},
+                                 identical=identical)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def _figures(results: dict, m: Measurement, out_dir: Path) -> list[Path]:
+    from empirical.likelihood import discrete_log_likelihood
+
+    dims, labels = results["dims"], results["labels"]
+    g = results["graying"]
+    paths = [
+        figures.loglik_histograms({k: discrete_log_likelihood(e.log_px, dims) for k, e in m.evals.items()}, labels,
+                                  f"{results['model']} trained on {labels['in_train']}", out_dir / "loglik_hist.png"),
+        figures.moment_histograms({k: (s.mean, s.var) for k, s in m.stats.items()}, labels, out_dir / "moments.png"),
+        figures.graying_curve(g["alphas"], g["measured"], {
+            **({"exact second order": g["exact_second_order"]} if g["exact_second_order"] else {}),
+            **({"closed form": g["closed_form"]} if g["closed_form"] else {})}, out_dir / "graying.png"),
+    ]
+    if results["decomposition"]:
+        paths.append(figures.decomposition_histograms(
+            {k: {"density": e.parts["density"], "volume": e.parts["volume"]} for k, e in m.evals.items()},
+            labels, out_dir / "decomposition.png"))
+    return paths
+
+
+def _detection_figures(results: dict, per_image: dict, out_dir: Path) -> list[Path]:
+    if not per_image:
+        return []
+    det = results["detection"]
+    title = f"{results['model']} on {results['labels']['in_train']}: OUT-test vs IN-test"
+    return [figures.roc_curves(per_image, {k: v["auroc"] for k, v in det["scores"].items()}, title,
+                               out_dir / "roc.png"),
+            figures.score_histograms(per_image, results["labels"], out_dir / "scores.png")]

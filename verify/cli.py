@@ -1,0 +1,86 @@
+"""What verify's command lines share: naming a model (our checkpoint, or a user's factory and weights), its held-out
+images, and early checks of settings. Only the CLIs use this module."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from empirical import sources
+from empirical.checkpoint import Checkpoint, check_trained_on, model_from_checkpoint
+from empirical.cli import data_options
+from empirical.contract import image_shape
+from empirical.errors import DgmOodError
+from empirical.factory import call_factory, load_weights
+from empirical.sources import ImageSet, ShapeMap
+
+
+@dataclass
+class OpenedModel:
+    """A model named on the command line, with what the report says about where it came from."""
+
+    module: nn.Module
+    name: str
+    source: str  # the checkpoint's path, or FACTORY [+ WEIGHTS]
+    checkpoint: Checkpoint | None
+    heldout: ImageSet | None
+
+
+def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = False) -> None:
+    g = p.add_argument_group("the model" + ("" if checkpoint_required else
+                                            " (verify.compare trains or reuses its own when none is named)"))
+    g.add_argument("--checkpoint", type=Path, help="a trained model of ours (last.pt, or its .parts.json manifest)")
+    g.add_argument("--model-factory", metavar="MODULE:FUNCTION",
+                   help="your own model: FUNCTION() in MODULE returns a torch.nn.Module meeting the density-model "
+                        "contract (empirical.contract). This imports and runs that code: name only code you trust")
+    g.add_argument("--weights", type=Path,
+                   help="a state dict for --model-factory: .safetensors, or a torch file (read with weights_only)")
+    g.add_argument("--heldout", metavar="SOURCE",
+                   help="images of IN the model never trained on, for typicality's Ĥ and the thresholds (our "
+                        "checkpoints use the images their preset held out)")
+
+
+def check_seed(seed: int) -> None:
+    if seed < 0:
+        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {seed}")
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Contradicting or incomplete model options, refused before any work."""
+    if args.checkpoint and args.model_factory:
+        raise DgmOodError("--checkpoint and --model-factory both name a model; give one")
+    if args.weights and not args.model_factory:
+        raise DgmOodError("--weights loads into a --model-factory model; our checkpoints carry their own weights")
+    if args.heldout and args.checkpoint:
+        raise DgmOodError("--heldout is for outside models; a checkpoint of ours uses the images its preset held out")
+
+
+def open_model(args: argparse.Namespace, in_train: ImageSet, in_test: ImageSet) -> OpenedModel:
+    """The model ``--checkpoint`` or ``--model-factory`` names, checked against IN (a checkpoint must have been
+    trained on IN's images), with its held-out IN images."""
+    check_model_arguments(args)
+    if args.checkpoint:
+        ckpt = model_from_checkpoint(args.checkpoint)
+        check_trained_on(ckpt.payload, args.checkpoint, in_train, in_test)
+        return OpenedModel(ckpt.model, ckpt.name, str(args.checkpoint), ckpt, ckpt.heldout(in_train))
+    if not args.model_factory:
+        raise DgmOodError("name the model with --checkpoint (ours) or --model-factory MODULE:FUNCTION (yours)")
+    module = call_factory(args.model_factory)
+    source = args.model_factory
+    if args.weights:
+        record = load_weights(module, args.weights)
+        source += f" with weights {record['path']} (SHA-256 {record['sha256'][:16]}…)"
+    return OpenedModel(module.eval(), args.model_factory, source, None, open_heldout(args, module, in_test))
+
+
+def open_heldout(args: argparse.Namespace, model: nn.Module, in_test: ImageSet) -> ImageSet | None:
+    """``--heldout``'s images in the model's shape (as they are: no mapping), never IN-test itself."""
+    if not args.heldout:
+        return None
+    held = sources.open_out(args.heldout, image_shape(model), ShapeMap(), data_options(args))
+    if held.digest == in_test.digest:
+        raise DgmOodError(f"--heldout {args.heldout} holds IN-test's own images; held-out images must be others")
+    return held
