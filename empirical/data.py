@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import io
 import lzma
+import math
 import os
 import pickle
 import secrets
@@ -166,18 +167,22 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None) -> 
 
 
 # ------------------------------------------------------------------------------------ readers
-def read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed transparently by suffix (.gz, .xz)."""
+MAX_FILE_BYTES = 256 * 2**20  # more than any official file holds decompressed (SVHN train_32x32.mat: about 230 MB)
+
+
+def read_bytes(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The file's content, decompressed transparently by suffix (.gz, .xz); more than ``limit`` bytes (a
+    decompression bomb, or not the file it claims to be) is a DataError, found after reading ``limit`` + 1 bytes."""
+    opener = gzip.open if path.suffix == ".gz" else lzma.open if path.suffix == ".xz" else open
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        if path.suffix == ".xz":
-            with lzma.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with opener(path, "rb") as f:
+            raw = f.read(limit + 1)
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
         raise DataError(f"corrupt or truncated file {path}: {err}") from err
+    if len(raw) > limit:
+        raise DataError(f"{path} holds more than {limit:,} bytes (decompressed), more than the official file can: "
+                        f"a damaged or malicious file")
+    return raw
 
 
 # What the official CIFAR python files (and numpy's own pickles of uint8 arrays) need, and nothing else.
@@ -257,11 +262,22 @@ def _read_cifar_archive(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]
                 raise DataError(f"{path} lacks {', '.join(missing)}")
             parts = []
             for stem in stems:
+                if members[stem].size > MAX_FILE_BYTES:
+                    raise DataError(f"{path}:{stem} claims {members[stem].size:,} bytes, more than the official file")
                 raw = tar.extractfile(members[stem]).read()  # type: ignore[union-attr]
                 parts.append(_cifar_arrays(_unpickle(raw, f"{path}:{stem}"), f"{path}:{stem}"))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"corrupt or truncated archive {path}: {err}") from err
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+IDX_MAX_ITEMS = 60_000  # the largest official idx split (MNIST and FashionMNIST train)
+IDX_ITEM = {2051: (28, 28), 2049: ()}  # magic → the shape of one item: images 28×28, labels scalars
+
+
+def _idx_limit(magic: int) -> int:
+    """The most bytes an official idx file with this magic can hold: its header and IDX_MAX_ITEMS items."""
+    return 4 + 4 * (1 + len(IDX_ITEM[magic])) + IDX_MAX_ITEMS * math.prod(IDX_ITEM[magic])
 
 
 def _parse_idx(raw: bytes, source: str, magic: int) -> np.ndarray:
@@ -272,8 +288,11 @@ def _parse_idx(raw: bytes, source: str, magic: int) -> np.ndarray:
         raise DataError(f"{source}: idx magic number {found}, expected {magic}")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if len(dims) != 1 + len(IDX_ITEM[magic]) or tuple(dims[1:]) != IDX_ITEM[magic] or dims[0] > IDX_MAX_ITEMS:
+        raise DataError(f"{source}: header says {dims}; an official file holds at most {IDX_MAX_ITEMS} items of "
+                        f"{'×'.join(map(str, IDX_ITEM[magic])) or 'one byte'}")
     offset = 4 + 4 * ndim
-    expected = int(np.prod(dims)) if dims else 0
+    expected = math.prod(dims)  # Python integers: no overflow
     if len(raw) - offset != expected:
         raise DataError(f"{source}: header says {dims} ({expected} bytes of data) but the file has "
                         f"{len(raw) - offset}: truncated or corrupt")
@@ -282,8 +301,8 @@ def _parse_idx(raw: bytes, source: str, magic: int) -> np.ndarray:
 
 def read_idx(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
     """MNIST-style idx pair: images (magic 2051, N×28×28) and labels (magic 2049, N)."""
-    images = _parse_idx(read_bytes(paths[0]), str(paths[0]), 2051)
-    labels = _parse_idx(read_bytes(paths[1]), str(paths[1]), 2049).astype(np.int64)
+    images = _parse_idx(read_bytes(paths[0], _idx_limit(2051)), str(paths[0]), 2051)
+    labels = _parse_idx(read_bytes(paths[1], _idx_limit(2049)), str(paths[1]), 2049).astype(np.int64)
     if images.ndim != 3 or images.shape[0] != labels.shape[0]:
         raise DataError(f"{paths[0]} holds {images.shape} images but {paths[1]} {labels.shape[0]} labels")
     return images[:, None].copy(), labels

@@ -69,12 +69,23 @@ def world() -> World:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; in a group, CUDA means this rank's cuda:LOCAL_RANK."""
+    """``auto`` picks CUDA when present, else CPU; in a group, CUDA means this rank's cuda:LOCAL_RANK. A device this
+    machine does not have (or a name torch does not know) is a one-line DgmOodError, before any work."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and active():
         return torch.device(f"cuda:{world().local_rank}")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise DgmOodError(f"--device {name!r} is not a device name (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise DgmOodError(f"--device {name}: this machine has {count} CUDA device(s); use --device cpu or auto")
+    elif device.type != "cpu":
+        raise DgmOodError(f"--device {name}: only cpu and cuda are supported")
+    return device
 
 
 def init_from_env(device: str = "auto") -> torch.device:

@@ -356,15 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sources.check_name(args.dataset)
+    if args.train_subset is not None and args.train_subset < 1:
+        raise TrainingError(f"--train-subset must be ≥ 1, got {args.train_subset}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise TrainingError(f"--time-limit must be > 0 minutes, got {args.time_limit:g}")
     out = args.out or Path("runs/train") / f"{sources.slug(args.dataset)}-{args.model}-{args.preset}"
-    train_set, test_set = sources.open_in(args.dataset, data_options(args))  # read and checked before any write
-    writable_dir(out, "--out")
-    preset = get_preset(args.preset, args.model, train_set.shape, split_prior=args.split_prior, arch=dict(args.arch),
-                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                        compile=args.compile, hflip=args.hflip, decay=args.decay)
     device = distributed.init_from_env(args.device)  # joins torchrun's group, if any
     main_rank = distributed.world().main
     try:
+        train_set, test_set = sources.open_in(args.dataset, data_options(args))  # read and checked before any write
+        preset = get_preset(args.preset, args.model, train_set.shape, split_prior=args.split_prior,
+                            arch=dict(args.arch), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            warmup=args.warmup, seed=args.seed, compile=args.compile, hflip=args.hflip,
+                            decay=args.decay)
+        writable_dir(out, "--out")
         result = train(train_set, test_set, args.model, preset, out, device=str(device), resume=args.resume,
                        train_subset=args.train_subset, progress=not args.no_progress,
                        time_limit=None if args.time_limit is None else 60 * args.time_limit)

@@ -1,7 +1,7 @@
 """The assumption ledger: which step of the paper's derivation costs what, on a trained flow.
 
 Every row is E_q[log p] − E_p*[log p] in nats per image (p* = IN-test, q = OUT-test). Going down, each row
-adds assumptions of ``theory.derivation.ASSUMPTIONS`` to the one above, from the measurement to the paper:
+adds assumptions of ``theory.assumptions.ASSUMPTIONS`` to the one above, from the measurement to the paper:
 
 1. measured: the model's own per-image log-likelihoods;
 2. its decomposition: the density's terms per latent (top, each split) and the volume; they sum to row 1;
@@ -26,7 +26,7 @@ from empirical.contract import describe
 from empirical.flows import Glow
 from empirical.flows.layers import InvConv1x1
 from empirical.likelihood import nats_gap_to_bpd
-from theory.derivation import ASSUMPTIONS
+from theory.assumptions import ASSUMPTIONS
 from theory.quadratic import Moments, Quadratic, exact_quadratic, quadratic_diagonal
 
 LABELS = {

@@ -32,10 +32,11 @@ from empirical.contract import ModelInfo, describe, model_device
 from empirical.errors import DataError, DgmOodError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.presets import EvalBudget, default_budget
+from empirical.provenance import device_description
 from empirical.sources import ImageSet, as_image_set
-from verify import detect, figures, predictions
+from verify import detect, predictions
 from verify.report import terminal_summary, verdict, write_report
-from verify.runs import device_description, provenance
+from verify.runs import provenance
 
 SETS = ("in_train", "in_test", "out_test")
 
@@ -252,6 +253,7 @@ def results_of(model: nn.Module, info: ModelInfo, checkpoint: Checkpoint | None,
 # ----------------------------------------------------------------------------------------------- figures
 def _figures(results: dict, m: Measurement, out_dir: Path) -> list[Path]:
     from empirical.likelihood import discrete_log_likelihood
+    from verify import figures  # matplotlib is imported when figures are drawn
 
     dims, labels = results["dims"], results["labels"]
     g = results["graying"]
@@ -273,6 +275,8 @@ def _figures(results: dict, m: Measurement, out_dir: Path) -> list[Path]:
 def _detection_figures(results: dict, per_image: dict, out_dir: Path) -> list[Path]:
     if not per_image:
         return []
+    from verify import figures
+
     det = results["detection"]
     title = f"{results['model']} on {results['labels']['in_train']}: OUT-test vs IN-test"
     return [figures.roc_curves(per_image, {k: v["auroc"] for k, v in det["scores"].items()}, title,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from empirical import distributed, sources
-from empirical.checkpoint import load_checkpoint, model_from_checkpoint
+from empirical.checkpoint import Checkpoint, load_checkpoint
 from empirical.cli import (
     add_data_arguments,
     add_shape_arguments,
@@ -33,7 +33,7 @@ from empirical.sources import ImageSet
 from verify import api
 from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, check_seed, open_model
 from verify.report import write_families
-from verify.runs import cached_model, extra_models
+from verify.runs import extra_models, trained_model
 
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
 SCORE_SETS = ("none", "cheap", "all")
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.add_argument("--out", type=Path, help="report folder (default runs/compare/IN-OUT-MODEL-PRESET)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trained models are cached")
+    p.add_argument("--retrain", action="store_true",
+                   help="train from scratch even where shipped weights exist for this run (empirical.shipped)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -84,6 +86,14 @@ def checkpoint_family(args: argparse.Namespace) -> str:
     return family
 
 
+def find_shipped_text(ckpt: Checkpoint) -> str | None:
+    """How shipped weights were made, in one line for the report (None for a checkpoint of a training run)."""
+    from empirical.shipped import available
+
+    name = ckpt.payload.get("shipped")
+    return next((s.describe() for s in available() if s.name == name), None) if name else None
+
+
 def preset_name(args: argparse.Namespace) -> str:
     return args.preset if args.preset != "auto" else ("gpu" if resolve_device(args.device).type == "cuda" else "cpu")
 
@@ -99,9 +109,10 @@ def _model(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_tes
     device = resolve_device(args.device)
     print(f"preset {preset.name}: {model_name} {preset.model}, {preset.train.steps} training steps of "
           f"{preset.train.batch_size}", file=sys.stderr)
-    ckpt = model_from_checkpoint(cached_model(in_train, in_test, model_name, preset, device, args.runs_dir,
-                                              command=command))
-    return OpenedModel(ckpt.model, ckpt.name, str(ckpt.path), ckpt, ckpt.heldout(in_train))
+    ckpt = trained_model(in_train, in_test, model_name, preset, device, args.runs_dir, command=command,
+                         retrain=args.retrain)
+    source = find_shipped_text(ckpt) or str(ckpt.path)
+    return OpenedModel(ckpt.model, ckpt.name, source, ckpt, ckpt.heldout(in_train))
 
 
 def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_test: ImageSet,
@@ -153,6 +164,9 @@ def _compare(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     check_model_arguments(args)
     named = args.checkpoint or args.model_factory
+    if args.retrain and named:
+        raise DgmOodError("--retrain trains our model from scratch; it cannot be combined with --checkpoint or "
+                          "--model-factory")
     if args.all_models and named:
         raise DgmOodError("--all-models trains or reuses one model per family; it cannot take --checkpoint or "
                           "--model-factory")

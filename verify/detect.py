@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import nn
 
 from empirical import scores, sources
@@ -48,17 +47,23 @@ def _labelled(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple[np.ndarray
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """Area under the ROC curve, OUT as the positive class (sklearn.metrics.roc_auc_score); 0.5 is chance."""
+    from sklearn.metrics import roc_auc_score  # imported when needed: it costs a CLI's start almost a second
+
     return float(roc_auc_score(*_labelled(in_scores, out_scores)))
 
 
 def auprc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """Average precision, OUT as the positive class (sklearn.metrics.average_precision_score)."""
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(*_labelled(in_scores, out_scores)))
 
 
 def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr_level: float = 0.95) -> float:
     """The false-positive rate at the first ROC threshold whose true-positive rate reaches ``tpr_level``
     (sklearn.metrics.roc_curve)."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(*_labelled(in_scores, out_scores))
     return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
 

@@ -8,7 +8,6 @@ import numpy as np
 
 from empirical.atomic import atomic_write, write_json
 from theory.ledger import markdown_table
-from verify.figures import family_histograms
 
 
 def write_text(path: Path, lines: list[str]) -> None:
@@ -300,6 +299,8 @@ def write_families(runs: dict[str, dict], out_dir: Path) -> None:
             per_image[name] = {k: z[f"{k}_log_px_nats"] for k in ("in_train", "in_test", "out_test")}
     md += ["", "bits/dim (means); VAE values are IWAE estimates (bounds). Reports: "
            + ", ".join(f"[{n}]({n}/report.md)" for n in runs), ""]
+    from verify.figures import family_histograms  # matplotlib is imported when figures are drawn
+
     fig = family_histograms(per_image, L, {n: r["dims"] for n, r in runs.items()}, Path(out_dir) / "families.png")
     md += [f"![families]({Path(fig).name})", "", f"- command: `{first['provenance']['command']}`",
            f"- commit: `{first['provenance']['commit']}`", f"- device: {first['provenance']['device']}"]

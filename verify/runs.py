@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from empirical import distributed
-from empirical.checkpoint import CorruptCheckpoint, code_version, load_checkpoint
+from empirical.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint, model_from_checkpoint
 from empirical.presets import Preset
+from empirical.provenance import device_description, git_commit
+from empirical.shipped import find
 from empirical.sources import ImageSet, slug, training_digest
 from empirical.train import CHECKPOINT, train
 
-REPO = Path(__file__).resolve().parent.parent
 BACKGROUND_MU = 0.2  # Ren et al.'s perturbation rate for the background model, within their 0.1–0.3
 ENSEMBLE = 5  # K models for WAIC, as in Choi et al.
 
@@ -56,25 +54,6 @@ def cached_model(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     return ckpt
 
 
-def device_description(device: torch.device) -> str:
-    """e.g. ``CPU x86_64 (2 threads)``, ``NVIDIA H100 (CUDA)``; under torchrun ``… × 4 ranks``."""
-    ranks = f" × {distributed.world().size} ranks" if distributed.active() else ""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA){ranks}"
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads){ranks}"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def provenance(command: str, device: torch.device, started: str, t0: float) -> dict:
     """results.json's ``provenance``: what produced the numbers, where, and how long it took (``t0`` from time.time)."""
     return {"command": command, "commit": git_commit(), "device": device_description(device),
@@ -86,7 +65,6 @@ def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     """For the likelihood ratio and WAIC: the background model (``preset`` with perturbation μ = BACKGROUND_MU) and
     the ensemble's k − 1 other members (seeds seed+1 …), each trained or reused from ``runs_dir`` like the main
     model (which is member 0)."""
-    from empirical.checkpoint import model_from_checkpoint
     from empirical.presets import get_preset
 
     split = getattr(preset.model, "split_prior", None)
@@ -100,3 +78,15 @@ def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     members = [model_for(get_preset(preset.name, model_name, preset.model.shape, seed=seed + i, split_prior=split))
                for i in range(1, k)]
     return background, members
+
+
+def trained_model(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,
+                  runs_dir: Path, *, command: str, retrain: bool = False) -> Checkpoint:
+    """The model of this training run: the shipped weights when they are exactly its (empirical.shipped) and
+    ``retrain`` is not asked for, else the cached checkpoint in ``runs_dir`` (trained when missing)."""
+    shipped = None if retrain else find(train_set, test_set, model_name, preset)
+    if shipped is not None:
+        print(f"using the {shipped.describe()}", file=sys.stderr)
+        return shipped.load()
+    return model_from_checkpoint(cached_model(train_set, test_set, model_name, preset, device, runs_dir,
+                                              command=command))

@@ -21,7 +21,6 @@ import torch
 
 from empirical import distributed, sources
 from empirical.atomic import atomic_write, write_json
-from empirical.checkpoint import model_from_checkpoint
 from empirical.cli import add_data_arguments, data_options, run_cli, writable_dir
 from empirical.errors import DataNotFound, DgmOodError, TheoryError
 from empirical.evaluate import Evaluation, evaluate
@@ -32,7 +31,7 @@ from empirical.sources import ImageSet, ShapeMap
 from theory.predict import closed_form, to_model_space
 from theory.quadratic import Moments, exact_quadratic
 from verify import figures
-from verify.runs import cached_model, provenance
+from verify.runs import provenance, trained_model
 
 # IN → its OUT sets, each with whether it is mapped to IN's shape (--match); the paper's pairs and their reverses
 PAIRS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -79,8 +78,9 @@ def prepare_in(name: str, args: argparse.Namespace, device: torch.device, comman
     """Train or reuse IN's model; evaluate IN-train (the budget's subset) and IN-test; the flow's quadratic at x0."""
     train_set, test_set = sources.open_in(name, data_options(args))
     preset = get_preset(args.preset, args.model, train_set.shape, seed=args.seed)
-    ckpt = cached_model(train_set, test_set, args.model, preset, device, args.runs_dir, command=command)
-    model = model_from_checkpoint(ckpt).model.to(device).eval()
+    trained = trained_model(train_set, test_set, args.model, preset, device, args.runs_dir, command=command,
+                            retrain=args.retrain)
+    model, ckpt = trained.model.to(device).eval(), trained.path
     test_set = test_set.head(preset.budget.in_test)
     ev = {k: evaluate(model, v.images, seed=args.seed, device=device, label=f"{v.name} images")
           for k, v in (("train", train_set.head(preset.budget.in_train)), ("test", test_set))}
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IN datasets (default: all)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trained models are cached")
     p.add_argument("--out", type=Path, help="table folder (default runs/table/MODEL-PRESET)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train from scratch even where shipped weights exist (empirical.shipped)")
     add_data_arguments(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -187,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         raise DgmOodError(f"--seed must be a whole number ≥ 0, got {args.seed}")
     out = args.out or Path("runs/table") / f"{args.model}-{args.preset}"
+    device = distributed.resolve_device(args.device)
     writable_dir(out, "--out")  # before any training
     writable_dir(args.runs_dir / "models", "--runs-dir")
-    device = distributed.resolve_device(args.device)
     skipped, panels, labels = [], {}, {}
     table = [e for name in args.in_datasets
              if (e := tabulate(name, args, device, command, skipped, panels, labels)) is not None]
