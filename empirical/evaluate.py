@@ -25,8 +25,9 @@ from empirical.likelihood import bits_per_dim, dequantize, log_likelihood
 
 @dataclass
 class Evaluation:
-    """Per-image results in nats (float64): log_px = log p(x̃) on [0,1)^D, and the model's parts
-    (Glow: ``density`` + ``volume`` = log_px; VAE: ``elbo``, a lower bound; PixelCNN: none)."""
+    """Per-image results (float64): log_px = log p(x̃) on [0,1)^D in nats, and the model's parts (Glow: ``density`` +
+    ``volume`` = log_px, the terms ``latent_*`` in nats and the squared latent norms ``norm_*``; VAE: ``elbo``, a
+    lower bound; PixelCNN: none)."""
 
     log_px: np.ndarray
     parts: dict[str, np.ndarray]
@@ -44,7 +45,12 @@ class Evaluation:
             return {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
 
         return {"n": n, "bpd": stat(self.bpd), "log_px_nats": stat(self.log_px),
-                **{f"{k}_nats": stat(v) for k, v in self.parts.items()}}
+                **{part_key(k): stat(v) for k, v in self.parts.items()}}
+
+
+def part_key(name: str) -> str:
+    """How a part is named in summaries and files: ``density_nats``, …; squared norms keep their name."""
+    return name if name.startswith("norm_") else f"{name}_nats"
 
 
 class NonFiniteLikelihood(DgmOodError):
@@ -189,7 +195,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, device: torch.device) -> int:
               f"(highest {residual.max():.3g})")
     if args.json:
         per_image = {"bpd": result.bpd.tolist(), "log_px_nats": result.log_px.tolist(),
-                     **{f"{k}_nats": v.tolist() for k, v in result.parts.items()},
+                     **{part_key(k): v.tolist() for k, v in result.parts.items()},
                      **{k: v.tolist() for k, v in stats.items()}}
         write_json(args.json, {"summary": s, "data": images.provenance(), "plumbing": images.nonstandard,
                                **per_image})

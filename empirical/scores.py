@@ -99,3 +99,43 @@ def ensemble_log_likelihood(log_px: np.ndarray) -> np.ndarray:
     log_px = np.atleast_2d(np.asarray(log_px, dtype=np.float64))
     top = log_px.max(0)
     return top + np.log(np.exp(log_px - top).mean(0)) if len(log_px) > 1 else log_px[0].copy()
+
+
+def dose(heldout_stats: dict[str, np.ndarray], stats: dict[str, np.ndarray]) -> np.ndarray:
+    """Morningstar et al. (AISTATS 2021), "Density of states estimation for out-of-distribution detection":
+    S(x) = −Σ_j log KDE_j(t_j(x)), one Gaussian KDE (Scott's bandwidth) per summary statistic t_j (log p, each
+    latent's log-density term and squared norm, the volume, the ELBO, …) fitted on held-out IN images; a statistic
+    that is constant there (a constant-volume flow's volume) is left out."""
+    from scipy.stats import gaussian_kde
+
+    total = np.zeros(len(next(iter(stats.values()))))
+    for name, ref in heldout_stats.items():
+        ref = np.asarray(ref, dtype=np.float64)
+        if np.ptp(ref) <= 1e-9 * max(1.0, float(np.abs(ref).max())):
+            continue
+        total -= gaussian_kde(ref).logpdf(np.asarray(stats[name], dtype=np.float64))
+    return total
+
+
+def level_ratio(split_terms: np.ndarray, top_term: np.ndarray) -> np.ndarray:
+    """A flow's levels as a likelihood ratio of one model, in the spirit of Schirrmeister et al. (NeurIPS 2020) and
+    Havtorn et al.'s LLR>k (ICML 2021): S(x) = Σ_i log p(z_i | z_keep) − log p(z_top), how much more the local
+    (split) levels like x than the global (top) level, in nats."""
+    return np.asarray(split_terms, dtype=np.float64) - np.asarray(top_term, dtype=np.float64)
+
+
+def fisher_combination(heldout: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> np.ndarray:
+    """Fisher's method over per-layer statistics (Bergamin et al. 2022; Dauncey et al.): each layer's value is
+    standardised by its mean and standard deviation on held-out IN images, z → two-sided p = erfc(|z|/√2), and
+    S(x) = −2 Σ_layers log p."""
+    from scipy.special import log_ndtr
+
+    total = np.zeros(len(next(iter(values.values()))))
+    for name, ref in heldout.items():
+        ref = np.asarray(ref, dtype=np.float64)
+        sd = ref.std()
+        if sd <= 0:
+            continue
+        z = (np.asarray(values[name], dtype=np.float64) - ref.mean()) / sd
+        total -= 2 * (np.log(2.0) + log_ndtr(-np.abs(z)))  # log p = log(2·Φ(−|z|))
+    return total

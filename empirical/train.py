@@ -34,6 +34,7 @@ from empirical.likelihood import bits_per_dim, log_likelihood
 from empirical.locking import run_lock
 from empirical.models import MODELS, build_model
 from empirical.presets import PRESETS, Preset, TrainConfig, get_preset
+from empirical.provenance import device_description, git_commit
 from empirical.sources import ImageSet, training_digest
 
 CHECKPOINT = "last.pt"
@@ -220,7 +221,8 @@ def _train_locked(model_name: str, preset: Preset, out_dir: Path, ckpt_path: Pat
 
     hparams = {**data, "model": model_name, "preset": preset.name,
                "model_config": preset.model.to_dict(), "train_config": cfg.to_dict(),
-               "code_version": code_version(), "command": command or shlex.join(sys.argv), "device": str(dev),
+               "code_version": code_version(), "commit": git_commit(), "command": command or shlex.join(sys.argv),
+               "device": device_description(dev),
                "schedule_changes": changes, "hflip": hflip}
     if world.main:
         write_json(out_dir / "hparams.json", hparams)
@@ -372,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         writable_dir(out, "--out")
         result = train(train_set, test_set, args.model, preset, out, device=str(device), resume=args.resume,
                        train_subset=args.train_subset, progress=not args.no_progress,
-                       time_limit=None if args.time_limit is None else 60 * args.time_limit)
+                       time_limit=None if args.time_limit is None else 60 * args.time_limit,
+                       command=shlex.join(["python", "-m", "empirical.train",
+                                           *(sys.argv[1:] if argv is None else argv)]))
     finally:
         distributed.shutdown()
     if not main_rank:

@@ -108,3 +108,15 @@ def test_gpu_session_packs_parts_under_the_limit_and_stages_one_data_root(tmp_pa
     assert {str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file()} == {
         *sizes, "anchors/anchor/model.py"}
     assert all((staged / rel).stat().st_size == n for rel, n in sizes.items())
+
+
+def test_profile_of_the_main_jobs_stages(world, tmp_path):
+    from bench.profile_main_job import main as profile_main
+
+    assert profile_main(["--checkpoint", str(world["ckpt"]["cvglow"]), "--training-from",
+                         str(world["ckpt"]["cvglow"]), "--data-dir", str(world["data"]), "--allow-nonstandard-data",
+                         "--json", str(tmp_path / "p.json")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert [r["stage"].split(" ")[0] for r in rows] == ["open", "load", "training", "evaluation", "theory",
+                                                        "explaining", "detection", "report,"]
+    assert all(r["seconds"] >= 0 for r in rows) and [r["measured"] for r in rows].count(False) == 1

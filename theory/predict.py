@@ -186,7 +186,8 @@ def predict(model: torch.nn.Module, x0_pixels: np.ndarray, p_images: np.ndarray,
 
     Returns the closed form (constant-volume flows), the exact second order with its Monte Carlo estimate
     beside it, the averaged-curvature extra, E[T] per set for the quadratic check, the graying curves, the
-    Hessian's spectrum at x0 and the ledger's predicted rows (theory.ledger). With D > EXACT_MAX_DIMS the
+    Hessian's spectrum at x0, the ledger's predicted rows (theory.ledger) and the quadratic itself
+    (``quadratic``, a theory.quadratic.Quadratic, not JSON). With D > EXACT_MAX_DIMS the
     Monte Carlo estimate stands in for the exact second order and the exact-only parts are None.
     """
     model.eval()
@@ -201,7 +202,7 @@ def predict(model: torch.nn.Module, x0_pixels: np.ndarray, p_images: np.ndarray,
     mc = monte_carlo(model, p_images, q_images, x0_pixels, n_samples=n_samples, seed=seed)
     out = {"x0": "mean of IN-train", "averaged_curvature": mc["averaged_curvature"], "closed_form": None,
            "graying": None, "graying_closed_form": None, "taylor_mean": None, "hessian_spectrum": None,
-           "ledger_rows": None, "linear_path_check": None}
+           "ledger_rows": None, "linear_path_check": None, "quadratic": None}
     if info.constant_volume and info.linear_path:
         cf = closed_form(model, p, q, alphas)
         out["graying_closed_form"] = cf.pop("graying", None)
@@ -212,6 +213,7 @@ def predict(model: torch.nn.Module, x0_pixels: np.ndarray, p_images: np.ndarray,
         out["exact_second_order"] = {**mc["monte_carlo"], "method": f"Monte Carlo ({err})"}
         return out
     exact = quad.gap(p, q)
+    out["quadratic"] = quad  # the Quadratic itself (not JSON): the explanation's contrast curve uses it
     out["exact_second_order"] = {**exact, "gap_bpd": nats_gap_to_bpd(exact["gap_nats"], dims),
                                  "method": f"exact: H from {dims} Hessian-vector products, exact moments",
                                  "monte_carlo": mc["monte_carlo"]}
@@ -273,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     avg = result["averaged_curvature"]
     print(f"  averaged curvature (extra): {avg['gap_nats']:+.1f} ± {avg['stderr']:.1f}")
     if args.json:
+        result.pop("quadratic")
         write_json(args.json, {**result, "data": {"in_test": in_test.provenance(), "out_test": out.provenance()}})
     return 0
 

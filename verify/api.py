@@ -30,11 +30,12 @@ from empirical.atomic import atomic_write, staged
 from empirical.checkpoint import Checkpoint, check_trained_on, model_from_checkpoint
 from empirical.contract import ModelInfo, describe, model_device
 from empirical.errors import DataError, DgmOodError
-from empirical.evaluate import Evaluation, evaluate
+from empirical.evaluate import Evaluation, evaluate, part_key
 from empirical.presets import EvalBudget, default_budget
 from empirical.provenance import device_description
 from empirical.sources import ImageSet, as_image_set
 from verify import detect, predictions
+from verify.explain import explain_for
 from verify.report import terminal_summary, verdict, write_report
 from verify.runs import provenance
 
@@ -96,7 +97,7 @@ class Result:
         out = Path(folder)
         m = self.measurement
         per_image = {**{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
-                     **{f"{k}_{p}_nats": v for k, e in m.evals.items() for p, v in e.parts.items()}}
+                     **{f"{k}_{part_key(p)}": v for k, e in m.evals.items() for p, v in e.parts.items()}}
         with staged(out) as stage:
             atomic_write(stage / "per_image.npz", lambda f: np.savez_compressed(f, **per_image))
             paths = _figures(self.results, m, stage) + _detection_figures(self.results, self.scores, stage)
@@ -113,7 +114,8 @@ class Result:
 # ------------------------------------------------------------------------------------------------ entry
 def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, out_test: object, *,
             heldout: object | None = None, background: nn.Module | None = None,
-            ensemble: list[nn.Module] | tuple = (), detection: bool = True, budget: EvalBudget | None = None,
+            ensemble: list[nn.Module] | tuple = (), out_model: nn.Module | None = None,
+            detection: str | None = "cheap", explain: bool = True, budget: EvalBudget | None = None,
             seed: int = 0, device: str | torch.device | None = None, command: str | None = None,
             started: tuple[str, float] | None = None, model_source: str | None = None,
             name: str | None = None) -> Result:
@@ -124,7 +126,10 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     are ImageSets or anything ``as_image_set`` takes, all in the model's shape (map OUT with
     ``empirical.sources.map_to`` first). ``heldout``: IN images the model never trained on (typicality's Ĥ and the
     thresholds; a Checkpoint supplies its own). ``background`` and ``ensemble`` (models trained on IN) add the
-    likelihood ratio and WAIC. ``budget`` caps the images per set (default: the preset's, or ``default_budget``).
+    likelihood ratio and WAIC. ``detection``: "cheap" (every score that needs no more passes of the model),
+    "model" (also the gradient score or a VAE's likelihood regret) or None. ``out_model`` (a model of the same kind
+    trained on OUT-train) adds the entropy decomposition. ``explain=False`` skips the interventions (verify.explain).
+    ``budget`` caps the images per set (default: the preset's, or ``default_budget``).
     ``command``, ``started`` (ISO time, time.time()) and ``model_source`` (where the model came from) go into the
     provenance; ``name`` is what reports call the model (default: its family, or its class name).
     """
@@ -152,9 +157,17 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     m = measure(module, info, evaluated, heldout, budget, seed, dev)
     x0 = sets["in_train"].images.mean(0, dtype=np.float64)
     th = predictions.theory_for(module, info, x0, evaluated, m, budget, seed)
-    det, per_image_scores = (None, {}) if not detection else detect.detect_for(
-        info, m, evaluated, background, list(ensemble), seed, dev)
+    ex = explain_for(module, evaluated, m, th["quadratic"], info.dims, seed=seed, device=dev,
+                     out_model=out_model) if explain else None
+    if ex:  # a prediction that needs no model of OUT, beside the second-order ones
+        c = ex["complexity"]
+        th["prediction"]["input_complexity"] = {
+            "gap_nats": c["gap_nats"], "gap_bpd": c["gap_bpd"],
+            "method": f"log p ≈ a + b·L(x) fitted on {c['n_fit']} IN-train images (L: {c['compressor']} bits)"}
+    det, per_image_scores = (None, {}) if detection in (None, "none") else detect.detect_for(
+        module, info, m, evaluated, heldout, background, list(ensemble), seed, dev, expensive=detection == "model")
     results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
+    results["explain"] = ex
     results["model_source"] = model_source or (str(checkpoint.path) if checkpoint else info.name)
     results["provenance"] = provenance(command or "verify.api.compare (Python)", dev, *started)
     return Result(results, m, per_image_scores)
@@ -265,6 +278,11 @@ def _figures(results: dict, m: Measurement, out_dir: Path) -> list[Path]:
             **({"exact second order": g["exact_second_order"]} if g["exact_second_order"] else {}),
             **({"closed form": g["closed_form"]} if g["closed_form"] else {})}, out_dir / "graying.png"),
     ]
+    ex = results.get("explain")
+    if ex:
+        c = ex["contrast"]
+        paths.append(figures.contrast_curves(c["s"], c["measured"], c["second_order"], labels,
+                                             out_dir / "contrast.png"))
     if results["decomposition"]:
         paths.append(figures.decomposition_histograms(
             {k: {"density": e.parts["density"], "volume": e.parts["volume"]} for k, e in m.evals.items()},

@@ -36,7 +36,7 @@ from verify.report import write_families
 from verify.runs import extra_models, trained_model
 
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
-SCORE_SETS = ("none", "cheap", "all")
+SCORE_SETS = ("none", "cheap", "model", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's exact model class "
                         "(default: learned conditional priors)")
     p.add_argument("--scores", default="cheap", choices=SCORE_SETS,
-                   help="OOD detection scores: cheap (likelihood, typicality, input complexity; default), all (also "
-                        "the likelihood ratio and WAIC, which train a background model and an ensemble), none")
+                   help="OOD detection scores: cheap (likelihood, typicality, input complexity, DoSE, per-latent "
+                        "scores; default); model (also the gradient score or a VAE's likelihood regret: more passes "
+                        "of the same model); all (also the likelihood ratio and WAIC, which train a background model "
+                        "and an ensemble); none")
+    p.add_argument("--entropy", action="store_true",
+                   help="also train (or reuse) a model of the same kind on OUT's training part: the entropy "
+                        "decomposition gap = [H(IN) − H(OUT)] − [KL(OUT‖p) − KL(IN‖p)]")
     p.add_argument("--all-models", action="store_true",
                    help="run the --model flow (default cvglow), pixelcnn and vae on the same pair; one table "
                         "and one figure (each model's report in its own folder)")
@@ -115,6 +120,23 @@ def _model(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_tes
     return OpenedModel(ckpt.model, ckpt.name, source, ckpt, ckpt.heldout(in_train))
 
 
+def out_parts(args: argparse.Namespace, in_train: ImageSet, out_test: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """OUT's training part and the test part compared, in IN's shape, for ``--entropy``: OUT must have a training
+    part that is not the images evaluated (a registry dataset, or a source with train and test parts)."""
+    if args.out_dataset in sources.SYNTHETIC_NAMES or out_test.part != "test":
+        raise DgmOodError(f"--entropy trains a model of OUT on its training part, and {args.out_dataset} has none "
+                          f"apart from the images compared (use a registry dataset or a source with train and test "
+                          f"parts)")
+    train, _ = sources.open_in(args.out_dataset, data_options(args))
+    return sources.map_to(train, in_train.shape, shape_map(args)), out_test
+
+
+def _preset_of(opened: OpenedModel, in_train: ImageSet, seed: int):
+    payload = opened.checkpoint.payload
+    return get_preset(payload["preset"], opened.name, in_train.shape, seed=seed,
+                      split_prior=payload["model_config"].get("split_prior") if opened.name in FLOWS else None)
+
+
 def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_test: ImageSet,
                 out_test: ImageSet, out_dir: Path, started: tuple[str, float] | None = None) -> dict:
     """Open or train the model, compare, write the report; returns results.json's content. The wall-clock counts
@@ -123,20 +145,24 @@ def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, i
     command = shlex.join(["python", "-m", "verify.compare", *args.argv])
     opened = _model(args, model_name, in_train, in_test, command)
     device = resolve_device(args.device)
-    background, ensemble = None, []
+    background, ensemble, out_model = None, [], None
+    if (args.scores == "all" or args.entropy) and opened.checkpoint is None:
+        raise DgmOodError("--scores all and --entropy train more models like this one; they need a model of ours (an "
+                          "outside model's training is not known)")
+    if args.entropy:
+        out_train, out_test_part = out_parts(args, in_train, out_test)
+        print(f"entropy decomposition: training or reusing a {opened.name} on {out_train.name}", file=sys.stderr)
+        out_model = trained_model(out_train, out_test_part, opened.name, _preset_of(opened, in_train, args.seed),
+                                  device, args.runs_dir, command=command, retrain=args.retrain).model
     if args.scores == "all":
-        if opened.checkpoint is None:
-            raise DgmOodError("--scores all trains a background model and an ensemble like the model; it needs a "
-                              "model of ours (an outside model's training is not known): use --scores cheap")
-        payload = opened.checkpoint.payload
-        preset = get_preset(payload["preset"], opened.name, in_train.shape, seed=args.seed,
-                            split_prior=payload["model_config"].get("split_prior") if opened.name in FLOWS else None)
+        preset = _preset_of(opened, in_train, args.seed)
         print("detection scores: training or reusing a background model and 4 more ensemble members",
               file=sys.stderr)
         background, ensemble = extra_models(in_train, in_test, opened.name, preset, device, args.runs_dir,
                                             seed=args.seed, command=command)
     result = api.compare(opened.checkpoint or opened.module, in_train, in_test, out_test, heldout=opened.heldout,
-                         background=background, ensemble=ensemble, detection=args.scores != "none",
+                         background=background, ensemble=ensemble, out_model=out_model,
+                         detection={"all": "model"}.get(args.scores, args.scores),
                          budget=None if opened.checkpoint else default_budget(preset_name(args)), seed=args.seed,
                          device=device, command=command, started=started, model_source=opened.source,
                          name=opened.name)
@@ -175,13 +201,16 @@ def _compare(args: argparse.Namespace) -> int:
     model = checkpoint_family(args) if args.checkpoint else ("outside" if args.model_factory else
                                                             (args.model or "cvglow"))
     stem = f"{sources.slug(args.in_dataset)}-{sources.slug(args.out_dataset)}" + ("-match" if args.match else "")
-    tag = ("-splitfixed" if args.split_prior == "fixed" else "") + ("-scoresall" if args.scores == "all" else "")
+    tag = ("-splitfixed" if args.split_prior == "fixed" else "") \
+        + (f"-scores{args.scores}" if args.scores in ("model", "all") else "") + ("-entropy" if args.entropy else "")
     out = args.out or Path("runs/compare") / (f"{stem}-families-{preset_name(args)}{tag}" if args.all_models
                                               else f"{stem}-{model}-{preset_name(args)}{tag}")
     # every input is read and checked before anything is written or trained
     in_train, in_test = sources.open_in(args.in_dataset, data_options(args))
     out_test = sources.open_out(args.out_dataset, in_train.shape, shape_map(args), data_options(args),
                                 n_synthetic=len(in_test), seed=args.seed)
+    if args.entropy:
+        out_parts(args, in_train, out_test)  # OUT has a training part: checked before any training
     writable_dir(out, "--out")  # before any training: a report that cannot be written would waste it
     if not named:
         writable_dir(args.runs_dir / "models", "--runs-dir")

@@ -26,7 +26,7 @@ from empirical.cli import add_data_arguments, add_shape_arguments, data_options,
 from empirical.contract import ModelInfo, describe, model_device
 from empirical.distributed import resolve_device
 from empirical.errors import DgmOodError
-from empirical.evaluate import evaluate
+from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
 from empirical.models import FLOWS
 from empirical.presets import get_preset
@@ -35,8 +35,15 @@ from verify.cli import add_model_arguments, check_seed, open_model
 from verify.runs import BACKGROUND_MU, extra_models, provenance
 
 BATCH_SIZES = (2, 5, 10, 25)  # M of the batch typicality test
+BOOTSTRAP = 1000  # resamples of the AUROC's interval
+# The one score a user can trust first: RECOMMENDATION says why (chosen once, on IN-only criteria and the two
+# offline pairs, and not revisited per OOD set).
+RECOMMENDED = "complexity_png"
+RECOMMENDATION = ("input complexity with PNG (Serrà et al. 2020): it needs nothing but the model and the image (no "
+                  "held-out images, no second model), costs one compression per image, and had the highest mean "
+                  "AUROC over the two offline pairs (FashionMNIST → MNIST, CIFAR-10 → MNIST) among such scores")
 ALPHA = 0.99  # the bootstrap threshold's quantile
-SCORE_SETS = ("cheap", "all")
+SCORE_SETS = ("cheap", "model", "all")
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -61,31 +68,56 @@ def auprc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr_level: float = 0.95) -> float:
     """The false-positive rate at the first ROC threshold whose true-positive rate reaches ``tpr_level``
-    (sklearn.metrics.roc_curve)."""
+    (sklearn.metrics.roc_curve with every threshold: dropping collinear ones could skip the first that reaches it)."""
     from sklearn.metrics import roc_curve
 
-    fpr, tpr, _ = roc_curve(*_labelled(in_scores, out_scores))
+    fpr, tpr, _ = roc_curve(*_labelled(in_scores, out_scores), drop_intermediate=False)  # every threshold kept
     return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
 
 
+def auroc_interval(in_scores: np.ndarray, out_scores: np.ndarray, *, n_boot: int = BOOTSTRAP, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval of the AUROC: IN and OUT resampled with replacement ``n_boot`` times (seeded);
+    each resample's AUROC = Σ_j w_j (#IN below s_j + ½ #IN equal to s_j)/(n_in·n_out), counted with the resampled
+    multiplicities over one sort, so a thousand resamples of 20,000 images take a fraction of a second."""
+    s_in, s_out = np.asarray(in_scores, dtype=np.float64), np.asarray(out_scores, dtype=np.float64)
+    order = np.argsort(s_in, kind="stable")
+    sorted_in = s_in[order]
+    below, upto = np.searchsorted(sorted_in, s_out, "left"), np.searchsorted(sorted_in, s_out, "right")
+    rng = np.random.default_rng(seed)
+    n_in, n_out = len(s_in), len(s_out)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        w_in = np.bincount(rng.integers(0, n_in, n_in), minlength=n_in)[order]
+        w_out = np.bincount(rng.integers(0, n_out, n_out), minlength=n_out)
+        cum = np.concatenate([[0], np.cumsum(w_in)])
+        values[b] = float(w_out @ (cum[below] + 0.5 * (cum[upto] - cum[below]))) / (n_in * n_out)
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
 def metrics(in_scores: np.ndarray, out_scores: np.ndarray) -> dict:
-    """AUROC, AUPRC and FPR at 95% TPR of one score, and the sample sizes."""
-    return {"auroc": auroc(in_scores, out_scores), "auprc": auprc(in_scores, out_scores),
-            "fpr95": fpr_at_tpr(in_scores, out_scores), "n_in": len(in_scores), "n_out": len(out_scores)}
+    """AUROC with its bootstrap 95% interval, AUPRC, FPR at 95% and at 80% TPR of one score, and the sample sizes."""
+    return {"auroc": auroc(in_scores, out_scores), "auroc_ci95": list(auroc_interval(in_scores, out_scores)),
+            "auprc": auprc(in_scores, out_scores), "fpr95": fpr_at_tpr(in_scores, out_scores),
+            "fpr80": fpr_at_tpr(in_scores, out_scores, 0.80), "n_in": len(in_scores), "n_out": len(out_scores)}
 
 
 # ------------------------------------------------------------------------------------------------ scores
 @dataclass
 class Inputs:
-    """What the scores need: per-image bits/dim of the model on IN-test, OUT-test and (optionally) held-out IN
-    images, the uint8 images (for the compressors), and optionally the background model's bits/dim and the
-    ensemble's log-likelihoods (K×N, nats)."""
+    """What the scores need, per set (in_test, out_test and optionally heldout): the model's bits/dim, its summary
+    statistics (log p and its parts), the uint8 images (for the compressors), and optionally the background model's
+    bits/dim, the ensemble's log-likelihoods (K×N, nats), per-layer gradient statistics and likelihood regrets."""
 
     bpd: dict[str, np.ndarray]  # in_test, out_test[, heldout]
     images: dict[str, np.ndarray]  # in_test, out_test
     dims: int
+    stats: dict[str, dict[str, np.ndarray]] | None = None  # set → {log_px, latent_*, norm_*, volume, elbo, …}
     background: dict[str, np.ndarray] | None = None  # in_test, out_test bits/dim
     ensemble: dict[str, np.ndarray] | None = None  # in_test, out_test: K×N log p (nats)
+    gradients: dict[str, dict[str, np.ndarray]] | None = None  # set → {parameter: log ‖∇ log p‖²}
+    regret: dict[str, np.ndarray] | None = None  # in_test, out_test: likelihood regret (nats)
 
     @property
     def entropy(self) -> float | None:
@@ -102,10 +134,33 @@ def per_image_scores(x: Inputs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for codec in scores.COMPRESSORS:
         out[f"complexity_{codec}"] = tuple(
             scores.complexity(x.bpd[k], scores.compressed_bits(x.images[k], codec), x.dims) for k in sets)
+    out.update(_statistic_scores(x))
     if x.background is not None:
         out["likelihood_ratio"] = tuple(scores.likelihood_ratio(x.bpd[k], x.background[k]) for k in sets)
     if x.ensemble is not None:
         out["waic"] = tuple(scores.waic(x.ensemble[k]) for k in sets)
+    if x.gradients is not None and "heldout" in x.gradients:
+        out["gradient"] = tuple(scores.fisher_combination(x.gradients["heldout"], x.gradients[k]) for k in sets)
+    if x.regret is not None:
+        out["likelihood_regret"] = tuple(np.asarray(x.regret[k], dtype=np.float64) for k in sets)
+    return {RECOMMENDED: out[RECOMMENDED], **out} if RECOMMENDED in out else out
+
+
+def _statistic_scores(x: Inputs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The scores built from the model's summary statistics: DoSE (fitted on the held-out images), each flow
+    latent's own log-density term (−term, nats), and the flow's level ratio."""
+    if x.stats is None:
+        return {}
+    sets, out = ("in_test", "out_test"), {}
+    if "heldout" in x.stats:
+        out["dose"] = tuple(scores.dose(x.stats["heldout"], x.stats[k]) for k in sets)
+    latents = sorted(k for k in x.stats["in_test"] if k.startswith("latent_"))
+    for name in latents:
+        out[name] = tuple(-np.asarray(x.stats[k][name], dtype=np.float64) for k in sets)
+    splits = [n for n in latents if n != "latent_top"]
+    if splits and "latent_top" in latents:
+        out["level_ratio"] = tuple(scores.level_ratio(sum(x.stats[k][n] for n in splits), x.stats[k]["latent_top"])
+                                   for k in sets)
     return out
 
 
@@ -144,7 +199,8 @@ def detection(x: Inputs, seed: int = 0) -> tuple[dict, dict[str, tuple[np.ndarra
     """results.json's ``detection``: the settings, every score's metrics, the batch test and the ensemble gap;
     and the per-image scores themselves (for the figures)."""
     per_image = per_image_scores(x)
-    settings = {"entropy_bpd": x.entropy, "heldout_images": len(x.bpd["heldout"]) if "heldout" in x.bpd else 0,
+    settings = {"recommended": RECOMMENDED, "entropy_bpd": x.entropy,
+                "heldout_images": len(x.bpd["heldout"]) if "heldout" in x.bpd else 0,
                 "compressors": {"png": "Pillow PNG, compress_level 9", "jpegxl": "JPEG XL lossless (libjxl via "
                                 "imagecodecs), effort 7"}, "batch_sizes": list(BATCH_SIZES), "alpha": ALPHA,
                 "background_mu": BACKGROUND_MU if x.background is not None else None,
@@ -153,17 +209,53 @@ def detection(x: Inputs, seed: int = 0) -> tuple[dict, dict[str, tuple[np.ndarra
             "batch_typicality": batch_test(x, seed), "ensemble": ensemble_gap(x)}, per_image
 
 
-def detect_for(info: ModelInfo, m, sets: dict[str, ImageSet], background: nn.Module | None,
-               ensemble: list[nn.Module], seed: int, device: torch.device) -> tuple[dict, dict]:
-    """The detection scores of a comparison (``m`` is verify.api's Measurement); the background model and the
-    ensemble's other members, when given, are evaluated here on IN-test and OUT-test."""
-    bpd = {k: m.evals[k].bpd for k in ("in_test", "out_test")}
-    if m.heldout is not None:
-        bpd["heldout"] = m.heldout.bpd
-    x = Inputs(bpd, {k: sets[k].images for k in ("in_test", "out_test")}, info.dims)
+STATISTICS_LEFT_OUT = ("density",)  # log p minus the volume: it would count log p twice in DoSE
 
-    def log_px(model: nn.Module) -> dict[str, np.ndarray]:
-        return {k: evaluate(model.to(device), sets[k].images, seed=seed, device=device,
+
+def statistics(ev: Evaluation) -> dict[str, np.ndarray]:
+    """An evaluation's summary statistics for DoSE: log p and the model's parts (latent terms and norms, the
+    volume, the ELBO)."""
+    return {"log_px": ev.log_px, **{k: v for k, v in ev.parts.items() if k not in STATISTICS_LEFT_OUT}}
+
+
+def inputs_from(evals: dict[str, Evaluation], images: dict[str, np.ndarray], dims: int) -> Inputs:
+    """Inputs from evaluations of in_test, out_test and optionally heldout, and the images of the first two."""
+    return Inputs({k: e.bpd for k, e in evals.items()}, images, dims,
+                  stats={k: statistics(e) for k, e in evals.items()})
+
+
+def model_statistics(model: nn.Module, info: ModelInfo, images: dict[str, np.ndarray], seed: int) -> dict:
+    """The statistics that need the model again (``--scores all``), for each set in ``images``: per-layer gradient
+    norms where log p is not stochastic, the likelihood regret of a VAE (a model with encode and decode_log_prob);
+    ``{"gradients": {set: {layer: values}} or None, "regret": {set: values} or None}``."""
+    from empirical.model_scores import gradient_norms, likelihood_regret
+
+    vae = info.stochastic and callable(getattr(model, "decode_log_prob", None)) and callable(
+        getattr(model, "encode", None))
+    return {"gradients": None if info.stochastic else {k: gradient_norms(model, v, seed=seed)
+                                                        for k, v in images.items()},
+            "regret": {k: likelihood_regret(model, v, seed=seed) for k, v in images.items()} if vae else None}
+
+
+def _attach(x: Inputs, stats: dict) -> None:
+    if stats["gradients"] is not None and "heldout" in stats["gradients"]:
+        x.gradients = stats["gradients"]
+    if stats["regret"] is not None:
+        x.regret = {k: stats["regret"][k] for k in ("in_test", "out_test")}
+
+
+def detect_for(model: nn.Module, info: ModelInfo, m, sets: dict[str, ImageSet], heldout: ImageSet | None,
+               background: nn.Module | None, ensemble: list[nn.Module], seed: int, device: torch.device,
+               expensive: bool = False) -> tuple[dict, dict]:
+    """The detection scores of a comparison (``m`` is verify.api's Measurement); the background model and the
+    ensemble's other members, when given, are evaluated here on IN-test and OUT-test; ``expensive`` adds the
+    gradient score and (for a VAE) the likelihood regret."""
+    evals = {k: m.evals[k] for k in ("in_test", "out_test")} | ({"heldout": m.heldout} if m.heldout else {})
+    images = {k: sets[k].images for k in ("in_test", "out_test")}
+    x = inputs_from(evals, images, info.dims)
+
+    def log_px(net: nn.Module) -> dict[str, np.ndarray]:
+        return {k: evaluate(net.to(device), sets[k].images, seed=seed, device=device,
                             label=f"{sets[k].name} images").log_px for k in ("in_test", "out_test")}
 
     if background is not None:
@@ -171,6 +263,10 @@ def detect_for(info: ModelInfo, m, sets: dict[str, ImageSet], background: nn.Mod
     if ensemble:
         members = [{k: m.evals[k].log_px for k in ("in_test", "out_test")}] + [log_px(e) for e in ensemble]
         x.ensemble = {k: np.stack([e[k] for e in members]) for k in ("in_test", "out_test")}
+    if expensive:
+        print("detection scores: per-example gradients of log p, or the likelihood regret", file=sys.stderr)
+        _attach(x, model_statistics(model, info, images | ({"heldout": heldout.images} if heldout is not None
+                                                          else {}), seed))
     return detection(x, seed)
 
 
@@ -182,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_datasets", metavar="OUT", nargs="+", help="OOD sets: registry names, constant, noise, paths")
     add_model_arguments(p, checkpoint_required=False)
     p.add_argument("--scores", default="cheap", choices=SCORE_SETS,
-                   help="cheap: likelihood, typicality, complexity; all: also the likelihood ratio and WAIC, "
-                        "which train a background model and an ensemble (cached in --runs-dir)")
+                   help="cheap: likelihood, typicality, complexity, DoSE, per-latent scores; model: also the gradient "
+                        "score or a VAE's likelihood regret; all: also the likelihood ratio and WAIC, which train a "
+                        "background model and an ensemble (cached in --runs-dir)")
     add_shape_arguments(p)
     add_data_arguments(p)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -194,30 +291,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def screen(model: nn.Module, in_test: ImageSet, out_sets: list[ImageSet], *, heldout: ImageSet | None = None,
-           background: nn.Module | None = None, ensemble: list[nn.Module] | tuple = (), seed: int = 0,
-           device: torch.device | None = None) -> dict[str, dict]:
+           background: nn.Module | None = None, ensemble: list[nn.Module] | tuple = (), expensive: bool = False,
+           seed: int = 0, device: torch.device | None = None) -> dict[str, dict]:
     """One model against several OOD sets: each OUT set's ``detection`` (as in verify.compare), keyed by its source.
     IN-test, the held-out images and the extra models' IN-test values are evaluated once."""
     info = describe(model)
     device = device or model_device(model)
 
-    def log_px(net: nn.Module, images: ImageSet) -> np.ndarray:
-        return evaluate(net.to(device), images.images, seed=seed, device=device, label=f"{images.name} images").log_px
+    def ev(net: nn.Module, images: ImageSet) -> Evaluation:
+        return evaluate(net.to(device), images.images, seed=seed, device=device, label=f"{images.name} images")
 
-    base = {"in_test": log_px(model, in_test)} | ({"heldout": log_px(model, heldout)} if heldout is not None else {})
-    extra_in = {"background": log_px(background, in_test) if background is not None else None,
-                "ensemble": [log_px(e, in_test) for e in ensemble]}
+    base = {"in_test": ev(model, in_test)} | ({"heldout": ev(model, heldout)} if heldout is not None else {})
+    extra_in = {"background": ev(background, in_test).log_px if background is not None else None,
+                "ensemble": [ev(e, in_test).log_px for e in ensemble]}
+    fixed = model_statistics(model, info, {"in_test": in_test.images} | (
+        {"heldout": heldout.images} if heldout is not None else {}), seed) if expensive else None
     table = {}
     for out_test in out_sets:
-        lp = {**base, "out_test": log_px(model, out_test)}
-        x = Inputs({k: bits_per_dim(v, info.dims) for k, v in lp.items()},
-                   {"in_test": in_test.images, "out_test": out_test.images}, info.dims)
+        out_ev = ev(model, out_test)
+        x = inputs_from({**base, "out_test": out_ev}, {"in_test": in_test.images, "out_test": out_test.images},
+                        info.dims)
         if background is not None:
             x.background = {"in_test": bits_per_dim(extra_in["background"], info.dims),
-                            "out_test": bits_per_dim(log_px(background, out_test), info.dims)}
+                            "out_test": bits_per_dim(ev(background, out_test).log_px, info.dims)}
         if ensemble:
-            x.ensemble = {"in_test": np.stack([lp["in_test"], *extra_in["ensemble"]]),
-                          "out_test": np.stack([lp["out_test"], *(log_px(e, out_test) for e in ensemble)])}
+            x.ensemble = {"in_test": np.stack([base["in_test"].log_px, *extra_in["ensemble"]]),
+                          "out_test": np.stack([out_ev.log_px, *(ev(e, out_test).log_px for e in ensemble)])}
+        if fixed is not None:
+            own = model_statistics(model, info, {"out_test": out_test.images}, seed)
+            _attach(x, {k: None if fixed[k] is None else {**fixed[k], **own[k]} for k in fixed})
         table[out_test.source], _ = detection(x, seed)
     return table
 
@@ -245,12 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args, command) \
         if args.scores == "all" else (None, [])
     table = screen(model, in_test, outs, heldout=opened.heldout, background=background, ensemble=ensemble,
-                   seed=args.seed, device=device)
+                   expensive=args.scores in ("model", "all"), seed=args.seed, device=device)
     plumbing = any(s.nonstandard for s in (in_train, in_test, *outs))
     names = list(dict.fromkeys(k for det in table.values() for k in det["scores"]))
     label = "PLUMBING RUN on non-standard data, not a result. " if plumbing else ""
     print(f"{label}AUROC (OUT positive; 0.5 = chance) for {opened.name} trained on {in_train.source} "
           f"({opened.source}):")
+    print(f"recommended score: {RECOMMENDED} (first column): {RECOMMENDATION}")
     print("| OUT | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
     for name, det in table.items():
         print(f"| {name} | " + " | ".join(f"{det['scores'][s]['auroc']:.3f}" if s in det["scores"] else "n/a"

@@ -92,6 +92,29 @@ def graying_curve(alphas: list[float], measured: list[float], predicted: dict[st
 
 
 @styled
+def contrast_curves(s: list[float], measured: dict[str, list[float]], predicted: dict[str, list[float]] | None,
+                    labels: dict[str, str], path: Path) -> Path:
+    """E[log p(x_s)] − E[log p(x)] against the contrast s of x_s = μ + s·(x − μ), measured (solid) and the
+    second-order prediction (dashed), one colour per set."""
+    fig = _figure(figsize=(5.2, 3.8))
+    ax = fig.subplots()
+    for key, curve in measured.items():
+        ax.plot(s, curve, "o-", color=COLOURS[key], label=f"{labels[key]}: measured")
+        if predicted:
+            ax.plot(s, predicted[key], "s--", color=COLOURS[key], alpha=0.7, label=f"{labels[key]}: second order")
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.axvline(1, color="0.85", lw=0.8)
+    scale = max([abs(v) for curve in measured.values() for v in curve] + [1.0])
+    if predicted and any(abs(v) > 20 * scale for curve in predicted.values() for v in curve):
+        ax.set_yscale("symlog", linthresh=scale)
+    ax.set_xlabel("contrast s  (1 = the images as they are)")
+    ax.set_ylabel("Δ log p  [nats per image]")
+    ax.set_title("Contrast scaling: x_s = μ + s·(x − μ)")
+    ax.legend(frameon=False, fontsize=7)
+    return _save(fig, path)
+
+
+@styled
 def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: dict[str, str], path: Path) -> Path:
     """Per-image density log p_z(f(x)) and volume log|det ∂f/∂x| (nats) for each dataset, side by side."""
     fig = _figure(figsize=(9, 3.4))

@@ -19,7 +19,7 @@ from theory.quadratic import EXACT_MAX_DIMS, Moments
 
 ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # the graying experiment's x_α = α·x + (1−α)·128
 EMPTY = {"x0": None, "quadratic_check": None, "graying": None, "closed": None, "ledger": None,
-         "hessian_spectrum": None, "linear_path_check": None}
+         "hessian_spectrum": None, "linear_path_check": None, "quadratic": None}
 
 
 def not_smooth_reason(info: ModelInfo) -> str:
@@ -76,8 +76,9 @@ def _without_non_finite(th: dict) -> dict:
 
 def theory_for(model: nn.Module, info: ModelInfo, x0: np.ndarray, sets: dict[str, ImageSet], m, budget: EvalBudget,
                seed: int) -> dict:
-    """The predictions, the ledger and the diagnostics (``m`` is the api's Measurement); for a model without a
-    differentiable log-density every prediction is None and the note says why."""
+    """The predictions, the ledger and the diagnostics (``m`` is the api's Measurement), and the exact quadratic at x0
+    (``quadratic``, not JSON); for a model without a differentiable log-density every prediction is None and the
+    note says why."""
     if not info.smooth:
         return {"prediction": {"closed_form": None, "exact_second_order": None, "averaged_curvature": None,
                                "note": "the second-order theory does not apply: " + not_smooth_reason(info)}, **EMPTY}
@@ -109,7 +110,7 @@ def theory_for(model: nn.Module, info: ModelInfo, x0: np.ndarray, sets: dict[str
     return _without_non_finite({
         "prediction": prediction, "x0": pr["x0"], "quadratic_check": quadratic_check, "graying": pr["graying"],
         "closed": pr["graying_closed_form"], "ledger": book, "hessian_spectrum": pr["hessian_spectrum"],
-        "linear_path_check": pr["linear_path_check"]})
+        "linear_path_check": pr["linear_path_check"], "quadratic": pr["quadratic"]})
 
 
 def applicability(info: ModelInfo, model: nn.Module, th: dict, decomposition: bool, det: dict | None) -> list[dict]:

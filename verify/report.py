@@ -32,8 +32,12 @@ def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float
     else:
         word = "HIGHER" if gap_bpd > 0 else "LOWER"
         head = f"{out_label} gets {word} likelihood than {in_label} (gap {gap_bpd:+.3f} bpd)"
-    if all(p is None for p in predictions.values()):
-        return head + "; the second-order theory does not apply to this model (see the note)"
+    second = {k: v for k, v in predictions.items() if k != "input_complexity"}
+    if all(p is None for p in second.values()):
+        head += "; the second-order theory does not apply to this model (see the note)"
+        predictions = {k: v for k, v in predictions.items() if k not in second}
+        if not predictions:
+            return head
     parts = []
     for name, pred in predictions.items():
         if pred is None:
@@ -45,7 +49,7 @@ def verdict(in_label: str, out_label: str, gap_bpd: float, gap_bpd_stderr: float
         same = (pred > 0) == (gap_bpd > 0)
         parts.append(f"{name} predicts the {'same' if same else 'OPPOSITE'} sign ({pred:+.3f} bpd)")
     tail = "" if significant else " (no significant gap, so no sign to compare)"
-    return head + "; second-order theory: " + ", ".join(parts) + tail
+    return head + "; predictions: " + ", ".join(parts) + tail
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -66,7 +70,7 @@ def bpd_table(results: dict) -> list[str]:
     return rows
 
 
-PREDICTIONS = ("closed_form", "exact_second_order", "averaged_curvature")
+PREDICTIONS = ("closed_form", "exact_second_order", "averaged_curvature", "input_complexity")
 
 
 def prediction_rows(results: dict) -> list[tuple[str, dict | None, str, str]]:
@@ -91,7 +95,9 @@ def terminal_summary(results: dict) -> str:
     if results.get("ledger"):
         lines.append(f"  assumption ledger: {results['ledger']['summary']}")
     if (results.get("detection") or {}).get("scores"):
-        aurocs = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in results["detection"]["scores"].items())
+        rec = results["detection"]["settings"].get("recommended")
+        aurocs = ", ".join(f"{k}{' (recommended)' if k == rec else ''} {v['auroc']:.3f}"
+                           for k, v in results["detection"]["scores"].items())
         lines.append(f"  OOD detection AUROC (OUT positive, 0.5 = chance): {aurocs}")
     if results["prediction"].get("note"):
         lines.append(f"  note: {results['prediction']['note']}")
@@ -146,6 +152,7 @@ def write_report(results: dict, out_dir: Path) -> None:
     md += _applicability_section(results)
     md += _second_order_details(results)
     md += _ledger_section(results)
+    md += _explain_section(results)
     md += _detection_section(results)
     md += _graying_and_provenance(results)
     write_text(out_dir / "report.md", md)
@@ -206,6 +213,46 @@ def _ledger_section(results: dict) -> list[str]:
     return md + [""]
 
 
+def _explain_section(results: dict) -> list[str]:
+    ex = results.get("explain")
+    if not ex:
+        return []
+    iv, L = ex["interventions"], results["labels"]
+    md = ["## What produces the gap", "", f"**{ex['summary']}**", "",
+          f"Interventions: transformed copies of {L['out_test']}, evaluated with the same model and noise seed; the "
+          f"gap is E[log p(transformed OUT)] − E[log p({L['in_test']})], and the share is the part of the measured "
+          f"gap that survives.", "",
+          "| OUT | gap (bits/dim) | gap (nats/image) | share of the measured gap | sub-pixels clipped | images |",
+          "|---|---:|---:|---:|---:|---:|",
+          f"| as measured | {iv['measured']['gap_bpd']:+.4f} ± {iv['measured']['stderr_bpd']:.4f} | "
+          f"{iv['measured']['gap_nats']:+,.1f} | 100% | | |"]
+    for r in iv["rows"].values():
+        share = "n/a" if r["share"] is None else f"{100 * r['share']:.1f}%"
+        md.append(f"| {r['what']} | {r['gap_bpd']:+.4f} ± {r['stderr_bpd']:.4f} | {r['gap_nats']:+,.1f} | {share} | "
+                  f"{r['clipped']:.2%} | {r['n']} |")
+    c = ex["complexity"]
+    md += ["", f"Input complexity as a predictor: log p(x) ≈ {c['intercept_nats']:+,.1f} {c['slope_nats_per_bit']:+.4f}"
+           f"·L(x) nats (L the {c['compressor'].upper()} length in bits), fitted on {c['n_fit']} IN-train images "
+           f"only (R² {c['r2_in_train']:.2f}); it predicts a gap of {c['gap_bpd']:+.4f} bits/dim from the sets' "
+           f"compressed lengths."]
+    e = ex["entropy"]
+    if e:
+        md += ["", "Entropy decomposition (Caterini & Loaiza-Ganem 2021): gap = [H(p*) − H(q)] − [KL(q‖p) − "
+               "KL(p*‖p)], bits/dim:", "", "| term | bits/dim |", "|---|---:|",
+               f"| Ĥ(p*): IN-test under the model (IN-train: {e['in_train_bpd']:.4f}) | {e['h_in_bpd']:.4f} |",
+               f"| Ĥ(q): OUT-test under a model of the same kind trained on OUT-train | {e['h_out_bpd']:.4f} |",
+               f"| entropy difference Ĥ(p*) − Ĥ(q) | {e['entropy_difference_bpd']:+.4f} |",
+               f"| KL̂(q‖p) = E_q[bpd under p] − Ĥ(q) | {e['kl_out_bpd']:.4f} |",
+               f"| KL̂(p*‖p) | {e['kl_in_bpd']:.4f} |",
+               f"| gap = entropy difference − KL difference | {e['gap_bpd']:+.4f} |", "", f"{e['bounds']}."]
+    else:
+        md += ["", "No entropy decomposition: it needs a model of OUT (`--entropy`, which trains or reuses one of the "
+               "same kind on OUT's training part)."]
+    md += ["", "Contrast scaling x_s = μ + s·(x − μ) of both sets (each about its own mean): figure `contrast.png`, "
+           "measured against the second-order curve where the model has one.", ""]
+    return md
+
+
 SCORE_PAPERS = {
     "likelihood": "−log₂ p(x)/D (Nalisnick et al. 2019)",
     "typicality": "|bpd − Ĥ| (Nalisnick, Matsukawa, Teh & Lakshminarayanan 2019)",
@@ -213,7 +260,19 @@ SCORE_PAPERS = {
     "complexity_jpegxl": "bpd − L(x)/D with JPEG XL lossless (Serrà et al. 2020)",
     "likelihood_ratio": "bpd − bpd of a background model (Ren et al. 2019)",
     "waic": "−(E_k log p_k − Var_k log p_k) over K models (Choi, Jang & Alemi 2018)",
+    "dose": "−Σ_j log KDE_j(t_j(x)) over the model's summary statistics, fitted on held-out IN (Morningstar et al. "
+            "2021)",
+    "level_ratio": "Σ_i log p(z_i | z_keep) − log p(z_top): the local levels against the global one (after "
+                   "Schirrmeister et al. 2020, Havtorn et al. 2021)",
+    "gradient": "Fisher's method over per-layer log ‖∇_θ log p‖², standardised on held-out IN (Bergamin et al. 2022)",
+    "likelihood_regret": "ELBO gain when q(z|x) is fitted to the image (Xiao, Yan & Amit 2020)",
 }
+
+
+def _score_what(name: str) -> str:
+    if name.startswith("latent_"):
+        return f"−log p(z_{name.removeprefix('latent_')} | …): one latent's own term"
+    return SCORE_PAPERS.get(name, "")
 
 
 def _detection_section(results: dict) -> list[str]:
@@ -232,13 +291,25 @@ def _detection_section(results: dict) -> list[str]:
     if st["ensemble_k"] is not None:
         k = st["ensemble_k"]
         extra.append(f"WAIC uses K = {k} independently seeded models (this one and {k - 1} more)")
-    md = ["## OOD detection", "",
+    rec = st.get("recommended")
+    head = []
+    if rec in det["scores"]:
+        r = det["scores"][rec]
+        head = [f"**Recommended score: {rec}**, AUROC {r['auroc']:.3f} (95% interval {r['auroc_ci95'][0]:.3f}–"
+                f"{r['auroc_ci95'][1]:.3f}), FPR at 95% TPR {r['fpr95']:.3f}. Why this one: "
+                f"`verify.detect.RECOMMENDATION`.", ""]
+    md = ["## OOD detection", "", *head,
           f"Can the model tell {L['out_test']} (positive) from {L['in_test']}? Every score is higher for more OOD; "
           f"nothing is fitted on the OOD set" + ("; " + "; ".join(extra) if extra else "") + ".", "",
-          "| score | what | AUROC | AUPRC | FPR at 95% TPR |", "|---|---|---:|---:|---:|"]
+          "| score | what | AUROC (95% interval) | AUPRC | FPR at 95% TPR | FPR at 80% TPR |",
+          "|---|---|---:|---:|---:|---:|"]
     for name, r in det["scores"].items():
-        what = SCORE_PAPERS.get(name, "").replace("|", "\\|")
-        md.append(f"| {name} | {what} | {r['auroc']:.3f} | {r['auprc']:.3f} | {r['fpr95']:.3f} |")
+        what = _score_what(name).replace("|", "\\|")
+        ci = r.get("auroc_ci95")
+        interval = f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
+        label = f"**{name}** (recommended)" if name == st.get("recommended") else name
+        md.append(f"| {label} | {what} | {r['auroc']:.3f}{interval} | {r['auprc']:.3f} | {r['fpr95']:.3f} | "
+                  f"{r.get('fpr80', float('nan')):.3f} |")
     if det["batch_typicality"]:
         md += ["", f"Typicality test on batches of M images (Nalisnick et al. 2019): ε_M is the {st['alpha']:.0%} "
                f"bootstrap quantile of |batch mean − Ĥ| on the held-out IN images.", "",

@@ -31,6 +31,7 @@ from empirical.sources import ImageSet, ShapeMap
 from theory.predict import closed_form, to_model_space
 from theory.quadratic import Moments, exact_quadratic
 from verify import figures
+from verify.explain import entropy_decomposition
 from verify.runs import provenance, trained_model
 
 # IN → its OUT sets, each with whether it is mapped to IN's shape (--match); the paper's pairs and their reverses
@@ -116,20 +117,38 @@ def row(m: InModel, out: str, match: bool, args: argparse.Namespace, device: tor
             "closed_form_bpd": cf, "exact_second_order_bpd": exact, "per_image_bpd": ev.bpd}
 
 
+def add_entropy(table: list[dict]) -> None:
+    """The entropy decomposition of every row whose OUT is also an IN of the table in the same shape (its model is
+    trained anyway): OUT's test bits/dim under its own model estimate H(q) (verify.explain)."""
+    own = {t["in"]: t["test_bpd"] for t in table}
+    for t in table:
+        for r in t["rows"]:
+            r["entropy"] = entropy_decomposition(t["test_bpd"], r["out_bpd"], own[r["out"]]) \
+                if r["out"] in own and not r["match"] else None
+
+
+def _entropy_cell(r: dict) -> str:
+    e = r.get("entropy")
+    return "n/a" if e is None else f"{e['entropy_difference_bpd']:+.3f} / {e['kl_difference_bpd']:+.3f}"
+
+
 def markdown(table: list[dict], args: argparse.Namespace, skipped: list[str], prov: dict, plumbing: bool) -> str:
     plumbing = ["**PLUMBING RUN on non-standard data: not a result.**", ""] if plumbing else []
     lines = [f"# The paper's table of pairs: {args.model}, {args.preset} preset", "", *plumbing,
              "Gap = bpd(IN-test) − bpd(OUT-test): positive means OUT gets the HIGHER likelihood (the inversion). "
-             "The last two columns are the predicted gap's sign (closed form: CV-Glow only; exact second order: "
-             "flows).", "",
-             "| IN | IN-train bpd | IN-test bpd | OUT | OUT-test bpd | gap (bpd) | closed form | exact 2nd order |",
-             "|---|---:|---:|---|---:|---:|:---:|:---:|"]
+             "The next two columns are the predicted gap's sign (closed form: CV-Glow only; exact second order: "
+             "flows). The last is the entropy decomposition gap = [H(IN) − H(OUT)] − [KL(OUT‖p) − KL(IN‖p)] where "
+             "OUT's own model is in the table (H(OUT) estimated by it): entropy difference / KL difference, bits/dim; "
+             "the inversion happens when the first exceeds the second.", "",
+             "| IN | IN-train bpd | IN-test bpd | OUT | OUT-test bpd | gap (bpd) | closed form | exact 2nd order | "
+             "entropy / KL (bpd) |",
+             "|---|---:|---:|---|---:|---:|:---:|:---:|---:|"]
     for t in table:
         for i, r in enumerate(t["rows"]):
             head = (f"| {t['label']} | {t['train_bpd']:.3f} | {t['test_bpd']:.3f} " if i == 0 else "| | | ")
             lines.append(head + f"| {r['label']} | {_num(r['out_bpd'])} | {_num(r['gap_bpd'], True)} ± "
                          f"{_num(r['gap_bpd_stderr'])} | {_sign(r['closed_form_bpd'])} | "
-                         f"{_sign(r['exact_second_order_bpd'])} |")
+                         f"{_sign(r['exact_second_order_bpd'])} | {_entropy_cell(r)} |")
     lines += ["", *[f"- skipped: {s}" for s in skipped], "", "![pairs](pairs.png)", "", "## Provenance", "",
               f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
               f"- torch {prov['torch']}, started {prov['started']}, wall-clock {prov['seconds']:.0f} s"]
@@ -197,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
              if (e := tabulate(name, args, device, command, skipped, panels, labels)) is not None]
     if not panels:
         raise DataNotFound("nothing to tabulate: every pair asked for was skipped (" + "; ".join(skipped) + ")")
+    add_entropy(table)
     plumbing = any(t["plumbing"] or any(r["plumbing"] for r in t["rows"]) for t in table)
     figures.histogram_grid(panels, labels, "bits/dim", out / "pairs.png")
     prov = provenance(command, device, started, t0)

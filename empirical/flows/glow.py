@@ -133,11 +133,13 @@ class Glow(nn.Module):
 
     def log_prob_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """log p(x̃) (``log_px``) of dequantised x̃ ∈ [0,1)^D in nats per image, its ``density`` and ``volume`` parts,
-        and the density's terms per latent (``latent_split1``, …, ``latent_top``)."""
-        _, terms, volume = self.encode(x)
+        the density's terms per latent (``latent_split1``, …, ``latent_top``) and each latent's squared norm
+        ``norm_split1``, …, ``norm_top`` (summary statistics for DoSE; not terms of log p)."""
+        zs, terms, volume = self.encode(x)
         density = sum(terms.values())
+        norms = {f"norm_{k}": z.flatten(1).pow(2).sum(1) for k, z in zip(terms, zs, strict=True)}
         return {"log_px": density + volume, "density": density, "volume": volume,
-                **{f"latent_{k}": v for k, v in terms.items()}}
+                **{f"latent_{k}": v for k, v in terms.items()}, **norms}
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x̃) in nats per image, for dequantised x̃ ∈ [0,1)^D."""

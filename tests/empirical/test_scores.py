@@ -106,3 +106,82 @@ def test_perturbation_replaces_about_mu_of_the_subpixels():
     changed = (y != x).float().mean().item()
     assert 0.2 * 254 / 256 - 0.01 < changed < 0.2 + 0.01  # a replacement may draw the same value (1/256)
     assert torch.equal(perturb_subpixels(x, 0.0, gen), x) and x.eq(7).all()
+
+
+# ------------------------------------------------------------------------------- the field's stronger scores
+def test_dose_ranks_an_image_with_outlying_statistics_above_one_inside():
+    rng = np.random.default_rng(0)
+    heldout = {"log_px": rng.normal(500, 10, 400), "latent_top": rng.normal(-300, 5, 400),
+               "volume": np.full(400, 12.0)}  # a constant statistic (CV-Glow's volume) is left out
+    inside = {"log_px": np.array([500.0]), "latent_top": np.array([-300.0]), "volume": np.array([12.0])}
+    outside = {"log_px": np.array([560.0]), "latent_top": np.array([-300.0]), "volume": np.array([99.0])}
+    assert scores.dose(heldout, outside)[0] > scores.dose(heldout, inside)[0] + 10
+    assert np.isfinite(scores.dose(heldout, {k: v * 1e6 for k, v in outside.items()})).all()
+
+
+def test_fisher_combination_is_zero_at_the_heldout_mean_and_grows_both_ways():
+    rng = np.random.default_rng(1)
+    held = {k: (v - v.mean()) / v.std() * sd + mu for (k, mu, sd), v in
+            zip((("a", 0, 1), ("b", 5, 2)), (rng.normal(size=10_000), rng.normal(size=10_000)), strict=True)}
+    at_mean = scores.fisher_combination(held, {"a": np.array([held["a"].mean()]), "b": np.array([held["b"].mean()])})
+    assert at_mean[0] == pytest.approx(0.0, abs=1e-12)
+    far = scores.fisher_combination(held, {"a": np.array([4.0, -4.0]), "b": np.array([5.0, 5.0])})
+    assert far[0] == pytest.approx(far[1]) and far[0] == pytest.approx(-2 * np.log(2 * 3.1671e-5), rel=1e-4)
+
+
+def test_level_ratio_and_per_latent_scores():
+    assert scores.level_ratio(np.array([-10.0, 5.0]), np.array([-2.0, -2.0])).tolist() == [-8.0, 7.0]
+
+
+def test_fpr_at_80_and_the_bootstrap_interval_of_the_auroc():
+    from verify.detect import auroc_interval
+
+    in_s, out_s = np.arange(10.0), np.arange(10.0) + 5  # OUT 5..14 against IN 0..9
+    m = metrics(in_s, out_s)
+    assert m["fpr80"] == pytest.approx(0.3) and m["fpr95"] == pytest.approx(0.5)  # thresholds 7 and 5
+    lo, hi = m["auroc_ci95"]
+    assert lo < m["auroc"] < hi
+    assert auroc_interval(np.zeros(20), np.ones(20)) == (1.0, 1.0)  # perfect separation stays perfect
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1, 3000), rng.normal(0.7, 1, 3000)
+    lo, hi = auroc_interval(a, b)
+    assert lo < auroc(a, b) < hi and 0.01 < hi - lo < 0.05  # about ±1.96·s.e. of an AUROC near 0.69
+
+
+def test_the_gradient_norm_vanishes_at_a_stationary_point_of_the_images_log_likelihood():
+    from empirical.model_scores import gradient_norms
+
+    class Centred(torch.nn.Module):
+        """log p = Σ log N(x̃; μ, 0.1²) on bin centres (discrete): ∇_μ log p = (x̃ − μ)/σ² is 0 at μ = x̃."""
+
+        image_shape, discrete = (1, 2, 2), True
+
+        def __init__(self, mu):
+            super().__init__()
+            self.mu = torch.nn.Parameter(mu)
+
+        def log_prob(self, x):
+            return (-0.5 * ((x - self.mu) / 0.1) ** 2).flatten(1).sum(1)
+
+    images = np.array([[[[10, 20], [30, 40]]], [[[50, 60], [70, 80]]]], dtype=np.uint8)
+    model = Centred((torch.from_numpy(images[0]).float() + 0.5) / 256)
+    norms = gradient_norms(model, images)["mu"]
+    assert norms[0] == pytest.approx(np.log(1e-300)) and norms[1] > -50
+
+
+def test_likelihood_regret_is_zero_where_the_encoder_is_already_optimal_and_positive_where_it_is_not():
+    from empirical.model_scores import likelihood_regret
+    from empirical.vae import VAE, VAEConfig
+
+    vae = VAE(VAEConfig((1, 8, 8), latent=4, hidden=8, eval_samples=10)).eval()
+    with torch.no_grad():  # a decoder that ignores z and an encoder that outputs the prior: q = p(z) is optimal
+        vae.from_z.weight.zero_()
+        vae.to_q.weight.zero_()
+        vae.to_q.bias.zero_()
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert np.allclose(likelihood_regret(vae, images.numpy()), 0.0, atol=1e-5)
+    with torch.no_grad():
+        vae.to_q.bias[:4].fill_(3.0)  # μ = 3: the KL term is 4.5 nats per latent too high
+    regret = likelihood_regret(vae, images.numpy())
+    assert (regret > 1.0).all()
+    assert all(p.requires_grad for p in vae.parameters())  # the model is left as it was

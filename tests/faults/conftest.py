@@ -10,13 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from empirical.locking import LOCK_NAME
-from empirical.presets import get_preset
-from empirical.train import train
 from tests import datafiles
-from tests.helpers import registry_sets
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 64
@@ -41,23 +37,6 @@ def write_tiny_idx(root: Path, folder: str, seed: int) -> None:
     for prefix in ("train", "t10k"):
         (target / f"{prefix}-images-idx3-ubyte").write_bytes(datafiles.idx_bytes(blobs(N_IMAGES, seed), 2051))
         (target / f"{prefix}-labels-idx1-ubyte").write_bytes(datafiles.idx_bytes(labels, 2049))
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> dict:
-    """Tiny FashionMNIST and MNIST in official idx files, and smoke checkpoints of three families trained on the
-    FashionMNIST one (read-only for the tests: copy before changing)."""
-    root = tmp_path_factory.mktemp("faults")
-    data = root / "data"
-    write_tiny_idx(data, "fashion-mnist", 1)
-    write_tiny_idx(data, "mnist", 2)
-    os.environ.setdefault("DGM_OOD_CACHE", str(root / "cache"))
-    ckpts = {}
-    for model in ("cvglow", "glow", "pixelcnn"):
-        preset = get_preset("smoke", model, (1, 28, 28), steps=20)
-        ckpts[model] = train(*registry_sets("fashionmnist", data), model, preset, root / "models" / model,
-                             progress=False).checkpoint
-    return {"root": root, "data": data, "ckpt": ckpts}
 
 
 def env_for(tmp: Path, **extra: str) -> dict:

@@ -57,9 +57,13 @@ def test_the_report_says_what_ran_and_why_the_rest_did_not(gaussian_result):
     report = (out / "report.md").read_text()
     assert "What did not run, and why" in report and "(outside model)" in report
     assert json.loads((out / "results.json").read_text())["data"]["out_test"]["name"] == "narrow"
-    assert set(result.detection["scores"]) == {"likelihood", "typicality", "complexity_png", "complexity_jpegxl"}
+    assert set(result.detection["scores"]) == {"likelihood", "typicality", "complexity_png", "complexity_jpegxl",
+                                               "dose"}
     assert result.detection_table().startswith("| score | AUROC")
-    assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "per_image.npz", "roc.png"}
+    assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "per_image.npz", "roc.png", "contrast.png"}
+    assert "## What produces the gap" in report and "No entropy decomposition" in report
+    assert written["explain"]["summary"].startswith("Matching OUT's per-dimension means")
+    assert written["prediction"]["input_complexity"]["gap_nats"] is not None
     assert not list(out.glob(".staging-*"))
 
 
@@ -89,3 +93,15 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_model_tier_adds_the_gradient_score_and_every_score_has_an_interval():
+    in_train, in_test, out_test = _images(200, 128, 40, 0), _images(150, 128, 40, 1), _images(150, 120, 15, 2)
+    result = compare(Gaussian(), in_train, in_test, out_test, heldout=_images(100, 128, 40, 3), detection="model",
+                     explain=False)
+    det = result.detection
+    assert list(det["scores"])[0] == det["settings"]["recommended"] == "complexity_png"
+    assert {"gradient", "dose"} <= set(det["scores"]) and "likelihood_regret" not in det["scores"]
+    for r in det["scores"].values():
+        assert r["auroc_ci95"][0] <= r["auroc"] <= r["auroc_ci95"][1] and 0 <= r["fpr80"] <= r["fpr95"] <= 1
+    assert result.results["explain"] is None

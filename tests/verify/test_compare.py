@@ -44,7 +44,8 @@ def _check_schema(res: dict) -> None:
     else:  # no differentiable log-density: predictions are null and say why
         assert exact is None and res["decomposition"] is None and res["prediction"]["note"]
         assert res["ledger"] is None
-    assert len(res["figures"]) == (4 if res["model"] in ("glow", "cvglow") else 3) + (2 if res["detection"] else 0)
+    assert len(res["figures"]) == (4 if res["model"] in ("glow", "cvglow") else 3) + (2 if res["detection"] else 0) \
+        + (1 if res["explain"] else 0)
     for fig in res["figures"]:
         with open(fig, "rb") as f:
             assert f.read(8) == PNG_MAGIC
@@ -93,7 +94,9 @@ def test_fashionmnist_mnist_smoke_end_to_end(smoke_run):
     assert "## Assumption ledger" in report and "not the paper's class" in report
     assert not res["plumbing"]
     det = res["detection"]  # the cheap scores run by default
-    assert set(det["scores"]) == {"likelihood", "typicality", "complexity_png", "complexity_jpegxl"}
+    assert set(det["scores"]) == {"likelihood", "typicality", "complexity_png", "complexity_jpegxl", "dose",
+                                  "latent_split1", "latent_top", "level_ratio"}
+    assert list(det["scores"])[0] == "complexity_png"  # the recommended score comes first
     assert all(0.0 <= v["auroc"] <= 1.0 and v["n_in"] == v["n_out"] == 200 for v in det["scores"].values())
     assert det["settings"]["heldout_images"] == 16 and [r["m"] for r in det["batch_typicality"]] == [2, 5, 10, 25]
     assert "## OOD detection" in report and {"roc.png", "scores.png"} <= {Path(f).name for f in res["figures"]}

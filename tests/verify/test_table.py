@@ -34,6 +34,9 @@ def test_every_in_gets_its_model_and_rows_and_missing_svhn_is_a_note(tiny_table)
         for r in t["rows"]:
             assert r["gap_bpd"] == pytest.approx(t["test_bpd"] - r["out_bpd"])
             assert r["closed_form_bpd"] is not None and r["exact_second_order_bpd"] is not None
+            e = r["entropy"]  # OUT is the other IN: its own model estimates H(OUT)
+            assert e["entropy_difference_bpd"] - e["kl_difference_bpd"] == pytest.approx(r["gap_bpd"])
+    assert "entropy / KL (bpd)" in report
 
 
 def test_a_row_equals_verify_compare_on_the_same_model(tiny_table):

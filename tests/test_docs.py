@@ -1,0 +1,51 @@
+"""The README and the docs stay true: the README's Python example is the one the tests run, every relative link
+points to a file that exists, the README's first section has its two commands, and the shipped weights match
+their recorded SHA-256."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from empirical import shipped
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "results" / "README.md"]
+
+
+def _python_block(text: str, marker: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return next(b for b in blocks if marker in b)
+
+
+def test_the_readme_python_example_is_the_one_the_tests_run():
+    readme = _python_block((REPO / "README.md").read_text(), "from verify.api import compare")
+    example = (REPO / "examples" / "python_api.py").read_text()
+    body = example.split("# --- README example: begin\n")[1].split("    # --- README example: end")[0]
+    assert readme.strip() == textwrap.dedent(body).strip()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(page):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        if "://" in target:
+            continue
+        assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_the_quick_start_has_the_two_commands():
+    first = (REPO / "README.md").read_text().split("## Quick start")[1].split("\n## ")[0]
+    commands = re.findall(r"```bash\n(.*?)```", first, flags=re.S)
+    assert [c.strip().split(" && ")[-1] for c in commands] == ["python -m verify.compare fashionmnist mnist",
+                                                                "python -m pytest -q"]
+    assert "python -m pytest -q" in (REPO / ".ci" / "run").read_text()
+
+
+def test_shipped_weights_match_their_recorded_sha256():
+    assert shipped.available(), "the main job's weights are shipped"
+    assert shipped.check() == []
+    for s in shipped.available():
+        assert s.weights.stat().st_size <= shipped.MAX_BYTES
