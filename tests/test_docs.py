@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from empirical import shipped
+from tests.helpers import SHARED_DATA
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "results" / "README.md"]
@@ -49,3 +50,18 @@ def test_shipped_weights_match_their_recorded_sha256():
     assert shipped.check() == []
     for s in shipped.available():
         assert s.weights.stat().st_size <= shipped.MAX_BYTES
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the offline mirror ../shared/data is absent")
+def test_the_main_job_finds_its_shipped_weights_and_they_load():
+    """The main job's run (FashionMNIST, cvglow, cpu preset, seed 0) is exactly the one the card records."""
+    from empirical.presets import get_preset
+    from empirical.sources import DataOptions, open_in
+
+    train_set, test_set = open_in("fashionmnist", DataOptions(str(SHARED_DATA)))
+    preset = get_preset("cpu", "cvglow", train_set.shape, seed=0)
+    found = shipped.find(train_set, test_set, "cvglow", preset)
+    assert found is not None and found.name == "fashionmnist-cvglow-cpu"
+    ckpt = found.load()
+    assert ckpt.payload["shipped"] == found.name and len(ckpt.heldout(train_set)) == 2000
+    assert shipped.find(train_set, test_set, "cvglow", get_preset("cpu", "cvglow", train_set.shape, seed=1)) is None
