@@ -207,10 +207,10 @@ def summary(ex: dict) -> str:
         v = rows[key]["share"]
         return "n/a" if v is None else f"{100 * v:.0f}%"
 
-    parts = [f"Matching OUT's per-dimension means and standard deviations to IN-test's keeps {share('moments')} of "
-             f"the gap ({measured['gap_bpd']:+.3f} → {rows['moments']['gap_bpd']:+.3f} bits/dim; means alone "
-             f"{share('mean')}, standard deviations alone {share('variance')}); Gaussian surrogates with each set's "
-             f"first two moments give {rows['gaussian']['gap_bpd']:+.3f} bits/dim."]
+    parts = [f"Matching OUT's per-dimension means and standard deviations to IN-test's turns the gap of "
+             f"{measured['gap_bpd']:+.3f} bits/dim into {rows['moments']['gap_bpd']:+.3f} ({share('moments')} of it; "
+             f"matching the means alone {share('mean')}, the standard deviations alone {share('variance')}); Gaussian "
+             f"surrogates with each set's first two moments give {rows['gaussian']['gap_bpd']:+.3f} bits/dim."]
     c = ex["complexity"]
     parts.append(f"Compressed length alone (log p ≈ a + b·L fitted on IN-train, R² {c['r2_in_train']:.2f}) predicts "
                  f"{c['gap_bpd']:+.3f} bits/dim.")

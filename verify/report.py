@@ -94,6 +94,8 @@ def terminal_summary(results: dict) -> str:
     lines.append(f"  measured: {results['gap_nats']:+.1f} nats/image ({results['gap_bpd']:+.4f} bpd)")
     if results.get("ledger"):
         lines.append(f"  assumption ledger: {results['ledger']['summary']}")
+    if results.get("explain"):
+        lines.append(f"  what produces the gap: {results['explain']['summary']}")
     if (results.get("detection") or {}).get("scores"):
         rec = results["detection"]["settings"].get("recommended")
         aurocs = ", ".join(f"{k}{' (recommended)' if k == rec else ''} {v['auroc']:.3f}"

@@ -62,7 +62,7 @@ def test_the_report_says_what_ran_and_why_the_rest_did_not(gaussian_result):
     assert result.detection_table().startswith("| score | AUROC")
     assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "per_image.npz", "roc.png", "contrast.png"}
     assert "## What produces the gap" in report and "No entropy decomposition" in report
-    assert written["explain"]["summary"].startswith("Matching OUT's per-dimension means")
+    assert written["explain"]["summary"].startswith("Matching OUT's per-dimension means and standard deviations")
     assert written["prediction"]["input_complexity"]["gap_nats"] is not None
     assert not list(out.glob(".staging-*"))
 
