@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import re
 from pathlib import Path
@@ -131,7 +132,17 @@ class Checkpoint(NamedTuple):
 
 
 def model_from_checkpoint(path: Path) -> Checkpoint:
-    """Rebuild the model of a checkpoint in eval mode; returns (model, payload, path). Refuses non-finite weights."""
+    """Rebuild the model of a checkpoint in eval mode; returns (model, payload, path). Refuses non-finite weights.
+    Shipped weights (``empirical/weights/NAME.safetensors`` beside their card) are read through empirical.shipped."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+        from empirical.shipped import Shipped  # shipped weights: safetensors and a card, read without pickle
+
+        try:
+            return Shipped(path.stem, json.loads(path.with_suffix(".json").read_text()), path).load()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path} with {path.with_suffix('.json').name} is not a card of shipped weights "
+                                  f"({type(err).__name__}: {err})") from err
     payload = load_checkpoint(path)
     try:
         model = build_model(payload["model"], payload["model_config"])

@@ -65,3 +65,21 @@ def test_the_main_job_finds_its_shipped_weights_and_they_load():
     ckpt = found.load()
     assert ckpt.payload["shipped"] == found.name and len(ckpt.heldout(train_set)) == 2000
     assert shipped.find(train_set, test_set, "cvglow", get_preset("cpu", "cvglow", train_set.shape, seed=1)) is None
+
+
+def test_shipped_weights_are_a_checkpoint_for_every_command(tmp_path):
+    from empirical.checkpoint import model_from_checkpoint
+    from empirical.errors import CheckpointError
+
+    (s,) = shipped.available()
+    ckpt = model_from_checkpoint(s.weights)
+    assert ckpt.payload["shipped"] == s.name and ckpt.name == "cvglow"
+    fake = tmp_path / "x.safetensors"
+    fake.write_bytes(s.weights.read_bytes())
+    fake.with_suffix(".json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not a card of shipped weights"):
+        model_from_checkpoint(fake)
+    fake.with_suffix(".json").write_text(s.weights.with_suffix(".json").read_text())
+    fake.write_bytes(s.weights.read_bytes()[:-8] + b"\0" * 8)  # damaged: the recorded SHA-256 no longer holds
+    with pytest.raises(CheckpointError, match="missing or damaged"):
+        model_from_checkpoint(fake)

@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = describe(model).shape
     outs = [sources.open_out(name, shape, shape_map(args), options, n_synthetic=len(in_test), seed=args.seed)
             for name in args.out_datasets]
-    background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args, command) \
+    background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args.runs_dir, args.seed, command) \
         if args.scores == "all" else (None, [])
     table = screen(model, in_test, outs, heldout=opened.heldout, background=background, ensemble=ensemble,
                    expensive=args.scores in ("model", "all"), seed=args.seed, device=device)
@@ -364,18 +364,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def extra_for(checkpoint: Checkpoint, in_train: ImageSet, in_test: ImageSet, device: torch.device,
-              args: argparse.Namespace, command: str) -> tuple[nn.Module, list[nn.Module]]:
+def extra_for(checkpoint: Checkpoint, in_train: ImageSet, in_test: ImageSet, device: torch.device, runs_dir: Path,
+              seed: int, command: str) -> tuple[nn.Module, list[nn.Module]]:
     """The background model and the ensemble's other members for ``--scores all``, trained or reused like the
     checkpoint (same family, preset and architecture)."""
     payload = checkpoint.payload
     family = payload["model"]
     split = payload["model_config"].get("split_prior") if family in FLOWS else None
-    preset = get_preset(payload["preset"], family, in_train.shape, seed=args.seed, split_prior=split)
+    preset = get_preset(payload["preset"], family, in_train.shape, seed=seed, split_prior=split)
     if preset.model.to_dict() != payload["model_config"]:
         raise DgmOodError(f"{checkpoint.path} does not use its preset's architecture, so no matching background "
                           f"model or ensemble can be trained; use --scores cheap")
-    return extra_models(in_train, in_test, family, preset, device, args.runs_dir, seed=args.seed, command=command)
+    return extra_models(in_train, in_test, family, preset, device, runs_dir, seed=seed, command=command)
 
 
 if __name__ == "__main__":

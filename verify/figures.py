@@ -83,7 +83,7 @@ def graying_curve(alphas: list[float], measured: list[float], predicted: dict[st
     ax.axhline(0, color="0.7", lw=0.8)
     scale = max([abs(v) for v in measured] + [1.0])
     if any(abs(v) > 20 * scale for curve in predicted.values() for v in curve):  # keep the measured curve visible
-        ax.set_yscale("symlog", linthresh=scale)
+        ax.set_yscale("symlog", linthresh=scale, linscale=2)
     ax.set_xlabel("α  (1 = original image, 0 = mid-grey)")
     ax.set_ylabel("Δ log p  [nats per image]")
     ax.set_title("Graying: x_α = α·x + (1-α)·128")
@@ -106,7 +106,7 @@ def contrast_curves(s: list[float], measured: dict[str, list[float]], predicted:
     ax.axvline(1, color="0.85", lw=0.8)
     scale = max([abs(v) for curve in measured.values() for v in curve] + [1.0])
     if predicted and any(abs(v) > 20 * scale for curve in predicted.values() for v in curve):
-        ax.set_yscale("symlog", linthresh=scale)
+        ax.set_yscale("symlog", linthresh=scale, linscale=2)
     ax.set_xlabel("contrast s  (1 = the images as they are)")
     ax.set_ylabel("Δ log p  [nats per image]")
     ax.set_title("Contrast scaling: x_s = μ + s·(x − μ)")

@@ -27,7 +27,7 @@ from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import nats_gap_to_bpd
 from empirical.models import FLOWS, MODELS
 from empirical.presets import PRESETS, get_preset
-from empirical.sources import ImageSet, ShapeMap
+from empirical.sources import DataOptions, ImageSet, ShapeMap
 from theory.predict import closed_form, to_model_space
 from theory.quadratic import Moments, exact_quadratic
 from verify import figures
@@ -75,33 +75,48 @@ def _missing(what: str, err: DataNotFound) -> str:
     return f"{what}: {str(err).split(' in one of:')[0]}"
 
 
-def prepare_in(name: str, args: argparse.Namespace, device: torch.device, command: str) -> InModel:
+@dataclass(frozen=True)
+class Settings:
+    """What every row of the table shares: the model and preset, the seed, how data are read, where models live."""
+
+    model: str
+    preset: str
+    seed: int
+    options: DataOptions
+    runs_dir: Path
+    retrain: bool
+    device: torch.device
+    command: str
+
+
+def prepare_in(name: str, cfg: Settings) -> InModel:
     """Train or reuse IN's model; evaluate IN-train (the budget's subset) and IN-test; the flow's quadratic at x0."""
-    train_set, test_set = sources.open_in(name, data_options(args))
-    preset = get_preset(args.preset, args.model, train_set.shape, seed=args.seed)
-    trained = trained_model(train_set, test_set, args.model, preset, device, args.runs_dir, command=command,
-                            retrain=args.retrain)
+    train_set, test_set = sources.open_in(name, cfg.options)
+    preset = get_preset(cfg.preset, cfg.model, train_set.shape, seed=cfg.seed)
+    device = cfg.device
+    trained = trained_model(train_set, test_set, cfg.model, preset, device, cfg.runs_dir, command=cfg.command,
+                            retrain=cfg.retrain)
     model, ckpt = trained.model.to(device).eval(), trained.path
     test_set = test_set.head(preset.budget.in_test)
-    ev = {k: evaluate(model, v.images, seed=args.seed, device=device, label=f"{v.name} images")
+    ev = {k: evaluate(model, v.images, seed=cfg.seed, device=device, label=f"{v.name} images")
           for k, v in (("train", train_set.head(preset.budget.in_train)), ("test", test_set))}
     p = quad = None
-    if args.model in FLOWS:
+    if cfg.model in FLOWS:
         p = Moments.of_images(test_set.images)
         try:
             quad = exact_quadratic(model, to_model_space(train_set.images.mean(0, dtype=np.float64)).numpy().ravel())
         except TheoryError as err:
             print(f"note: no exact second order for {name}: {err}", file=sys.stderr)
-    return InModel(name, args.model, model, Path(ckpt), ev["train"], ev["test"], test_set, p, quad,
+    return InModel(name, cfg.model, model, Path(ckpt), ev["train"], ev["test"], test_set, p, quad,
                    train_set.nonstandard or test_set.nonstandard)
 
 
-def row(m: InModel, out: str, match: bool, args: argparse.Namespace, device: torch.device) -> dict:
+def row(m: InModel, out: str, match: bool, cfg: Settings) -> dict:
     """One OUT of one IN: bits/dim, the gap and its standard error, and the predicted signs."""
     shape = tuple(m.model.config.shape)
-    out_set = sources.open_out(out, shape, ShapeMap(match=match), data_options(args), n_synthetic=len(m.test_set),
-                               seed=args.seed).head(len(m.test_set))
-    ev = evaluate(m.model, out_set.images, seed=args.seed, device=device, label=f"{out_set.name} images")
+    out_set = sources.open_out(out, shape, ShapeMap(match=match), cfg.options, n_synthetic=len(m.test_set),
+                               seed=cfg.seed).head(len(m.test_set))
+    ev = evaluate(m.model, out_set.images, seed=cfg.seed, device=cfg.device, label=f"{out_set.name} images")
     dims = m.model.config.dims
     gap = float(m.test.bpd.mean() - ev.bpd.mean())
     stderr = float(np.hypot(*(v.std(ddof=1) / np.sqrt(len(v)) for v in (m.test.bpd, ev.bpd))))
@@ -132,9 +147,9 @@ def _entropy_cell(r: dict) -> str:
     return "n/a" if e is None else f"{e['entropy_difference_bpd']:+.3f} / {e['kl_difference_bpd']:+.3f}"
 
 
-def markdown(table: list[dict], args: argparse.Namespace, skipped: list[str], prov: dict, plumbing: bool) -> str:
+def markdown(table: list[dict], cfg: Settings, skipped: list[str], prov: dict, plumbing: bool) -> str:
     plumbing = ["**PLUMBING RUN on non-standard data: not a result.**", ""] if plumbing else []
-    lines = [f"# The paper's table of pairs: {args.model}, {args.preset} preset", "", *plumbing,
+    lines = [f"# The paper's table of pairs: {cfg.model}, {cfg.preset} preset", "", *plumbing,
              "Gap = bpd(IN-test) − bpd(OUT-test): positive means OUT gets the HIGHER likelihood (the inversion). "
              "The next two columns are the predicted gap's sign (closed form: CV-Glow only; exact second order: "
              "flows). The last is the entropy decomposition gap = [H(IN) − H(OUT)] − [KL(OUT‖p) − KL(IN‖p)] where "
@@ -171,11 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def tabulate(name: str, args: argparse.Namespace, device: torch.device, command: str, skipped: list[str],
-             panels: dict, labels: dict) -> dict | None:
+def tabulate(name: str, cfg: Settings, skipped: list[str], panels: dict, labels: dict) -> dict | None:
     """One IN's entry (its model's bits/dim and every OUT row); None when its data are optional and missing."""
     try:
-        m = prepare_in(name, args, device, command)
+        m = prepare_in(name, cfg)
     except DataNotFound as err:
         if name not in OPTIONAL:
             raise
@@ -187,7 +201,7 @@ def tabulate(name: str, args: argparse.Namespace, device: torch.device, command:
              "n_train": len(m.train.bpd), "n_test": len(m.test.bpd), "rows": []}
     for o, match in PAIRS[name]:
         try:
-            r = row(m, o, match, args, device)
+            r = row(m, o, match, cfg)
         except DataNotFound as err:
             if o not in OPTIONAL:
                 raise
@@ -211,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     device = distributed.resolve_device(args.device)
     writable_dir(out, "--out")  # before any training
     writable_dir(args.runs_dir / "models", "--runs-dir")
+    cfg = Settings(args.model, args.preset, args.seed, data_options(args), args.runs_dir, args.retrain, device, command)
     skipped, panels, labels = [], {}, {}
-    table = [e for name in args.in_datasets
-             if (e := tabulate(name, args, device, command, skipped, panels, labels)) is not None]
+    table = [e for name in args.in_datasets if (e := tabulate(name, cfg, skipped, panels, labels)) is not None]
     if not panels:
         raise DataNotFound("nothing to tabulate: every pair asked for was skipped (" + "; ".join(skipped) + ")")
     add_entropy(table)
@@ -222,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance(command, device, started, t0)
     write_json(out / "table.json", {"model": args.model, "preset": args.preset, "plumbing": plumbing,
                                     "table": table, "skipped": skipped, "provenance": prov})
-    report = markdown(table, args, skipped, prov, plumbing)
+    report = markdown(table, cfg, skipped, prov, plumbing)
     atomic_write(out / "table.md", lambda f: f.write(report.encode()))
     print(report)
     return 0
