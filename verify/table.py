@@ -144,7 +144,7 @@ def add_entropy(table: list[dict]) -> None:
 
 def _entropy_cell(r: dict) -> str:
     e = r.get("entropy")
-    return "n/a" if e is None else f"{e['entropy_difference_bpd']:+.3f} / {e['kl_difference_bpd']:+.3f}"
+    return "n/a" if e is None else f"{_num(e['entropy_difference_bpd'], True)} / {_num(e['kl_difference_bpd'], True)}"
 
 
 def markdown(table: list[dict], cfg: Settings, skipped: list[str], prov: dict, plumbing: bool) -> str:
