@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -22,6 +23,8 @@ def device_description(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """HEAD, with ``-dirty`` when tracked files differ from it. A copy of a checkout without ``.git`` (the GPU
+    machine's) takes ``$DGM_OOD_COMMIT``, set by whoever made the copy, marked ``(declared)``; else ``unknown``."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -29,4 +32,5 @@ def git_commit() -> str:
                                capture_output=True, text=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        declared = os.environ.get("DGM_OOD_COMMIT", "").strip()
+        return f"{declared} (declared)" if declared else "unknown"

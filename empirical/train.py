@@ -72,17 +72,18 @@ def _resume_state(payload: dict, ckpt_path: Path, preset: Preset, sets: tuple[Im
                               f"resume it on the data it was trained on, or choose another --out")
     if payload.get("train_images", n_train) != n_train:
         raise CheckpointError(f"{ckpt_path} was trained on {payload['train_images']} images, this run would use "
-                              f"{n_train} (another --train-subset?); only --steps, --lr and --warmup may change")
+                              f"{n_train} (another --train-subset?); only --steps, --lr, --warmup and --eval-every "
+                              f"may change")
     if cfg.steps < payload["step"]:
         raise CheckpointError(f"{ckpt_path} has already done {payload['step']} steps; --steps {cfg.steps} would "
                               f"rewrite its record: pass --steps ≥ {payload['step']}")
     # a field added to TrainConfig after the checkpoint was written takes its default (what that run used)
     old = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **payload["train_config"]}
-    changeable = ("steps", "lr", "warmup")
+    changeable = ("steps", "lr", "warmup", "eval_every")
     if payload["model_config"] != preset.model.to_dict() or {**old, **{k: cfg.to_dict()[k] for k in changeable}} \
             != cfg.to_dict():
         raise CheckpointError(f"{ckpt_path} was trained with other hyperparameters; use another --out or drop "
-                              f"--resume (only --steps, --lr and --warmup may change on resume)")
+                              f"--resume (only --steps, --lr, --warmup and --eval-every may change on resume)")
     changes = list(payload.get("schedule_changes", []))
     changed = {k: [old[k], cfg.to_dict()[k]] for k in ("lr", "warmup") if old[k] != cfg.to_dict()[k]}
     if changed:
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="override the preset's learning rate (may change on --resume)")
     p.add_argument("--warmup", type=int, help="override the preset's warm-up steps (may change on --resume)")
+    p.add_argument("--eval-every", type=int, metavar="STEPS",
+                   help="override the preset's interval between test evaluations (the time-to-bits/dim curve's "
+                        "points; may change on --resume)")
     p.add_argument("--decay", choices=["none", "cosine"], help="learning-rate decay after the warm-up")
     p.add_argument("--seed", type=int)
     p.add_argument("--arch", type=arch_override, action="append", default=[], metavar="FIELD=VALUE",
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = get_preset(args.preset, args.model, train_set.shape, split_prior=args.split_prior,
                             arch=dict(args.arch), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             warmup=args.warmup, seed=args.seed, compile=args.compile, hflip=args.hflip,
-                            decay=args.decay)
+                            decay=args.decay, eval_every=args.eval_every)
         writable_dir(out, "--out")
         result = train(train_set, test_set, args.model, preset, out, device=str(device), resume=args.resume,
                        train_subset=args.train_subset, progress=not args.no_progress,

@@ -1,9 +1,11 @@
 """The benchmark scripts run and write what they promise (no timing is asserted)."""
 
 import csv
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -88,26 +90,58 @@ def test_scripts_have_help(script):
     assert subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True).returncode == 0
 
 
-def test_gpu_session_packs_parts_under_the_limit_and_stages_one_data_root(tmp_path, monkeypatch):
-    from bench import gpu_session
+GPU_FILES = {**{f"cifar-10/cifar-10-batches-py/data_batch_{i}.xz": 900 for i in range(1, 6)},
+             "cifar-10/cifar-10-batches-py/test_batch.xz": 900, "cifar-100/cifar-100-python/test.xz": 900,
+             "mnist/t10k-images-idx3-ubyte.gz": 100, "mnist/t10k-labels-idx1-ubyte.gz": 10}
 
-    monkeypatch.setattr(gpu_session, "DEV", tmp_path / ".devdata")
-    monkeypatch.setattr(gpu_session, "PART_BYTES", 1000)
-    sizes = {"mnist/a": 600, "mnist/b": 500, "fashion-mnist/c": 400, "fashion-mnist/sub/d": 300}
-    for rel, n in sizes.items():
-        (tmp_path / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "data" / rel).write_bytes(bytes(n))
-    (tmp_path / "anchor").mkdir()
-    (tmp_path / "anchor" / "model.py").write_text("# reference\n")
-    gpu_session.main(["pack", "--datasets", "mnist", "fashionmnist", "--data-root", str(tmp_path / "data"),
-                      "--anchor", str(tmp_path / "anchor")])
-    parts = sorted((tmp_path / ".devdata").glob("part-*"))
-    assert len(parts) == 2 and all(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) <= 1000 for p in parts)
-    gpu_session.main(["stage"])
+
+def test_gpu_session_plan_fits_one_call_per_part_and_the_device_budget(tmp_path, monkeypatch):
+    from bench import gpu_session as gs
+
+    monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
+    monkeypatch.setattr(gs, "CALL_BYTES", 3000)
+    monkeypatch.setattr(gs, "MARGIN", 0)
+    monkeypatch.setattr(gs, "tree_bytes", lambda: 500)
+    for rel, n in {**{f"data/{k}": v for k, v in GPU_FILES.items()}, "wheels/imagecodecs.whl": 1000,
+                   "anchor/model.py": 12}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(bytes(n))
+    (tmp_path / "data" / "cifar-100" / "cifar-100-python" / "train.xz").write_bytes(bytes(900))  # not read: stays
+    gs.main(["pack", "--data-root", str(tmp_path / "data"), "--anchor", str(tmp_path / "anchor"), "--wheels",
+             str(tmp_path / "wheels")])
+    plan = json.loads((tmp_path / ".devdata" / "part-1" / "plan.json").read_text())  # travels with part 1
+    parts = [{rel: n for rel, n in p["files"]} for p in plan["parts"]]
+    assert all(sum(p.values()) <= 2500 for p in parts)  # a part and the working tree fit one call
+    assert {"wheels/imagecodecs.whl", "data/anchors/anchor/model.py"} <= set(parts[0])  # the benchmark's needs first
+    assert sorted(rel for p in parts for rel in p if rel.startswith("data/") and "anchors" not in rel) == sorted(
+        f"data/{k}" for k in GPU_FILES)  # each file the pairs read, once, and nothing else
+    b = plan["budget"]
+    assert b["total"] <= b["device_seconds"] and b["waiting"] <= b["collect_calls"] * gs.COLLECT_WAIT
+    gs.main(["stage"])
     staged = tmp_path / ".devdata" / "data"
-    assert {str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file()} == {
-        *sizes, "anchors/anchor/model.py"}
-    assert all((staged / rel).stat().st_size == n for rel, n in sizes.items())
+    assert {str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file()} == {*GPU_FILES,
+                                                                                     "anchors/anchor/model.py"}
+
+
+def test_gpu_session_collect_returns_at_most_8_files_that_rebuild_the_results(tmp_path, monkeypatch):
+    from bench import gpu_session as gs
+    from empirical.transfer import joined_bytes
+
+    monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
+    out = tmp_path / ".devdata" / "out"
+    (out / "compare" / "pair").mkdir(parents=True)
+    (out / "compare" / "pair" / "report.md").write_text("# report\n")
+    (out / "compare" / "pair" / "per_image.npz").write_bytes(bytes(100))
+    (out / "throughput.json").write_text("{}")
+    (out / "session.log").write_text("log\n")
+    steps = [{"step": "train", "seconds": 1.0, "budget": 2, "exit": [0]}]
+    (out / "session.json").write_text(json.dumps({"done": True, "started": 0, "plan": {"driver": 1}, "steps": steps}))
+    monkeypatch.setenv("OUT", str(tmp_path / "OUT"))
+    gs.main(["collect", "--wait", "0"])
+    returned = sorted(f.name for f in (tmp_path / "OUT").iterdir())
+    assert len(returned) <= 8 and {"session.json", "session.log", "results.tar.gz.parts.json"} <= set(returned)
+    with tarfile.open(fileobj=io.BytesIO(joined_bytes(tmp_path / "OUT" / "results.tar.gz.parts.json"))) as tar:
+        assert sorted(tar.getnames()) == ["compare/pair/report.md", "throughput.json"]  # per-image arrays stay
 
 
 def test_profile_of_the_main_jobs_stages(world, tmp_path):

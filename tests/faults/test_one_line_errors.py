@@ -101,15 +101,16 @@ def test_resume_accepts_a_lower_learning_rate_and_records_it(world, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(world["ckpt"]["cvglow"].parent, run)
     proc = _train(world, tmp_path, "--model", "cvglow", "--out", run, "--resume", "--steps", "40", "--lr", "5e-4",
-                  "--warmup", "20")
+                  "--warmup", "20", "--eval-every", "5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = load_checkpoint(run / "last.pt")
     assert payload["step"] == 40 and payload["train_config"]["lr"] == 5e-4
+    assert [h["step"] for h in payload["history"]] == [20, 25, 30, 35, 40]  # --eval-every: the curve's points
     assert payload["schedule_changes"] == [{"step": 20, "lr": [2e-3, 5e-4], "warmup": [10, 20]}]
     assert json.loads((run / "hparams.json").read_text())["schedule_changes"] == payload["schedule_changes"]
     before = snapshot(run)
     proc = _train(world, tmp_path, "--model", "cvglow", "--out", run, "--resume", "--steps", "60", "--batch-size", "8")
-    assert_one_line_error(proc, "other hyperparameters", "--lr and --warmup")
+    assert_one_line_error(proc, "other hyperparameters", "--lr, --warmup and --eval-every")
     assert snapshot(run) == before
 
 
