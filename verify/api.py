@@ -161,7 +161,7 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
                      out_model=out_model) if explain else None
     if ex:  # a prediction that needs no model of OUT, beside the second-order ones
         c = ex["complexity"]
-        th["prediction"]["input_complexity"] = {
+        th["prediction"]["input_complexity"] = None if c["gap_nats"] is None else {
             "gap_nats": c["gap_nats"], "gap_bpd": c["gap_bpd"],
             "method": f"log p ≈ a + b·L(x) fitted on {c['n_fit']} IN-train images (L: {c['compressor']} bits)"}
     det, per_image_scores = (None, {}) if detection in (None, "none") else detect.detect_for(

@@ -149,6 +149,9 @@ def complexity_prediction(train_images: np.ndarray, train_log_px: np.ndarray, in
     mean f(L_q) − mean f(L_p*), beside the measured one."""
     lengths = {k: compressed_bits(v, COMPRESSOR) for k, v in (("train", train_images), ("in", in_test),
                                                                 ("out", out_test))}
+    if np.ptp(lengths["train"]) == 0:  # one length for every image: the slope is not identified
+        return {"gap_nats": None, "gap_bpd": None, "n_fit": len(train_images), "compressor": COMPRESSOR,
+                "reason": f"every IN-train image compresses to {lengths['train'][0]:.0f} bits: no slope to fit"}
     b, a = np.polyfit(lengths["train"], train_log_px, 1)
     fitted = a + b * lengths["train"]
     r2 = 1 - float(((train_log_px - fitted) ** 2).sum() / ((train_log_px - train_log_px.mean()) ** 2).sum())
@@ -212,7 +215,8 @@ def summary(ex: dict) -> str:
              f"matching the means alone {share('mean')}, the standard deviations alone {share('variance')}); Gaussian "
              f"surrogates with each set's first two moments give {rows['gaussian']['gap_bpd']:+.3f} bits/dim."]
     c = ex["complexity"]
-    parts.append(f"Compressed length alone (log p ≈ a + b·L fitted on IN-train, R² {c['r2_in_train']:.2f}) predicts "
+    parts.append(f"No input-complexity prediction: {c['reason']}." if c["gap_nats"] is None else
+                 f"Compressed length alone (log p ≈ a + b·L fitted on IN-train, R² {c['r2_in_train']:.2f}) predicts "
                  f"{c['gap_bpd']:+.3f} bits/dim.")
     e = ex["entropy"]
     if e:

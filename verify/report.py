@@ -233,7 +233,8 @@ def _explain_section(results: dict) -> list[str]:
         md.append(f"| {r['what']} | {r['gap_bpd']:+.4f} ± {r['stderr_bpd']:.4f} | {r['gap_nats']:+,.1f} | {share} | "
                   f"{r['clipped']:.2%} | {r['n']} |")
     c = ex["complexity"]
-    md += ["", f"Input complexity as a predictor: log p(x) ≈ {c['intercept_nats']:+,.1f} {c['slope_nats_per_bit']:+.4f}"
+    md += ["", f"Input complexity as a predictor: n/a ({c['reason']})." if c["gap_nats"] is None else
+           f"Input complexity as a predictor: log p(x) ≈ {c['intercept_nats']:+,.1f} {c['slope_nats_per_bit']:+.4f}"
            f"·L(x) nats (L the {c['compressor'].upper()} length in bits), fitted on {c['n_fit']} IN-train images "
            f"only (R² {c['r2_in_train']:.2f}); it predicts a gap of {c['gap_bpd']:+.4f} bits/dim from the sets' "
            f"compressed lengths."]

@@ -68,6 +68,15 @@ def test_the_complexity_predictor_recovers_an_exact_linear_relation():
     assert c["gap_nats"] == pytest.approx(expected) and c["r2_in_train"] == pytest.approx(1.0)
 
 
+def test_the_complexity_predictor_refuses_images_that_all_compress_alike():
+    """One compressed length for every IN-train image leaves the slope unidentified: no number, a reason."""
+    train = np.zeros((30, 1, 8, 8), dtype=np.uint8)
+    log_px = np.random.default_rng(2).normal(size=30)
+    out_test = np.random.default_rng(3).integers(0, 256, (10, 1, 8, 8)).astype(np.uint8)
+    c = explain.complexity_prediction(train, log_px, train[:10], out_test, log_px[:10], 64)
+    assert c["gap_nats"] is None and c["gap_bpd"] is None and "no slope to fit" in c["reason"]
+
+
 def test_contrast_scaling_of_a_quadratic_model_follows_its_second_order_curve():
     from theory.predict import to_model_space
     from theory.quadratic import exact_quadratic
