@@ -21,6 +21,10 @@ from empirical.transfer import MANIFEST_SUFFIX, joined_bytes
 
 FORMAT = 1
 _PACKAGE = Path(__file__).resolve().parent
+# What decides the weights a training run ends with: the models, their likelihood, the presets and the training
+# loop. The data are keyed by their content digest; loading, evaluation, scores and reports do not change weights.
+TRAINING_CODE = ("flows", "models.py", "config.py", "pixelcnn.py", "vae.py", "likelihood.py", "contract.py",
+                 "presets.py", "train.py", "distributed.py")
 
 
 class CorruptCheckpoint(CheckpointError):
@@ -28,9 +32,11 @@ class CorruptCheckpoint(CheckpointError):
 
 
 def code_version() -> str:
-    """Hash of the model and training code: a cached checkpoint is reused only if it matches."""
+    """Hash of TRAINING_CODE: a cached checkpoint is reused only if it matches (an edit elsewhere keeps the cache)."""
     h = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*.py")):
+    files = [f for name in TRAINING_CODE for f in ((_PACKAGE / name).rglob("*.py") if (_PACKAGE / name).is_dir()
+                                                     else [_PACKAGE / name])]
+    for path in sorted(files):
         h.update(path.relative_to(_PACKAGE).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]

@@ -1,4 +1,4 @@
-"""Where a result was made: the commit, also in a copy of the checkout without .git (the GPU machine's)."""
+"""Where a result was made: the commit (also in a copy without .git) and the code a cached model was trained with."""
 
 from __future__ import annotations
 
@@ -18,3 +18,20 @@ def test_a_copy_without_git_takes_the_declared_commit(tmp_path, monkeypatch):
     assert provenance.git_commit() == "4f2a366 (declared)"
     monkeypatch.delenv("DGM_OOD_COMMIT")
     assert provenance.git_commit() == "unknown"
+
+
+def test_the_cache_key_follows_the_training_code_only(tmp_path, monkeypatch):
+    """An edit to a report or a loader keeps every cached model; an edit to a model or the training loop does not."""
+    import shutil
+
+    from empirical import checkpoint
+
+    shutil.copytree(checkpoint._PACKAGE, tmp_path / "empirical",
+                    ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    monkeypatch.setattr(checkpoint, "_PACKAGE", tmp_path / "empirical")
+    before = checkpoint.code_version()
+    (tmp_path / "empirical" / "shipped.py").write_text("# edited\n", encoding="utf-8")
+    assert checkpoint.code_version() == before
+    with open(tmp_path / "empirical" / "flows" / "layers.py", "a", encoding="utf-8") as f:
+        f.write("# edited\n")
+    assert checkpoint.code_version() != before
