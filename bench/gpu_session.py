@@ -117,10 +117,9 @@ def pack(args: argparse.Namespace) -> None:
             (DEV / f"part-{i}" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, DEV / f"part-{i}" / rel)
         listing.append({"part": f"part-{i}", "files": [[str(rel), f.stat().st_size] for f, rel in part]})
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
-    plan = {"commit": commit + ("-dirty" if dirty else ""), "tree_bytes": tree, "part_cap_bytes": cap,
+    from empirical.provenance import git_commit
+
+    plan = {"commit": git_commit(), "tree_bytes": tree, "part_cap_bytes": cap,
             "parts": listing, "minutes": args.minutes, "budget": budget(len(parts), args.minutes)}
     plan_path().write_text(json.dumps(plan, indent=1))
     print_plan(plan)

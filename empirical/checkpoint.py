@@ -8,6 +8,7 @@ import io
 import json
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +16,8 @@ import torch
 
 from empirical.atomic import atomic_write
 from empirical.errors import CheckpointError
-from empirical.models import build_model
+from empirical.models import FLOWS, build_model, model_config
+from empirical.presets import Preset, get_preset
 from empirical.sources import ImageSet, training_digest
 from empirical.transfer import MANIFEST_SUFFIX, joined_bytes
 
@@ -127,6 +129,17 @@ class Checkpoint(NamedTuple):
     def name(self) -> str:
         """The model's name (``cvglow``, ``glow``, ``pixelcnn``, ``vae``)."""
         return self.payload["model"]
+
+    def preset(self, seed: int = 0) -> Preset:
+        """The preset that trained this model, to train more like it (``--scores all``, ``--entropy``): its family's,
+        with its split prior, seeded ``seed``; a CheckpointError if its architecture is not that preset's."""
+        p = self.payload
+        preset = get_preset(p["preset"], p["model"], tuple(self.model.config.shape), seed=seed,
+                            split_prior=p["model_config"].get("split_prior") if p["model"] in FLOWS else None)
+        if replace(model_config(p["model"], p["model_config"]), seed=preset.model.seed) != preset.model:
+            raise CheckpointError(f"{self.path} does not use its {p['preset']} preset's architecture (trained with "
+                                  f"--arch?), so no model like it can be trained here")
+        return preset
 
     def heldout(self, in_train: ImageSet) -> ImageSet | None:
         """The training images it never saw (the preset's ``holdout``: the last N of ``in_train``), or None."""

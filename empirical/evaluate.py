@@ -39,13 +39,14 @@ class Evaluation:
 
     def summary(self) -> dict:
         """Means and standard errors of bpd, log p(x̃) and each part."""
-        n = len(self.log_px)
+        return {"n": len(self.log_px), "bpd": mean_stderr(self.bpd), "log_px_nats": mean_stderr(self.log_px),
+                **{part_key(k): mean_stderr(v) for k, v in self.parts.items()}}
 
-        def stat(v: np.ndarray) -> dict:
-            return {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
 
-        return {"n": n, "bpd": stat(self.bpd), "log_px_nats": stat(self.log_px),
-                **{part_key(k): stat(v) for k, v in self.parts.items()}}
+def mean_stderr(v: np.ndarray) -> dict[str, float]:
+    """The mean and its standard error s/√n (0 for one value)."""
+    n = len(v)
+    return {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
 
 
 def part_key(name: str) -> str:

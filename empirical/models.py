@@ -33,13 +33,17 @@ def family_of(name: str) -> str:
     return VARIANTS.get(name, (name, {}))[0]
 
 
-def build_model(name: str, config: dict | object) -> nn.Module:
-    """A fresh model ``name`` from its config object or its ``to_dict()``; a config that contradicts the name (an
-    affine-coupling ``cvglow``) is refused."""
-    config_cls, model_cls = FAMILIES[family_of(name)]
+def model_config(name: str, config: dict | object) -> object:
+    """The config object of model ``name`` from itself or its ``to_dict()`` (also read back from JSON, lists for
+    tuples); a config that contradicts the name (an affine-coupling ``cvglow``) is refused."""
     if isinstance(config, dict):
-        config = config_cls(**config)
+        config = FAMILIES[family_of(name)][0](**config)
     wrong = {k: getattr(config, k) for k, v in VARIANTS.get(name, ("", {}))[1].items() if getattr(config, k) != v}
     if wrong:
         raise CheckpointError(f"{name} means {VARIANTS[name][1]}, but the config has {wrong}")
-    return model_cls(config)
+    return config
+
+
+def build_model(name: str, config: dict | object) -> nn.Module:
+    """A fresh model ``name`` from its config object or its ``to_dict()`` (see ``model_config``)."""
+    return FAMILIES[family_of(name)][1](model_config(name, config))

@@ -27,7 +27,7 @@ from empirical.atomic import atomic_write, write_json
 from empirical.checkpoint import Checkpoint, load_checkpoint, non_finite_tensors
 from empirical.cli import run_cli, writable_file
 from empirical.errors import CheckpointError
-from empirical.models import FAMILIES, build_model, family_of
+from empirical.models import build_model, model_config
 from empirical.presets import Preset, TrainConfig, get_preset
 from empirical.provenance import git_commit
 from empirical.sources import ImageSet, open_in, training_digest
@@ -56,8 +56,8 @@ class Shipped:
         c = self.card
         if c["model"] != model_name or c["preset"] != preset.name:
             return False
-        config = FAMILIES[family_of(model_name)][0](**c["model_config"])  # JSON lists back to the config's tuples
-        return (config == preset.model and _with_defaults(c["train_config"]) == preset.train.to_dict()
+        return (model_config(model_name, c["model_config"]) == preset.model
+                and _with_defaults(c["train_config"]) == preset.train.to_dict()
                 and c["data_digest"] == training_digest(train_set, test_set))
 
     def load(self) -> Checkpoint:

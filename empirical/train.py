@@ -61,6 +61,10 @@ class TrainResult:
     model: torch.nn.Module  # the trained model in memory (every rank's is identical)
 
 
+RESUMABLE = ("steps", "lr", "warmup", "eval_every")  # the settings --resume may change
+_RESUMABLE_TEXT = "only --steps, --lr, --warmup and --eval-every may change on --resume"
+
+
 def _resume_state(payload: dict, ckpt_path: Path, preset: Preset, sets: tuple[ImageSet, ImageSet],
                   n_train: int) -> list[dict]:
     """Check a checkpoint can be resumed under ``preset`` on these data; returns the schedule changes (lr, warm-up,
@@ -72,18 +76,16 @@ def _resume_state(payload: dict, ckpt_path: Path, preset: Preset, sets: tuple[Im
                               f"resume it on the data it was trained on, or choose another --out")
     if payload.get("train_images", n_train) != n_train:
         raise CheckpointError(f"{ckpt_path} was trained on {payload['train_images']} images, this run would use "
-                              f"{n_train} (another --train-subset?); only --steps, --lr, --warmup and --eval-every "
-                              f"may change")
+                              f"{n_train} (another --train-subset?); {_RESUMABLE_TEXT}")
     if cfg.steps < payload["step"]:
         raise CheckpointError(f"{ckpt_path} has already done {payload['step']} steps; --steps {cfg.steps} would "
                               f"rewrite its record: pass --steps ≥ {payload['step']}")
     # a field added to TrainConfig after the checkpoint was written takes its default (what that run used)
     old = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **payload["train_config"]}
-    changeable = ("steps", "lr", "warmup", "eval_every")
-    if payload["model_config"] != preset.model.to_dict() or {**old, **{k: cfg.to_dict()[k] for k in changeable}} \
+    if payload["model_config"] != preset.model.to_dict() or {**old, **{k: cfg.to_dict()[k] for k in RESUMABLE}} \
             != cfg.to_dict():
         raise CheckpointError(f"{ckpt_path} was trained with other hyperparameters; use another --out or drop "
-                              f"--resume (only --steps, --lr, --warmup and --eval-every may change on resume)")
+                              f"--resume ({_RESUMABLE_TEXT})")
     changes = list(payload.get("schedule_changes", []))
     changed = {k: [old[k], cfg.to_dict()[k]] for k in ("lr", "warmup") if old[k] != cfg.to_dict()[k]}
     if changed:

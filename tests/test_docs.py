@@ -74,6 +74,11 @@ def test_shipped_weights_are_a_checkpoint_for_every_command(tmp_path):
     (s,) = shipped.available()
     ckpt = model_from_checkpoint(s.weights)
     assert ckpt.payload["shipped"] == s.name and ckpt.name == "cvglow"
+    # more models like it (--scores all, --entropy): its preset, read back from the card's JSON, any seed
+    assert ckpt.preset(seed=3).model.to_dict() == {**ckpt.model.config.to_dict(), "seed": 3}
+    other = ckpt._replace(payload={**ckpt.payload, "model_config": {**ckpt.payload["model_config"], "hidden": 32}})
+    with pytest.raises(CheckpointError, match="does not use its cpu preset's architecture"):
+        other.preset()
     fake = tmp_path / "x.safetensors"
     fake.write_bytes(s.weights.read_bytes())
     fake.with_suffix(".json").write_text("{}")

@@ -131,12 +131,6 @@ def out_parts(args: argparse.Namespace, in_train: ImageSet, out_test: ImageSet) 
     return sources.map_to(train, in_train.shape, shape_map(args)), out_test
 
 
-def _preset_of(opened: OpenedModel, in_train: ImageSet, seed: int):
-    payload = opened.checkpoint.payload
-    return get_preset(payload["preset"], opened.name, in_train.shape, seed=seed,
-                      split_prior=payload["model_config"].get("split_prior") if opened.name in FLOWS else None)
-
-
 def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_test: ImageSet,
                 out_test: ImageSet, out_dir: Path, started: tuple[str, float] | None = None) -> dict:
     """Open or train the model, compare, write the report; returns results.json's content. The wall-clock counts
@@ -152,10 +146,10 @@ def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, i
     if args.entropy:
         out_train, out_test_part = out_parts(args, in_train, out_test)
         print(f"entropy decomposition: training or reusing a {opened.name} on {out_train.name}", file=sys.stderr)
-        out_model = trained_model(out_train, out_test_part, opened.name, _preset_of(opened, in_train, args.seed),
+        out_model = trained_model(out_train, out_test_part, opened.name, opened.checkpoint.preset(args.seed),
                                   device, args.runs_dir, command=command, retrain=args.retrain).model
     if args.scores == "all":
-        preset = _preset_of(opened, in_train, args.seed)
+        preset = opened.checkpoint.preset(args.seed)
         print("detection scores: training or reusing a background model and 4 more ensemble members",
               file=sys.stderr)
         background, ensemble = extra_models(in_train, in_test, opened.name, preset, device, args.runs_dir,

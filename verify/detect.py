@@ -28,8 +28,6 @@ from empirical.distributed import resolve_device
 from empirical.errors import DgmOodError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
-from empirical.models import FLOWS
-from empirical.presets import get_preset
 from empirical.sources import ImageSet
 from verify.cli import add_model_arguments, check_seed, open_model
 from verify.runs import BACKGROUND_MU, extra_models, provenance
@@ -368,14 +366,8 @@ def extra_for(checkpoint: Checkpoint, in_train: ImageSet, in_test: ImageSet, dev
               seed: int, command: str) -> tuple[nn.Module, list[nn.Module]]:
     """The background model and the ensemble's other members for ``--scores all``, trained or reused like the
     checkpoint (same family, preset and architecture)."""
-    payload = checkpoint.payload
-    family = payload["model"]
-    split = payload["model_config"].get("split_prior") if family in FLOWS else None
-    preset = get_preset(payload["preset"], family, in_train.shape, seed=seed, split_prior=split)
-    if preset.model.to_dict() != payload["model_config"]:
-        raise DgmOodError(f"{checkpoint.path} does not use its preset's architecture, so no matching background "
-                          f"model or ensemble can be trained; use --scores cheap")
-    return extra_models(in_train, in_test, family, preset, device, runs_dir, seed=seed, command=command)
+    return extra_models(in_train, in_test, checkpoint.name, checkpoint.preset(seed), device, runs_dir, seed=seed,
+                        command=command)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from empirical.evaluate import evaluate
+from empirical.evaluate import evaluate, mean_stderr
 from empirical.likelihood import nats_gap_to_bpd
 from empirical.scores import compressed_bits
 
@@ -82,14 +82,10 @@ def gaussian_surrogate(images: np.ndarray, n: int, seed: int) -> tuple[np.ndarra
 
 
 # ------------------------------------------------------------------------------------------ measurements
-def _mean_se(v: np.ndarray) -> tuple[float, float]:
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-
-
 def gap_of(p_log_px: np.ndarray, q_log_px: np.ndarray, dims: int) -> dict:
     """E_q[log p] − E_p*[log p] in nats and bits/dim, with its standard error."""
-    (mp, sp), (mq, sq) = _mean_se(p_log_px), _mean_se(q_log_px)
-    gap, se = mq - mp, math.hypot(sp, sq)
+    p, q = mean_stderr(p_log_px), mean_stderr(q_log_px)
+    gap, se = q["mean"] - p["mean"], math.hypot(p["stderr"], q["stderr"])
     return {"gap_nats": gap, "stderr_nats": se, "gap_bpd": nats_gap_to_bpd(gap, dims),
             "stderr_bpd": nats_gap_to_bpd(se, dims)}
 

@@ -249,6 +249,19 @@ def test_detect_screens_several_ood_sets_in_one_call(smoke_run, tmp_path, capsys
         res["detection"]["scores"]["complexity_png"]["auroc"], abs=0.05)
 
 
+def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_checkpoint(smoke_run, tmp_path):
+    from verify.detect import main as detect_main
+
+    _, _, res = smoke_run
+    out = tmp_path / "det.json"
+    assert run_cli(detect_main, ["fashionmnist", "mnist", "--checkpoint", res["checkpoint"], "--scores", "all",
+                                 "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(SHARED_DATA),
+                                 "--json", str(out)]) == 0
+    det = json.loads(out.read_text())["detection"]["mnist"]
+    assert {"likelihood_ratio", "waic", "gradient"} <= set(det["scores"]) and det["settings"]["ensemble_k"] == 5
+    assert len(list((tmp_path / "runs" / "models").iterdir())) == 5  # the background model and 4 more members
+
+
 def test_scores_none_and_a_model_without_held_out_images(smoke_run, tmp_path):
     tmp, _, res = smoke_run
     out = tmp / "none"
