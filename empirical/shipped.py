@@ -154,8 +154,9 @@ def retrain(shipped: Shipped, out: Path, data_dir: str | None = None) -> dict:
     train_set, test_set = open_in(card["dataset"], DataOptions(data_dir))
     if training_digest(train_set, test_set) != card["data_digest"]:
         raise CheckpointError(f"the {card['dataset']} files found are not the images {shipped.name} was trained on")
-    preset = get_preset(card["preset"], card["model"], train_set.shape, seed=card["train_config"]["seed"],
-                        split_prior=card["model_config"].get("split_prior"))
+    recorded = card["train_config"]
+    preset = get_preset(card["preset"], card["model"], train_set.shape, seed=recorded["seed"],
+                        perturb=recorded.get("perturb", 0.0), split_prior=card["model_config"].get("split_prior"))
     if not shipped.matches(train_set, test_set, card["model"], preset):
         raise CheckpointError(f"the {card['preset']} preset has changed since {shipped.name} was trained; export new "
                               f"weights")

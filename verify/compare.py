@@ -153,7 +153,7 @@ def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, i
         print("detection scores: training or reusing a background model and 4 more ensemble members",
               file=sys.stderr)
         background, ensemble = extra_models(in_train, in_test, opened.name, preset, device, args.runs_dir,
-                                            seed=args.seed, command=command)
+                                            seed=args.seed, command=command, retrain=args.retrain)
     result = api.compare(opened.checkpoint or opened.module, in_train, in_test, out_test, heldout=opened.heldout,
                          background=background, ensemble=ensemble, out_model=out_model,
                          detection={"all": "model"}.get(args.scores, args.scores),

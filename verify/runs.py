@@ -61,17 +61,18 @@ def provenance(command: str, device: torch.device, started: str, t0: float) -> d
 
 
 def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,
-                 runs_dir: Path, *, seed: int, command: str, k: int = ENSEMBLE) -> tuple[torch.nn.Module, list]:
+                 runs_dir: Path, *, seed: int, command: str, k: int = ENSEMBLE,
+                 retrain: bool = False) -> tuple[torch.nn.Module, list]:
     """For the likelihood ratio and WAIC: the background model (``preset`` with perturbation μ = BACKGROUND_MU) and
-    the ensemble's k − 1 other members (seeds seed+1 …), each trained or reused from ``runs_dir`` like the main
-    model (which is member 0)."""
+    the ensemble's k − 1 other members (seeds seed+1 …), each found like the main model (member 0): shipped
+    weights, else trained or reused from ``runs_dir``."""
     from empirical.presets import get_preset
 
     split = getattr(preset.model, "split_prior", None)
 
     def model_for(p: Preset) -> torch.nn.Module:
-        ckpt = cached_model(train_set, test_set, model_name, p, device, runs_dir, command=command)
-        return model_from_checkpoint(ckpt).model.to(device)
+        return trained_model(train_set, test_set, model_name, p, device, runs_dir, command=command,
+                             retrain=retrain).model.to(device)
 
     background = model_for(get_preset(preset.name, model_name, preset.model.shape, seed=seed, perturb=BACKGROUND_MU,
                                       split_prior=split))

@@ -249,17 +249,35 @@ def test_detect_screens_several_ood_sets_in_one_call(smoke_run, tmp_path, capsys
         res["detection"]["scores"]["complexity_png"]["auroc"], abs=0.05)
 
 
-def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_checkpoint(smoke_run, tmp_path):
+def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_checkpoint(smoke_run, tmp_path,
+                                                                                         monkeypatch):
+    from empirical import shipped
     from verify.detect import main as detect_main
 
     _, _, res = smoke_run
-    out = tmp_path / "det.json"
-    assert run_cli(detect_main, ["fashionmnist", "mnist", "--checkpoint", res["checkpoint"], "--scores", "all",
-                                 "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(SHARED_DATA),
-                                 "--json", str(out)]) == 0
-    det = json.loads(out.read_text())["detection"]["mnist"]
+
+    def detect(runs: Path) -> dict:
+        out = tmp_path / "det.json"
+        assert run_cli(detect_main, ["fashionmnist", "mnist", "--checkpoint", res["checkpoint"], "--scores", "all",
+                                     "--runs-dir", str(runs), "--data-dir", str(SHARED_DATA),
+                                     "--json", str(out)]) == 0
+        return json.loads(out.read_text())["detection"]["mnist"]
+
+    det = detect(tmp_path / "runs")
     assert {"likelihood_ratio", "waic", "gradient"} <= set(det["scores"]) and det["settings"]["ensemble_k"] == 5
-    assert len(list((tmp_path / "runs" / "models").iterdir())) == 5  # the background model and 4 more members
+    trained = sorted((tmp_path / "runs" / "models").iterdir())
+    assert len(trained) == 5  # the background model and 4 more members
+    # shipped like the main job's model, they are used instead of training: the same scores, nothing trained
+    monkeypatch.setattr(shipped, "WEIGHTS", tmp_path / "weights")
+    shipped.WEIGHTS.mkdir()
+    for run in trained:
+        shipped.export(run / "last.pt", run.name, shipped.WEIGHTS)
+    again = detect(tmp_path / "runs-empty")
+    assert not (tmp_path / "runs-empty" / "models").exists()
+    for score in ("likelihood_ratio", "waic"):
+        assert again["scores"][score]["auroc"] == det["scores"][score]["auroc"]
+    background = next(s for s in shipped.available() if "-bg0.2-" in s.name)  # retrained with its perturbation
+    assert shipped.retrain(background, tmp_path / "retrain", str(SHARED_DATA))["bit_for_bit"]
 
 
 def test_scores_none_and_a_model_without_held_out_images(smoke_run, tmp_path):
