@@ -64,7 +64,9 @@ def test_the_main_job_finds_its_shipped_weights_and_they_load():
     assert found is not None and found.name == "fashionmnist-cvglow-cpu"
     ckpt = found.load()
     assert ckpt.payload["shipped"] == found.name and len(ckpt.heldout(train_set)) == 2000
-    assert shipped.find(train_set, test_set, "cvglow", get_preset("cpu", "cvglow", train_set.shape, seed=1)) is None
+    member = shipped.find(train_set, test_set, "cvglow", get_preset("cpu", "cvglow", train_set.shape, seed=1))
+    assert member is not None and member.name == "fashionmnist-cvglow-cpu-seed1"  # an ensemble member of --scores all
+    assert shipped.find(train_set, test_set, "cvglow", get_preset("cpu", "cvglow", train_set.shape, seed=7)) is None
 
 
 def test_shipped_weights_are_a_checkpoint_for_every_command(tmp_path):
