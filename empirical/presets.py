@@ -107,7 +107,7 @@ _ARCH: dict[str, dict[str, dict[int, tuple]]] = {
         "gpu": {28: (dict(latent=64, hidden=128), 20_000), 32: (dict(latent=128, hidden=128), 30_000)},
     },
 }
-# CV-Glow shares Glow's smoke and gpu architectures; its cpu preset is its own (8 steps per level, 8–10 minutes).
+# CV-Glow shares Glow's smoke and gpu architectures; its cpu preset is its own (8 steps per level).
 _ARCH["cvglow"] = {**_ARCH["glow"], "cpu": {28: (dict(levels=2, steps=8, hidden=64), 8000, _COSINE),
                                             32: (dict(levels=3, steps=8, hidden=64), 4000, _COSINE)}}
 _TRAIN = {

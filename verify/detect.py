@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="score only the first N images of IN-test and of each OUT set (all by default)")
     return p
 
 
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in (args.in_dataset, *args.out_datasets):
         sources.check_name(name)
     check_seed(args.seed)
+    if args.limit is not None and args.limit < 1:
+        raise DgmOodError(f"--limit must be ≥ 1, got {args.limit}")
     if args.json:
         writable_file(args.json, "--json")
     device = resolve_device(args.device)
@@ -340,24 +344,26 @@ def main(argv: list[str] | None = None) -> int:
                           "--checkpoint (an outside model's training is not known)")
     model = opened.module.to(device).eval()
     shape = describe(model).shape
-    outs = [sources.open_out(name, shape, shape_map(args), options, n_synthetic=len(in_test), seed=args.seed)
-            for name in args.out_datasets]
+    scored = in_test.head(args.limit)
+    outs = [sources.open_out(name, shape, shape_map(args), options, n_synthetic=len(scored), seed=args.seed)
+            .head(args.limit) for name in args.out_datasets]
     background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args.runs_dir, args.seed, command) \
         if args.scores == "all" else (None, [])
-    table = screen(model, in_test, outs, heldout=opened.heldout, background=background, ensemble=ensemble,
+    table = screen(model, scored, outs, heldout=opened.heldout, background=background, ensemble=ensemble,
                    expensive=args.scores in ("model", "all"), seed=args.seed, device=device)
     plumbing = any(s.nonstandard for s in (in_train, in_test, *outs))
     names = list(dict.fromkeys(k for det in table.values() for k in det["scores"]))
     label = "PLUMBING RUN on non-standard data, not a result. " if plumbing else ""
+    subsample = f", on the first {args.limit} images of IN-test and of each OUT set" if args.limit else ""
     print(f"{label}AUROC (OUT positive; 0.5 = chance) for {opened.name} trained on {in_train.source} "
-          f"({opened.source}):")
+          f"({opened.source}){subsample}:")
     print(f"recommended score: {RECOMMENDED} (first column): {RECOMMENDATION}")
     print("| OUT | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
     for name, det in table.items():
         print(f"| {name} | " + " | ".join(f"{det['scores'][s]['auroc']:.3f}" if s in det["scores"] else "n/a"
                                          for s in names) + " |")
     if args.json:
-        write_json(args.json, {"in": in_train.source, "model": opened.source, "plumbing": plumbing,
+        write_json(args.json, {"in": in_train.source, "model": opened.source, "plumbing": plumbing, "limit": args.limit,
                                "detection": table, "provenance": provenance(command, device, started, t0)})
     return 0
 

@@ -46,7 +46,7 @@ def loglik_histograms(loglik: dict[str, np.ndarray], labels: dict[str, str], tit
     lo, hi = np.percentile(values, [0.5, 99.5])
     bins = np.linspace(lo, hi, 60)
     for key, v in loglik.items():
-        ax.hist(v, bins=bins, density=True, alpha=0.45, color=COLOURS[key], label=labels[key])
+        ax.hist(v, bins=bins, histtype="stepfilled", density=True, alpha=0.45, color=COLOURS[key], label=labels[key])
     ax.set_xlabel("log p(x)  [nats per image]")
     ax.set_ylabel("density")
     ax.set_title(title)
@@ -64,7 +64,8 @@ def moment_histograms(stats: dict[str, tuple[np.ndarray, np.ndarray]], labels: d
         data = [v[i].ravel() for v in stats.values()]
         bins = np.linspace(min(d.min() for d in data), max(d.max() for d in data), 50)
         for key, d in zip(stats, data, strict=True):
-            axes[i].hist(d, bins=bins, density=True, alpha=0.5, color=COLOURS[key], label=labels[key])
+            axes[i].hist(d, bins=bins, histtype="stepfilled", density=True, alpha=0.5, color=COLOURS[key],
+                         label=labels[key])
         axes[i].set_xlabel(f"per-dimension {name}  [pixel units]")
     axes[0].set_ylabel("density")
     axes[1].legend(frameon=False)
@@ -132,7 +133,7 @@ def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: di
             continue
         bins = np.linspace(lo, hi, 60)
         for key, v in parts.items():
-            ax.hist(v[part], bins=bins, density=True, alpha=0.45, color=COLOURS[key],
+            ax.hist(v[part], bins=bins, histtype="stepfilled", density=True, alpha=0.45, color=COLOURS[key],
                     label=f"{labels[key]} (mean {v[part].mean():.0f})")
         ax.set_title(title)
         ax.set_xlabel("nats per image")
@@ -155,7 +156,8 @@ def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, d
         logscale = lo > 0 and hi / lo > 100  # sets orders of magnitude apart (noise under a flow): log axis
         bins = np.geomspace(lo, hi, 60) if logscale else np.linspace(lo, hi, 60)
         for key, v in sets.items():
-            ax.hist(v, bins=bins, density=not logscale, alpha=0.45, color=COLOURS[key], label=labels[title][key])
+            ax.hist(v, bins=bins, histtype="stepfilled", density=not logscale, alpha=0.45, color=COLOURS[key],
+                    label=labels[title][key])
         if logscale:
             ax.set_xscale("log")
             ax.set_ylabel("images")
@@ -213,8 +215,9 @@ def score_histograms(per_image: dict[str, tuple[np.ndarray, np.ndarray]], labels
     for ax, (name, (s_in, s_out)) in zip(axes.ravel(), per_image.items(), strict=False):
         lo, hi = np.percentile(np.concatenate([s_in, s_out]), [0.5, 99.5])
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-9, 50)
-        ax.hist(s_in, bins=bins, density=True, alpha=0.5, color=COLOURS["in_test"], label=labels["in_test"])
-        ax.hist(s_out, bins=bins, density=True, alpha=0.5, color=COLOURS["out_test"], label=labels["out_test"])
+        for key, values in (("in_test", s_in), ("out_test", s_out)):
+            ax.hist(values, bins=bins, histtype="stepfilled", density=True, alpha=0.5, color=COLOURS[key],
+                    label=labels[key])
         ax.set_title(name, fontsize=9)
     for ax in axes.ravel()[n:]:
         ax.axis("off")

@@ -3,14 +3,19 @@ in a subprocess, the one-line-error check and a snapshot of a folder's files."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import io
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
+from empirical.cli import run_cli
 from empirical.locking import LOCK_NAME
 from tests import datafiles
 
@@ -45,11 +50,47 @@ def env_for(tmp: Path, **extra: str) -> dict:
     return env
 
 
+# Our commands: their ``__main__`` is ``sys.exit(run_cli(main))``, so calling that in this process is what
+# ``python -m`` does, less a torch import (4–9 s a call on a slow 2-core machine).
+IN_PROCESS = ("empirical.", "theory.", "verify.")
+
+
 def cli(module: str, *args: str | Path, tmp: Path, env: dict | None = None,
         timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m module args`` in a subprocess, from ``tmp``; output captured as text."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=tmp, env=env or env_for(tmp),
-                          capture_output=True, text=True, timeout=timeout)
+    """``python -m module args`` from ``tmp`` with ``env``; output captured as text. Our commands run in this
+    process (the exit status, stdout and stderr a subprocess would give, a traceback included), anything else
+    in a subprocess."""
+    argv, env = list(map(str, args)), env or env_for(tmp)
+    if not module.startswith(IN_PROCESS):
+        return subprocess.run([sys.executable, "-m", module, *argv], cwd=tmp, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(tmp)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _exit_status(main, argv)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *argv], code, out.getvalue(), err.getvalue())
+
+
+def _exit_status(main, argv: list[str]) -> int:
+    """``sys.exit(run_cli(main))`` as the interpreter ends it: argparse's exits, and a traceback with status 1."""
+    try:
+        return run_cli(main, argv)
+    except SystemExit as done:
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
+    except Exception:  # an uncaught error: what the interpreter prints, so tests see the traceback
+        traceback.print_exc()
+        return 1
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:

@@ -235,18 +235,22 @@ def test_detect_screens_several_ood_sets_in_one_call(smoke_run, tmp_path, capsys
     _, _, res = smoke_run
     out = tmp_path / "det.json"
     assert run_cli(detect_main, ["fashionmnist", "mnist", "constant", "noise", "--checkpoint", res["checkpoint"],
-                                 "--data-dir", str(SHARED_DATA), "--json", str(out)]) == 0
+                                 "--limit", "200", "--data-dir", str(SHARED_DATA), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert all(f"| {name} |" in printed for name in ("mnist", "constant", "noise"))
+    assert "on the first 200 images of IN-test and of each OUT set" in printed
     written = json.loads(out.read_text())
     table = written["detection"]
-    assert set(table) == {"mnist", "constant", "noise"}
+    assert set(table) == {"mnist", "constant", "noise"} and written["limit"] == 200
+    assert all(s["n_in"] == s["n_out"] == 200 for det in table.values() for s in det["scores"].values())
     assert written["provenance"]["command"].startswith("python -m verify.detect fashionmnist mnist constant noise")
     assert written["provenance"]["commit"] and written["provenance"]["seconds"] > 0
     assert table["noise"]["scores"]["likelihood"]["auroc"] > 0.99  # noise is easy for the likelihood itself
-    # the same model and sets as the compare run: the same numbers
-    assert table["mnist"]["scores"]["complexity_png"]["auroc"] == pytest.approx(
-        res["detection"]["scores"]["complexity_png"]["auroc"], abs=0.05)
+    # the compare run scored the same first 200 images of each set: the model-free score is identical
+    assert table["mnist"]["scores"]["complexity_png"] == res["detection"]["scores"]["complexity_png"]
+    assert run_cli(detect_main, ["fashionmnist", "mnist", "--checkpoint", res["checkpoint"], "--limit", "0",
+                                 "--data-dir", str(SHARED_DATA)]) == 2
+    assert "--limit must be ≥ 1, got 0" in capsys.readouterr().err
 
 
 def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_checkpoint(smoke_run, tmp_path,
@@ -259,7 +263,7 @@ def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_ch
     def detect(runs: Path) -> dict:
         out = tmp_path / "det.json"
         assert run_cli(detect_main, ["fashionmnist", "mnist", "--checkpoint", res["checkpoint"], "--scores", "all",
-                                     "--runs-dir", str(runs), "--data-dir", str(SHARED_DATA),
+                                     "--limit", "200", "--runs-dir", str(runs), "--data-dir", str(SHARED_DATA),
                                      "--json", str(out)]) == 0
         return json.loads(out.read_text())["detection"]["mnist"]
 
