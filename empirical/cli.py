@@ -52,6 +52,12 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_limit(limit: int | None) -> None:
+    """``--limit N`` (the first N images) must name at least one image."""
+    if limit is not None and limit < 1:
+        raise DgmOodError(f"--limit must be ≥ 1, got {limit}")
+
+
 # ------------------------------------------------------------------------------------------------- data
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """--data-dir, --download, --allow-nonstandard-data and --layout: how every command reads its sources."""

@@ -15,7 +15,15 @@ import torch
 from empirical import distributed, sources
 from empirical.atomic import write_json
 from empirical.checkpoint import model_from_checkpoint
-from empirical.cli import add_data_arguments, add_shape_arguments, data_options, run_cli, shape_map, writable_file
+from empirical.cli import (
+    add_data_arguments,
+    add_shape_arguments,
+    check_limit,
+    data_options,
+    run_cli,
+    shape_map,
+    writable_file,
+)
 from empirical.contract import describe, model_device, model_dtype
 from empirical.distributed import Shard
 from empirical.errors import DataError, DgmOodError
@@ -151,8 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise DgmOodError(f"--limit must be ≥ 1, got {args.limit}")
+    check_limit(args.limit)
     if args.seed < 0:
         raise DgmOodError(f"--seed must be a whole number ≥ 0, got {args.seed}")
     sources.check_name(args.dataset)

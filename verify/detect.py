@@ -22,7 +22,15 @@ from torch import nn
 from empirical import scores, sources
 from empirical.atomic import write_json
 from empirical.checkpoint import Checkpoint
-from empirical.cli import add_data_arguments, add_shape_arguments, data_options, run_cli, shape_map, writable_file
+from empirical.cli import (
+    add_data_arguments,
+    add_shape_arguments,
+    check_limit,
+    data_options,
+    run_cli,
+    shape_map,
+    writable_file,
+)
 from empirical.contract import ModelInfo, describe, model_device
 from empirical.distributed import resolve_device
 from empirical.errors import DgmOodError
@@ -331,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (args.in_dataset, *args.out_datasets):
         sources.check_name(name)
     check_seed(args.seed)
-    if args.limit is not None and args.limit < 1:
-        raise DgmOodError(f"--limit must be ≥ 1, got {args.limit}")
+    check_limit(args.limit)
     if args.json:
         writable_file(args.json, "--json")
     device = resolve_device(args.device)

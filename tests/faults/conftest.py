@@ -1,5 +1,5 @@
 """Shared pieces of the fault-injection suite: tiny official-format data, trained smoke checkpoints, a CLI runner
-in a subprocess, the one-line-error check and a snapshot of a folder's files."""
+that runs a command as ``python -m`` would, the one-line-error check and a snapshot of a folder's files."""
 
 from __future__ import annotations
 
@@ -66,18 +66,24 @@ def cli(module: str, *args: str | Path, tmp: Path, env: dict | None = None,
                               text=True, timeout=timeout)
     main = importlib.import_module(module).main
     out, err = io.StringIO(), io.StringIO()
+    with _as_a_process(tmp, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _exit_status(main, argv)
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *argv], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _as_a_process(cwd: Path, env: dict):
+    """This process's working folder and environment are ``cwd`` and ``env`` inside the block, then restored."""
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     os.environ.clear()
     os.environ.update(env)
-    os.chdir(tmp)
+    os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = _exit_status(main, argv)
+        yield
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
-    return subprocess.CompletedProcess([sys.executable, "-m", module, *argv], code, out.getvalue(), err.getvalue())
 
 
 def _exit_status(main, argv: list[str]) -> int:
