@@ -52,6 +52,12 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_seed(seed: int) -> None:
+    """``--seed`` must be a whole number ≥ 0 (torch's generators refuse negative seeds deep inside)."""
+    if seed < 0:
+        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {seed}")
+
+
 def check_limit(limit: int | None) -> None:
     """``--limit N`` (the first N images) must name at least one image."""
     if limit is not None and limit < 1:

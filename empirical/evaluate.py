@@ -19,6 +19,7 @@ from empirical.cli import (
     add_data_arguments,
     add_shape_arguments,
     check_limit,
+    check_seed,
     data_options,
     run_cli,
     shape_map,
@@ -160,8 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_limit(args.limit)
-    if args.seed < 0:
-        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {args.seed}")
+    check_seed(args.seed)
     sources.check_name(args.dataset)
     if args.json:
         writable_file(args.json, "--json")

@@ -43,11 +43,6 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
                         "checkpoints use the images their preset held out)")
 
 
-def check_seed(seed: int) -> None:
-    if seed < 0:
-        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {seed}")
-
-
 def check_model_arguments(args: argparse.Namespace) -> None:
     """Contradicting or incomplete model options, refused before any work."""
     if args.checkpoint and args.model_factory:

@@ -20,6 +20,7 @@ from empirical.checkpoint import Checkpoint, load_checkpoint
 from empirical.cli import (
     add_data_arguments,
     add_shape_arguments,
+    check_seed,
     data_options,
     run_cli,
     shape_map,
@@ -31,7 +32,7 @@ from empirical.models import FLOWS, MODELS
 from empirical.presets import PRESETS, default_budget, get_preset
 from empirical.sources import ImageSet
 from verify import api
-from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, check_seed, open_model
+from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, open_model
 from verify.report import write_families
 from verify.runs import extra_models, trained_model
 

@@ -26,6 +26,7 @@ from empirical.cli import (
     add_data_arguments,
     add_shape_arguments,
     check_limit,
+    check_seed,
     data_options,
     run_cli,
     shape_map,
@@ -37,7 +38,7 @@ from empirical.errors import DgmOodError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
 from empirical.sources import ImageSet
-from verify.cli import add_model_arguments, check_seed, open_model
+from verify.cli import add_model_arguments, open_model
 from verify.runs import BACKGROUND_MU, extra_models, provenance
 
 BATCH_SIZES = (2, 5, 10, 25)  # M of the batch typicality test

@@ -21,8 +21,8 @@ import torch
 
 from empirical import distributed, sources
 from empirical.atomic import atomic_write, write_json
-from empirical.cli import add_data_arguments, data_options, run_cli, writable_dir
-from empirical.errors import DataNotFound, DgmOodError, TheoryError
+from empirical.cli import add_data_arguments, check_seed, data_options, run_cli, writable_dir
+from empirical.errors import DataNotFound, TheoryError
 from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import nats_gap_to_bpd
 from empirical.models import FLOWS, MODELS
@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     command = shlex.join(["python", "-m", "verify.table", *(sys.argv[1:] if argv is None else argv)])
-    if args.seed < 0:
-        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {args.seed}")
+    check_seed(args.seed)
     out = args.out or Path("runs/table") / f"{args.model}-{args.preset}"
     device = distributed.resolve_device(args.device)
     writable_dir(out, "--out")  # before any training
