@@ -3,6 +3,7 @@ tensors and plain data only, never code."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
@@ -34,14 +35,27 @@ class CorruptCheckpoint(CheckpointError):
 
 
 def code_version() -> str:
-    """Hash of TRAINING_CODE: a cached checkpoint is reused only if it matches (an edit elsewhere keeps the cache)."""
+    """Hash of TRAINING_CODE's syntax trees: a cached checkpoint is reused only if it matches (an edit elsewhere, or to
+    a comment, docstring or layout, keeps the cache)."""
     h = hashlib.sha256()
     files = [f for name in TRAINING_CODE for f in ((_PACKAGE / name).rglob("*.py") if (_PACKAGE / name).is_dir()
                                                      else [_PACKAGE / name])]
     for path in sorted(files):
         h.update(path.relative_to(_PACKAGE).as_posix().encode())
-        h.update(path.read_bytes())
+        h.update(_code_only(path.read_text(encoding="utf-8")).encode())
     return h.hexdigest()[:12]
+
+
+def _code_only(source: str) -> str:
+    """The module's syntax tree without docstrings, as text: what runs, not how it is written or explained."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

@@ -32,6 +32,10 @@ def test_the_cache_key_follows_the_training_code_only(tmp_path, monkeypatch):
     before = checkpoint.code_version()
     (tmp_path / "empirical" / "shipped.py").write_text("# edited\n", encoding="utf-8")
     assert checkpoint.code_version() == before
-    with open(tmp_path / "empirical" / "flows" / "layers.py", "a", encoding="utf-8") as f:
-        f.write("# edited\n")
+    layers = tmp_path / "empirical" / "flows" / "layers.py"
+    source = layers.read_text(encoding="utf-8")
+    layers.write_text('"""A reworded docstring."""\n# a comment\n\n' + source.split('"""', 2)[2].lstrip("\n"),
+                      encoding="utf-8")
+    assert checkpoint.code_version() == before  # comments, docstrings and layout are not training code
+    layers.write_text(source + "\nEDITED = 1\n", encoding="utf-8")
     assert checkpoint.code_version() != before
