@@ -37,7 +37,7 @@ from empirical.sources import ImageSet, as_image_set
 from verify import detect, predictions
 from verify.explain import explain_for
 from verify.report import terminal_summary, verdict, write_report
-from verify.runs import provenance
+from verify.runs import model_source, provenance
 
 SETS = ("in_train", "in_test", "out_test")
 
@@ -113,8 +113,8 @@ class Result:
 
 # ------------------------------------------------------------------------------------------------ entry
 def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, out_test: object, *,
-            heldout: object | None = None, background: nn.Module | None = None,
-            ensemble: list[nn.Module] | tuple = (), out_model: nn.Module | None = None,
+            heldout: object | None = None, background: nn.Module | Checkpoint | None = None,
+            ensemble: list[nn.Module | Checkpoint] | tuple = (), out_model: nn.Module | None = None,
             detection: str | None = "cheap", explain: bool = True, budget: EvalBudget | None = None,
             seed: int = 0, device: str | torch.device | None = None, command: str | None = None,
             started: tuple[str, float] | None = None, model_source: str | None = None,
@@ -125,9 +125,10 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     ``model``: a ``Checkpoint`` (``load_model``) or any ``nn.Module`` meeting empirical.contract. The image sets
     are ImageSets or anything ``as_image_set`` takes, all in the model's shape (map OUT with
     ``empirical.sources.map_to`` first). ``heldout``: IN images the model never trained on (typicality's Ĥ and the
-    thresholds; a Checkpoint supplies its own). ``background`` and ``ensemble`` (models trained on IN) add the
-    likelihood ratio and WAIC. ``detection``: "cheap" (every score that needs no more passes of the model),
-    "model" (also the gradient score or a VAE's likelihood regret) or None. ``out_model`` (a model of the same kind
+    thresholds; a Checkpoint supplies its own). ``background`` and ``ensemble`` (models or Checkpoints trained on
+    IN; a Checkpoint's origin goes into the provenance) add the likelihood ratio and WAIC. ``detection``: "cheap"
+    (every score that needs no more passes of the model), "model" (also the gradient score or a VAE's likelihood
+    regret) or None. ``out_model`` (a model of the same kind
     trained on OUT-train) adds the entropy decomposition. ``explain=False`` skips the interventions (verify.explain).
     ``budget`` caps the images per set (default: the preset's, or ``default_budget``).
     ``command``, ``started`` (ISO time, time.time()) and ``model_source`` (where the model came from) go into the
@@ -164,13 +165,26 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
         th["prediction"]["input_complexity"] = None if c["gap_nats"] is None else {
             "gap_nats": c["gap_nats"], "gap_bpd": c["gap_bpd"],
             "method": f"log p ≈ a + b·L(x) fitted on {c['n_fit']} IN-train images (L: {c['compressor']} bits)"}
+    extra = {"background": [] if background is None else [background], "ensemble": list(ensemble)}
     det, per_image_scores = (None, {}) if detection in (None, "none") else detect.detect_for(
-        module, info, m, evaluated, heldout, background, list(ensemble), seed, dev, expensive=detection == "model")
+        module, info, m, evaluated, heldout, *(_module(e) for e in extra["background"] or [None]),
+        [_module(e) for e in extra["ensemble"]], seed, dev, expensive=detection == "model")
     results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
     results["explain"] = ex
     results["model_source"] = model_source or (str(checkpoint.path) if checkpoint else info.name)
+    if det is not None:
+        results["extra_model_sources"] = {k: [_source(e) for e in v] for k, v in extra.items() if v}
     results["provenance"] = provenance(command or "verify.api.compare (Python)", dev, *started)
     return Result(results, m, per_image_scores)
+
+
+def _module(model: nn.Module | Checkpoint | None) -> nn.Module | None:
+    return model.model if isinstance(model, Checkpoint) else model
+
+
+def _source(model: nn.Module | Checkpoint) -> str:
+    """Where an extra model came from: how shipped weights were made, a checkpoint's path, or an outside class."""
+    return model_source(model) if isinstance(model, Checkpoint) else f"{type(model).__name__} (passed in)"
 
 
 def checkpoint_budget(checkpoint: Checkpoint) -> EvalBudget:

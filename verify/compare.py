@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from empirical import distributed, sources
-from empirical.checkpoint import Checkpoint, load_checkpoint
+from empirical.checkpoint import load_checkpoint
 from empirical.cli import (
     add_data_arguments,
     add_shape_arguments,
@@ -34,7 +34,7 @@ from empirical.sources import ImageSet
 from verify import api
 from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, open_model
 from verify.report import write_families
-from verify.runs import extra_models, trained_model
+from verify.runs import extra_models, model_source, trained_model
 
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
 SCORE_SETS = ("none", "cheap", "model", "all")
@@ -92,14 +92,6 @@ def checkpoint_family(args: argparse.Namespace) -> str:
     return family
 
 
-def find_shipped_text(ckpt: Checkpoint) -> str | None:
-    """How shipped weights were made, in one line for the report (None for a checkpoint of a training run)."""
-    from empirical.shipped import available
-
-    name = ckpt.payload.get("shipped")
-    return next((s.describe() for s in available() if s.name == name), None) if name else None
-
-
 def preset_name(args: argparse.Namespace) -> str:
     return args.preset if args.preset != "auto" else ("gpu" if resolve_device(args.device).type == "cuda" else "cpu")
 
@@ -117,8 +109,7 @@ def _model(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_tes
           f"{preset.train.batch_size}", file=sys.stderr)
     ckpt = trained_model(in_train, in_test, model_name, preset, device, args.runs_dir, command=command,
                          retrain=args.retrain)
-    source = find_shipped_text(ckpt) or str(ckpt.path)
-    return OpenedModel(ckpt.model, ckpt.name, source, ckpt, ckpt.heldout(in_train))
+    return OpenedModel(ckpt.model, ckpt.name, model_source(ckpt), ckpt, ckpt.heldout(in_train))
 
 
 def out_parts(args: argparse.Namespace, in_train: ImageSet, out_test: ImageSet) -> tuple[ImageSet, ImageSet]:

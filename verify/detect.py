@@ -39,7 +39,7 @@ from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
 from empirical.sources import ImageSet
 from verify.cli import add_model_arguments, open_model
-from verify.runs import BACKGROUND_MU, extra_models, provenance
+from verify.runs import BACKGROUND_MU, extra_models, model_source, provenance
 
 BATCH_SIZES = (2, 5, 10, 25)  # M of the batch typicality test
 BOOTSTRAP = 1000  # resamples of the AUROC's interval
@@ -357,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             .head(args.limit) for name in args.out_datasets]
     background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args.runs_dir, args.seed, command) \
         if args.scores == "all" else (None, [])
-    table = screen(model, scored, outs, heldout=opened.heldout, background=background, ensemble=ensemble,
+    extra_sources = {"background": [model_source(background)], "ensemble": [model_source(e) for e in ensemble]} \
+        if background is not None else None
+    table = screen(model, scored, outs, heldout=opened.heldout, background=background and background.model,
+                   ensemble=[e.model for e in ensemble],
                    expensive=args.scores in ("model", "all"), seed=args.seed, device=device)
     plumbing = any(s.nonstandard for s in (in_train, in_test, *outs))
     names = list(dict.fromkeys(k for det in table.values() for k in det["scores"]))
@@ -372,12 +375,13 @@ def main(argv: list[str] | None = None) -> int:
                                          for s in names) + " |")
     if args.json:
         write_json(args.json, {"in": in_train.source, "model": opened.source, "plumbing": plumbing, "limit": args.limit,
-                               "detection": table, "provenance": provenance(command, device, started, t0)})
+                               "extra_model_sources": extra_sources, "detection": table,
+                               "provenance": provenance(command, device, started, t0)})
     return 0
 
 
 def extra_for(checkpoint: Checkpoint, in_train: ImageSet, in_test: ImageSet, device: torch.device, runs_dir: Path,
-              seed: int, command: str) -> tuple[nn.Module, list[nn.Module]]:
+              seed: int, command: str) -> tuple[Checkpoint, list[Checkpoint]]:
     """The background model and the ensemble's other members for ``--scores all``, trained or reused like the
     checkpoint (same family, preset and architecture)."""
     return extra_models(in_train, in_test, checkpoint.name, checkpoint.preset(seed), device, runs_dir, seed=seed,

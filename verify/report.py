@@ -347,6 +347,9 @@ def _graying_and_provenance(results: dict) -> list[str]:
            f"wall-clock {prov['seconds']:.0f} s", f"- checkpoint: `{results['checkpoint']}`"]
     if results.get("model_source"):
         md += [f"- model: {results['model_source']}"]
+    extra = results.get("extra_model_sources") or {}
+    md += [f"- likelihood ratio's background model: {s}" for s in extra.get("background", [])]
+    md += [f"- WAIC's ensemble member {i}: {s}" for i, s in enumerate(extra.get("ensemble", []), 1)]
     md += ["- data read (path, bytes, SHA-256; images evaluated, their content digest, what was done to them):"]
     for d in (results.get("data") or {}).values():
         files = ", ".join(f"`{f['path']}` ({f['bytes']:,} B" + (f" in {f['count']} files" if f.get("count") else "")

@@ -14,7 +14,7 @@ import torch
 from empirical.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint, model_from_checkpoint
 from empirical.presets import Preset
 from empirical.provenance import device_description, git_commit
-from empirical.shipped import find
+from empirical.shipped import available, find
 from empirical.sources import ImageSet, slug, training_digest
 from empirical.train import CHECKPOINT, train
 
@@ -62,7 +62,7 @@ def provenance(command: str, device: torch.device, started: str, t0: float) -> d
 
 def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,
                  runs_dir: Path, *, seed: int, command: str, k: int = ENSEMBLE,
-                 retrain: bool = False) -> tuple[torch.nn.Module, list]:
+                 retrain: bool = False) -> tuple[Checkpoint, list[Checkpoint]]:
     """For the likelihood ratio and WAIC: the background model (``preset`` with perturbation μ = BACKGROUND_MU) and
     the ensemble's k − 1 other members (seeds seed+1 …), each found like the main model (member 0): shipped
     weights, else trained or reused from ``runs_dir``."""
@@ -70,15 +70,22 @@ def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
 
     split = getattr(preset.model, "split_prior", None)
 
-    def model_for(p: Preset) -> torch.nn.Module:
-        return trained_model(train_set, test_set, model_name, p, device, runs_dir, command=command,
-                             retrain=retrain).model.to(device)
+    def model_for(p: Preset) -> Checkpoint:
+        ckpt = trained_model(train_set, test_set, model_name, p, device, runs_dir, command=command, retrain=retrain)
+        return ckpt._replace(model=ckpt.model.to(device))
 
     background = model_for(get_preset(preset.name, model_name, preset.model.shape, seed=seed, perturb=BACKGROUND_MU,
                                       split_prior=split))
     members = [model_for(get_preset(preset.name, model_name, preset.model.shape, seed=seed + i, split_prior=split))
                for i in range(1, k)]
     return background, members
+
+
+def model_source(ckpt: Checkpoint) -> str:
+    """Where a model of ours came from, in one line for a report: how its shipped weights were made, else its path."""
+    name = ckpt.payload.get("shipped")
+    shipped = next((s for s in available() if s.name == name), None) if name else None
+    return shipped.describe() if shipped else str(ckpt.path)
 
 
 def trained_model(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,

@@ -105,3 +105,17 @@ def test_the_model_tier_adds_the_gradient_score_and_every_score_has_an_interval(
     for r in det["scores"].values():
         assert r["auroc_ci95"][0] <= r["auroc"] <= r["auroc_ci95"][1] and 0 <= r["fpr80"] <= r["fpr95"] <= 1
     assert result.results["explain"] is None
+
+
+def test_a_background_model_and_an_ensemble_add_their_scores_and_their_origin(tmp_path):
+    in_train, in_test, out_test = _images(200, 128, 40, 0), _images(150, 128, 40, 1), _images(150, 120, 15, 2)
+    result = compare(Gaussian(), in_train, in_test, out_test, heldout=_images(100, 128, 40, 3), explain=False,
+                     background=Gaussian(std=0.5), ensemble=[Gaussian(mean=0.45), Gaussian(mean=0.55)])
+    assert {"likelihood_ratio", "waic"} <= set(result.detection["scores"])
+    assert result.detection["settings"]["ensemble_k"] == 3  # this model and the two passed in
+    assert result.results["extra_model_sources"] == {"background": ["Gaussian (passed in)"],
+                                                     "ensemble": ["Gaussian (passed in)"] * 2}
+    result.write(tmp_path / "r")
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "- likelihood ratio's background model: Gaussian (passed in)" in report
+    assert "- WAIC's ensemble member 2: Gaussian (passed in)" in report

@@ -265,9 +265,10 @@ def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_ch
         assert run_cli(detect_main, ["fashionmnist", "mnist", "--checkpoint", res["checkpoint"], "--scores", "all",
                                      "--limit", "200", "--runs-dir", str(runs), "--data-dir", str(SHARED_DATA),
                                      "--json", str(out)]) == 0
-        return json.loads(out.read_text())["detection"]["mnist"]
+        return json.loads(out.read_text())
 
-    det = detect(tmp_path / "runs")
+    first = detect(tmp_path / "runs")
+    det = first["detection"]["mnist"]
     assert {"likelihood_ratio", "waic", "gradient"} <= set(det["scores"]) and det["settings"]["ensemble_k"] == 5
     trained = sorted((tmp_path / "runs" / "models").iterdir())
     assert len(trained) == 5  # the background model and 4 more members
@@ -276,8 +277,13 @@ def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_ch
     shipped.WEIGHTS.mkdir()
     for run in trained:
         shipped.export(run / "last.pt", run.name, shipped.WEIGHTS)
-    again = detect(tmp_path / "runs-empty")
+    second = detect(tmp_path / "runs-empty")
+    again = second["detection"]["mnist"]
     assert not (tmp_path / "runs-empty" / "models").exists()
+    # the JSON names each extra model: first the cached run's checkpoint, then the shipped weights and how made
+    made = first["extra_model_sources"]
+    assert sorted(Path(p).parent for p in made["background"] + made["ensemble"]) == trained
+    assert all(s.startswith("shipped weights ") for s in second["extra_model_sources"]["ensemble"])
     for score in ("likelihood_ratio", "waic"):
         assert again["scores"][score]["auroc"] == det["scores"][score]["auroc"]
     background = next(s for s in shipped.available() if "-bg0.2-" in s.name)  # retrained with its perturbation
