@@ -37,7 +37,7 @@ from empirical.sources import ImageSet, as_image_set
 from verify import detect, predictions
 from verify.explain import explain_for
 from verify.report import terminal_summary, verdict, write_report
-from verify.runs import model_source, provenance
+from verify.runs import origin_text, provenance
 
 SETS = ("in_train", "in_test", "out_test")
 
@@ -128,8 +128,8 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     thresholds; a Checkpoint supplies its own). ``background`` and ``ensemble`` (models or Checkpoints trained on
     IN; a Checkpoint's origin goes into the provenance) add the likelihood ratio and WAIC. ``detection``: "cheap"
     (every score that needs no more passes of the model), "model" (also the gradient score or a VAE's likelihood
-    regret) or None. ``out_model`` (a model of the same kind
-    trained on OUT-train) adds the entropy decomposition. ``explain=False`` skips the interventions (verify.explain).
+    regret) or None. ``out_model`` (a model of the same kind trained on OUT-train) adds the entropy decomposition.
+    ``explain=False`` skips the interventions (verify.explain).
     ``budget`` caps the images per set (default: the preset's, or ``default_budget``).
     ``command``, ``started`` (ISO time, time.time()) and ``model_source`` (where the model came from) go into the
     provenance; ``name`` is what reports call the model (default: its family, or its class name).
@@ -165,14 +165,14 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
         th["prediction"]["input_complexity"] = None if c["gap_nats"] is None else {
             "gap_nats": c["gap_nats"], "gap_bpd": c["gap_bpd"],
             "method": f"log p ≈ a + b·L(x) fitted on {c['n_fit']} IN-train images (L: {c['compressor']} bits)"}
-    extra = {"background": [] if background is None else [background], "ensemble": list(ensemble)}
     det, per_image_scores = (None, {}) if detection in (None, "none") else detect.detect_for(
-        module, info, m, evaluated, heldout, *(_module(e) for e in extra["background"] or [None]),
-        [_module(e) for e in extra["ensemble"]], seed, dev, expensive=detection == "model")
+        module, info, m, evaluated, heldout, _module(background), [_module(e) for e in ensemble], seed, dev,
+        expensive=detection == "model")
     results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
     results["explain"] = ex
     results["model_source"] = model_source or (str(checkpoint.path) if checkpoint else info.name)
     if det is not None:
+        extra = {"background": [] if background is None else [background], "ensemble": list(ensemble)}
         results["extra_model_sources"] = {k: [_source(e) for e in v] for k, v in extra.items() if v}
     results["provenance"] = provenance(command or "verify.api.compare (Python)", dev, *started)
     return Result(results, m, per_image_scores)
@@ -184,7 +184,7 @@ def _module(model: nn.Module | Checkpoint | None) -> nn.Module | None:
 
 def _source(model: nn.Module | Checkpoint) -> str:
     """Where an extra model came from: how shipped weights were made, a checkpoint's path, or an outside class."""
-    return model_source(model) if isinstance(model, Checkpoint) else f"{type(model).__name__} (passed in)"
+    return origin_text(model) if isinstance(model, Checkpoint) else f"{type(model).__name__} (passed in)"
 
 
 def checkpoint_budget(checkpoint: Checkpoint) -> EvalBudget:

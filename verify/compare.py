@@ -34,7 +34,7 @@ from empirical.sources import ImageSet
 from verify import api
 from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, open_model
 from verify.report import write_families
-from verify.runs import extra_models, model_source, trained_model
+from verify.runs import extra_models, origin_text, trained_model
 
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
 SCORE_SETS = ("none", "cheap", "model", "all")
@@ -109,7 +109,7 @@ def _model(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_tes
           f"{preset.train.batch_size}", file=sys.stderr)
     ckpt = trained_model(in_train, in_test, model_name, preset, device, args.runs_dir, command=command,
                          retrain=args.retrain)
-    return OpenedModel(ckpt.model, ckpt.name, model_source(ckpt), ckpt, ckpt.heldout(in_train))
+    return OpenedModel(ckpt.model, ckpt.name, origin_text(ckpt), ckpt, ckpt.heldout(in_train))
 
 
 def out_parts(args: argparse.Namespace, in_train: ImageSet, out_test: ImageSet) -> tuple[ImageSet, ImageSet]:

@@ -81,7 +81,7 @@ def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     return background, members
 
 
-def model_source(ckpt: Checkpoint) -> str:
+def origin_text(ckpt: Checkpoint) -> str:
     """Where a model of ours came from, in one line for a report: how its shipped weights were made, else its path."""
     name = ckpt.payload.get("shipped")
     shipped = next((s for s in available() if s.name == name), None) if name else None
