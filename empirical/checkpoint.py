@@ -164,11 +164,28 @@ class Checkpoint(NamedTuple):
                                                                 f"training")
 
 
+def _is_shipped(path: Path) -> bool:
+    return path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+
+
+def checkpoint_facts(path: Path) -> dict:
+    """What a checkpoint says about its model (family, model_config, training) without building it: the payload, or
+    the card of shipped weights (``NAME.safetensors`` beside ``NAME.json``)."""
+    path = Path(path)
+    if _is_shipped(path):
+        try:
+            return json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{path.with_suffix('.json')} is not a readable card of shipped weights ({err})") \
+                from err
+    return load_checkpoint(path)
+
+
 def model_from_checkpoint(path: Path) -> Checkpoint:
     """Rebuild the model of a checkpoint in eval mode; returns (model, payload, path). Refuses non-finite weights.
     Shipped weights (``empirical/weights/NAME.safetensors`` beside their card) are read through empirical.shipped."""
     path = Path(path)
-    if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+    if _is_shipped(path):
         from empirical.shipped import Shipped  # shipped weights: safetensors and a card, read without pickle
 
         try:

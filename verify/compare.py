@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from empirical import distributed, sources
-from empirical.checkpoint import load_checkpoint
+from empirical.checkpoint import checkpoint_facts
 from empirical.cli import (
     add_data_arguments,
     add_shape_arguments,
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def checkpoint_family(args: argparse.Namespace) -> str:
     """The family of ``--checkpoint``, which is the truth: a contradicting --model or --split-prior is an error."""
-    payload = load_checkpoint(args.checkpoint)
+    payload = checkpoint_facts(args.checkpoint)
     family = payload.get("model")
     if family not in MODELS:
         raise CheckpointError(f"{args.checkpoint} names an unknown model family {family!r}")

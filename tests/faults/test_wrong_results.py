@@ -55,6 +55,14 @@ def test_contradicting_model_flag_is_refused(world, tmp_path):
     assert_one_line_error(proc, "is a glow checkpoint, not cvglow")
 
 
+def test_shipped_weights_name_their_family_through_their_card(world, tmp_path):
+    from empirical.shipped import WEIGHTS
+
+    proc = _compare(world, tmp_path, "fashionmnist", "mnist", "--checkpoint",
+                    str(WEIGHTS / "fashionmnist-cvglow-cpu.safetensors"), "--model", "pixelcnn")
+    assert_one_line_error(proc, "is a cvglow checkpoint, not pixelcnn")
+
+
 # 2. non-finite numbers ---------------------------------------------------------------------------------------
 def test_nan_weights_stop_the_run_without_a_verdict(world, tmp_path):
     payload = load_checkpoint(world["ckpt"]["cvglow"])
