@@ -16,6 +16,7 @@ from empirical.contract import image_shape
 from empirical.errors import DgmOodError
 from empirical.factory import call_factory, load_weights
 from empirical.sources import ImageSet, ShapeMap
+from verify.runs import origin_text
 
 
 @dataclass
@@ -60,7 +61,7 @@ def open_model(args: argparse.Namespace, in_train: ImageSet, in_test: ImageSet) 
     if args.checkpoint:
         ckpt = model_from_checkpoint(args.checkpoint)
         check_trained_on(ckpt.payload, args.checkpoint, in_train, in_test)
-        return OpenedModel(ckpt.model, ckpt.name, str(args.checkpoint), ckpt, ckpt.heldout(in_train))
+        return OpenedModel(ckpt.model, ckpt.name, origin_text(ckpt), ckpt, ckpt.heldout(in_train))
     if not args.model_factory:
         raise DgmOodError("name the model with --checkpoint (ours) or --model-factory MODULE:FUNCTION (yours)")
     module = call_factory(args.model_factory)

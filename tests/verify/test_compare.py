@@ -290,6 +290,16 @@ def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_ch
     assert shipped.retrain(background, tmp_path / "retrain", str(SHARED_DATA))["bit_for_bit"]
 
 
+def test_shipped_weights_as_checkpoint_say_how_they_were_made(tmp_path):
+    from empirical.shipped import WEIGHTS
+    from verify.detect import main as detect_main
+
+    out, weights = tmp_path / "det.json", WEIGHTS / "fashionmnist-cvglow-cpu.safetensors"
+    assert run_cli(detect_main, ["fashionmnist", "mnist", "--checkpoint", str(weights), "--limit", "50",
+                                 "--data-dir", str(SHARED_DATA), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["model"].startswith(f"shipped weights {weights.name} (SHA-256")
+
+
 def test_scores_none_and_a_model_without_held_out_images(smoke_run, tmp_path):
     tmp, _, res = smoke_run
     out = tmp / "none"
