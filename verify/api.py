@@ -37,7 +37,7 @@ from empirical.sources import ImageSet, as_image_set
 from verify import detect, predictions
 from verify.explain import explain_for
 from verify.report import terminal_summary, verdict, write_report
-from verify.runs import origin_text, provenance
+from verify.runs import extra_origins, origin_text, provenance
 
 SETS = ("in_train", "in_test", "out_test")
 
@@ -170,21 +170,15 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
         expensive=detection == "model")
     results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
     results["explain"] = ex
-    results["model_source"] = model_source or (str(checkpoint.path) if checkpoint else info.name)
+    results["model_source"] = model_source or (origin_text(checkpoint) if checkpoint else info.name)
     if det is not None:
-        extra = {"background": [] if background is None else [background], "ensemble": list(ensemble)}
-        results["extra_model_sources"] = {k: [_source(e) for e in v] for k, v in extra.items() if v}
+        results["extra_model_sources"] = extra_origins(background, ensemble)
     results["provenance"] = provenance(command or "verify.api.compare (Python)", dev, *started)
     return Result(results, m, per_image_scores)
 
 
 def _module(model: nn.Module | Checkpoint | None) -> nn.Module | None:
     return model.model if isinstance(model, Checkpoint) else model
-
-
-def _source(model: nn.Module | Checkpoint) -> str:
-    """Where an extra model came from: how shipped weights were made, a checkpoint's path, or an outside class."""
-    return origin_text(model) if isinstance(model, Checkpoint) else f"{type(model).__name__} (passed in)"
 
 
 def checkpoint_budget(checkpoint: Checkpoint) -> EvalBudget:

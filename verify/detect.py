@@ -39,7 +39,7 @@ from empirical.evaluate import Evaluation, evaluate
 from empirical.likelihood import bits_per_dim, nats_gap_to_bpd
 from empirical.sources import ImageSet
 from verify.cli import add_model_arguments, open_model
-from verify.runs import BACKGROUND_MU, extra_models, origin_text, provenance
+from verify.runs import BACKGROUND_MU, extra_models, extra_origins, provenance
 
 BATCH_SIZES = (2, 5, 10, 25)  # M of the batch typicality test
 BOOTSTRAP = 1000  # resamples of the AUROC's interval
@@ -357,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             .head(args.limit) for name in args.out_datasets]
     background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args.runs_dir, args.seed, command) \
         if args.scores == "all" else (None, [])
-    extra_sources = {"background": [origin_text(background)], "ensemble": [origin_text(e) for e in ensemble]} \
-        if background is not None else None
+    extra_sources = extra_origins(background, ensemble) if background is not None else None
     table = screen(model, scored, outs, heldout=opened.heldout,
                    background=None if background is None else background.model, ensemble=[e.model for e in ensemble],
                    expensive=args.scores in ("model", "all"), seed=args.seed, device=device)

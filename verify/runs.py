@@ -81,11 +81,20 @@ def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     return background, members
 
 
-def origin_text(ckpt: Checkpoint) -> str:
-    """Where a model of ours came from, in one line for a report: how its shipped weights were made, else its path."""
-    name = ckpt.payload.get("shipped")
+def origin_text(model: Checkpoint | torch.nn.Module) -> str:
+    """Where a model came from, in one line for a report: how its shipped weights were made, a checkpoint's path, or
+    an outside module's class."""
+    if not isinstance(model, Checkpoint):
+        return f"{type(model).__name__} (passed in)"
+    name = model.payload.get("shipped")
     shipped = next((s for s in available() if s.name == name), None) if name else None
-    return shipped.describe() if shipped else str(ckpt.path)
+    return shipped.describe() if shipped else str(model.path)
+
+
+def extra_origins(background: Checkpoint | torch.nn.Module | None, ensemble: list) -> dict:
+    """results.json's ``extra_model_sources``: the origin of the background model and of each other ensemble member."""
+    return {k: [origin_text(m) for m in v] for k, v in
+            (("background", [] if background is None else [background]), ("ensemble", list(ensemble))) if v}
 
 
 def trained_model(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,
