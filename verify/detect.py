@@ -191,15 +191,19 @@ def batch_test(x: Inputs, seed: int = 0) -> list[dict]:
 
 def ensemble_gap(x: Inputs) -> dict | None:
     """Does ensembling fix the inversion? The gap bpd(IN-test) - bpd(OUT-test) of the ensemble's density
-    log (1/K) Σ p_k and of each member."""
+    log (1/K) Σ p_k and of each member; and WAIC's two parts per set, the mean over images of E_k log p_k and of
+    Var_k log p_k (nats): WAIC detects only where OUT's extra variance outweighs its higher mean."""
     if x.ensemble is None:
         return None
-    mean = {k: scores.ensemble_log_likelihood(x.ensemble[k]).mean() for k in ("in_test", "out_test")}
+    sets = ("in_test", "out_test")
+    mean = {k: scores.ensemble_log_likelihood(x.ensemble[k]).mean() for k in sets}
     members = [nats_gap_to_bpd(float(o.mean() - i.mean()), x.dims)
                for i, o in zip(x.ensemble["in_test"], x.ensemble["out_test"], strict=True)]
     return {"k": len(x.ensemble["in_test"]), "ensemble_gap_bpd": nats_gap_to_bpd(mean["out_test"] - mean["in_test"],
                                                                                   x.dims),
-            "member_gaps_bpd": members}
+            "member_gaps_bpd": members,
+            "waic_parts_nats": {k: {"mean_log_px": float(x.ensemble[k].mean()),
+                                    "var_log_px": float(x.ensemble[k].var(0).mean())} for k in sets}}
 
 
 def detection(x: Inputs, seed: int = 0) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:

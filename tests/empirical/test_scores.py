@@ -81,6 +81,21 @@ def test_waic_with_one_model_is_the_log_likelihood():
     assert np.allclose(scores.ensemble_log_likelihood(two), log_px + np.log((1 + np.exp(2.0)) / 2))
 
 
+def test_ensemble_summary_gives_waic_parts_and_the_gap_of_members_that_agree():
+    from verify.detect import Inputs, ensemble_gap
+
+    dims = 784
+    log_in, log_out = np.full(50, -800.0), np.full(40, -300.0)
+    offsets = np.array([[-1.0], [0.0], [1.0]])  # three members: the same up to -1, 0, +1 nats (variance 2/3)
+    x = Inputs(bpd={}, images={}, dims=dims, ensemble={"in_test": log_in + offsets, "out_test": log_out + 2 * offsets})
+    ens = ensemble_gap(x)
+    assert ens["k"] == 3
+    assert np.allclose(ens["member_gaps_bpd"], [(500 + d) / (dims * np.log(2)) for d in (-1, 0, 1)])
+    parts = ens["waic_parts_nats"]
+    assert np.isclose(parts["in_test"]["mean_log_px"], -800) and np.isclose(parts["out_test"]["mean_log_px"], -300)
+    assert np.isclose(parts["in_test"]["var_log_px"], 2 / 3) and np.isclose(parts["out_test"]["var_log_px"], 8 / 3)
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), m=st.sampled_from([2, 5, 10]))
 def test_bootstrap_threshold_flags_about_one_percent_of_in_distribution_batches(seed, m):
