@@ -29,7 +29,6 @@ from empirical.cli import run_cli, writable_file
 from empirical.errors import CheckpointError
 from empirical.models import build_model, model_config
 from empirical.presets import Preset, TrainConfig, get_preset
-from empirical.provenance import git_commit
 from empirical.sources import ImageSet, open_in, training_digest
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -121,7 +120,7 @@ def export(checkpoint: Path, name: str | None = None, folder: Path = WEIGHTS) ->
     history = payload["history"]
     card = {k: payload[k] for k in CARD_KEYS if k in payload} | {
         "sha256": _sha256(weights), "bytes": weights.stat().st_size,
-        "made_by": {"command": payload["command"], "commit": git_commit(), "device": payload["device"],
+        "made_by": {"command": payload["command"], "commit": payload["commit"], "device": payload["device"],
                     "torch": torch.__version__, "code_version": payload["code_version"],
                     "seconds": history[-1]["seconds"] if history else None,
                     "test_bpd": history[-1]["test_bpd"] if history else None}}

@@ -290,14 +290,18 @@ def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_ch
     assert shipped.retrain(background, tmp_path / "retrain", str(SHARED_DATA))["bit_for_bit"]
 
 
-def test_weights_too_big_to_ship_are_refused_and_nothing_is_written(smoke_run, tmp_path, monkeypatch):
+def test_export_records_the_training_commit_and_refuses_weights_too_big(smoke_run, tmp_path, monkeypatch):
     from empirical import shipped
+    from empirical.checkpoint import load_checkpoint
     from empirical.errors import CheckpointError
 
+    checkpoint = Path(smoke_run[2]["checkpoint"])
+    card = shipped.export(checkpoint, "small", tmp_path / "ok").card
+    assert card["made_by"]["commit"] == load_checkpoint(checkpoint)["commit"]  # the code that trained, not exported
     monkeypatch.setattr(shipped, "MAX_BYTES", 1_000)
     with pytest.raises(CheckpointError, match="more than 1,000: too big to ship"):
-        shipped.export(Path(smoke_run[2]["checkpoint"]), "big", tmp_path)
-    assert not list(tmp_path.iterdir())
+        shipped.export(checkpoint, "big", tmp_path / "big")
+    assert not (tmp_path / "big").exists()
 
 
 def test_shipped_weights_as_checkpoint_say_how_they_were_made(tmp_path):
