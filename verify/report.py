@@ -329,12 +329,14 @@ def _detection_section(results: dict) -> list[str]:
         md += ["", f"Does ensembling fix the inversion? The ensemble of {ens['k']} models (its density "
                f"log (1/K) Σ_k p_k) gives a gap bpd(IN-test) − bpd(OUT-test) of **{ens['ensemble_gap_bpd']:+.3f}**; "
                f"its members {', '.join(f'{g:+.3f}' for g in ens['member_gaps_bpd'])}."]
-        w = ens["waic_parts_nats"]
-        md += ["", f"WAIC = E_k log p_k − Var_k log p_k, its parts averaged over the images (nats per image): "
-               f"E_k log p_k {w['in_test']['mean_log_px']:,.1f} on IN-test, {w['out_test']['mean_log_px']:,.1f} on "
-               f"OUT-test; Var_k log p_k {w['in_test']['var_log_px']:,.1f} on IN-test, "
-               f"{w['out_test']['var_log_px']:,.1f} on OUT-test. WAIC flags OUT only where the members disagree "
-               f"about it by more than its higher mean log-likelihood."]
+        w = {k: {q: f"{v:,.1f}" for q, v in d.items()} for k, d in ens["waic_parts_nats"].items()}
+        md += ["", "WAIC = E_k log p_k − Var_k log p_k, its parts over the images (nats per image, mean / median): "
+               f"E_k log p_k {w['in_test']['mean_log_px']} / {w['in_test']['median_log_px']} on IN-test, "
+               f"{w['out_test']['mean_log_px']} / {w['out_test']['median_log_px']} on OUT-test; Var_k log p_k "
+               f"{w['in_test']['var_log_px']} / {w['in_test']['median_var_log_px']} on IN-test, "
+               f"{w['out_test']['var_log_px']} / {w['out_test']['median_var_log_px']} on OUT-test. WAIC flags OUT "
+               "only where the members disagree about it by more than its higher mean log-likelihood; a mean far above "
+               "its median means a few images carry it."]
     return md + [""]
 
 

@@ -96,6 +96,17 @@ def test_ensemble_summary_gives_waic_parts_and_the_gap_of_members_that_agree():
     assert np.isclose(parts["in_test"]["var_log_px"], 2 / 3) and np.isclose(parts["out_test"]["var_log_px"], 8 / 3)
 
 
+def test_waic_parts_median_is_not_carried_by_one_image_the_members_disagree_about():
+    from verify.detect import Inputs, ensemble_gap
+
+    log_out = np.tile(np.full(5, -300.0), (2, 1))  # two members agreeing on five images...
+    log_out[:, 0] = [-300.0, -2300.0]  # ...but for one: means -300 and -1300, variances 0 and 1000² = 1e6
+    x = Inputs(bpd={}, images={}, dims=784, ensemble={"in_test": np.full((2, 3), -800.0), "out_test": log_out})
+    out = ensemble_gap(x)["waic_parts_nats"]["out_test"]
+    assert np.isclose(out["var_log_px"], 1e6 / 5) and out["median_var_log_px"] == 0.0
+    assert np.isclose(out["mean_log_px"], -500.0) and out["median_log_px"] == -300.0
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), m=st.sampled_from([2, 5, 10]))
 def test_bootstrap_threshold_flags_about_one_percent_of_in_distribution_batches(seed, m):

@@ -119,3 +119,5 @@ def test_a_background_model_and_an_ensemble_add_their_scores_and_their_origin(tm
     report = (tmp_path / "r" / "report.md").read_text()
     assert "- likelihood ratio's background model: Gaussian (passed in)" in report
     assert "- WAIC's ensemble member 2: Gaussian (passed in)" in report
+    parts = result.detection["ensemble"]["waic_parts_nats"]["out_test"]
+    assert f"{parts['var_log_px']:,.1f} / {parts['median_var_log_px']:,.1f} on OUT-test" in report
