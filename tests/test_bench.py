@@ -33,6 +33,15 @@ def test_throughput_on_cpu_times_compile_and_channels_last(tmp_path):
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
 
 
+def test_score_memory_measures_two_sizes_in_fresh_processes(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "score_memory.py"), "--preset", "smoke", "--dataset",
+                          "fashionmnist", "--images", "4", "--batch", "4", "--json", str(tmp_path / "m.json")],
+                         capture_output=True, text=True, check=True).stdout
+    rows = json.loads((tmp_path / "m.json").read_text())["rows"]
+    assert [r["images"] for r in rows] == [4, 16] and all(r["peak_mib"] > 0 and r["img_s"] > 0 for r in rows)
+    assert "peak growth per extra image" in out
+
+
 FAKE_ANCHOR = """
 import torch
 from torch import nn

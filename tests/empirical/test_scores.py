@@ -195,6 +195,29 @@ def test_the_gradient_norm_vanishes_at_a_stationary_point_of_the_images_log_like
     assert norms[0] == pytest.approx(np.log(1e-300)) and norms[1] > -50
 
 
+def test_gradient_norms_of_every_parameter_tensor_match_their_closed_form_across_batches():
+    from empirical.model_scores import gradient_norms
+
+    class Tilted(torch.nn.Module):
+        """log p = Σ log N(x̃; μ, 0.1²) + c·Σ x̃, c a 0-d tensor: ‖∇_μ‖² = Σ (x̃ − μ)²/0.1⁴, ‖∇_c‖² = (Σ x̃)²."""
+
+        image_shape, discrete = (1, 2, 2), True
+
+        def __init__(self):
+            super().__init__()
+            self.mu, self.c = torch.nn.Parameter(torch.full((1, 2, 2), 0.25)), torch.nn.Parameter(torch.tensor(2.0))
+
+        def log_prob(self, x):
+            return (-0.5 * ((x - self.mu) / 0.1) ** 2).flatten(1).sum(1) + self.c * x.flatten(1).sum(1)
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 2, 2), dtype=np.uint8)
+    x = (images.astype(np.float64) + 0.5) / 256  # bin centres
+    norms = gradient_norms(Tilted(), images, batch_size=2)  # three batches, the last one short
+    assert set(norms) == {"mu", "c"}
+    assert np.allclose(norms["mu"], np.log((((x - 0.25) / 0.01) ** 2).reshape(5, -1).sum(1)), rtol=1e-5)
+    assert np.allclose(norms["c"], np.log(x.reshape(5, -1).sum(1) ** 2), rtol=1e-5)
+
+
 def test_likelihood_regret_is_zero_where_the_encoder_is_already_optimal_and_positive_where_it_is_not():
     from empirical.model_scores import likelihood_regret
     from empirical.vae import VAE, VAEConfig
