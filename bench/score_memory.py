@@ -4,7 +4,7 @@ Runs ``empirical.model_scores.gradient_norms`` (per-example gradients of log p, 
 process for N and 4N random uint8 images on a preset's Glow (untrained: memory and speed do not depend on the
 weights) and prints each run's peak resident memory, images/s, and the growth of the peak per extra image. Only the
 output (one float per image and parameter tensor) should grow with N: a few KB per image, where a fragmented heap
-once grew by about 0.7 MB per CIFAR-10 image (17.7 GB for `verify.detect cifar10 mnist --scores model`).
+once grew by about 1.1 MiB per CIFAR-10 image (17.7 GB for `verify.detect cifar10 mnist --scores model`).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def gradient_norms(model: nn.Module, images: np.ndarray, *, seed: int = 0,
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.as_tensor(images)
     # One preallocated array, one copy per batch: hundreds of small per-tensor results kept from every batch
-    # fragment the heap around the freed per-example gradients (CIFAR-10: about 0.7 MB of resident memory per image).
+    # fragment the heap around the freed per-example gradients (CIFAR-10: about 1 MiB of resident memory per image).
     out = np.empty((len(x_all), len(params)))
     for start in range(0, len(x_all), batch_size):
         x = x_all[start: start + batch_size].to(device)
