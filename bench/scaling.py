@@ -23,11 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from empirical import distributed  # noqa: E402
+from empirical.data import DATASETS  # noqa: E402
 from empirical.models import MODELS, build_model  # noqa: E402
 from empirical.presets import get_preset  # noqa: E402
 from empirical.train import batch_loss, initialize, make_optimizer, step_generator, training_forward  # noqa: E402
-
-SHAPES = {"cifar10": (3, 32, 32), "fashionmnist": (1, 28, 28), "mnist": (1, 28, 28)}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -36,10 +35,10 @@ def worker(args: argparse.Namespace) -> None:
     device = distributed.init_from_env(args.device)
     try:
         world = distributed.world()
-        preset = get_preset(args.preset, args.model, SHAPES[args.dataset])
+        preset = get_preset(args.preset, args.model, DATASETS[args.dataset].shape)
         cfg = preset.train
         model = build_model(args.model, preset.model).to(device).train()
-        images = torch.randint(0, 256, (2048, *SHAPES[args.dataset]), dtype=torch.uint8,
+        images = torch.randint(0, 256, (2048, *DATASETS[args.dataset].shape), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(0)).to(device)
         initialize(model, images, cfg.seed, device)
         forward, optimizer = training_forward(model, cfg, device), make_optimizer(model, cfg)
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
     p.add_argument("--model", default="cvglow", choices=MODELS)
-    p.add_argument("--dataset", default="cifar10", choices=list(SHAPES))
+    p.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--iters", type=int, default=20)

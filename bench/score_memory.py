@@ -22,17 +22,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from empirical.data import DATASETS  # noqa: E402
 from empirical.flows import Glow  # noqa: E402
 from empirical.model_scores import gradient_norms  # noqa: E402
 from empirical.presets import get_preset  # noqa: E402
 
-SHAPES = {"cifar10": (3, 32, 32), "fashionmnist": (1, 28, 28)}
-
 
 def measure(preset: str, dataset: str, n: int, batch: int) -> dict:
     """One run in this process: peak resident memory (MiB) and images/s of gradient_norms on n images."""
-    model = Glow(get_preset(preset, "cvglow", SHAPES[dataset]).model)
-    images = np.random.default_rng(0).integers(0, 256, (n, *SHAPES[dataset]), dtype=np.uint8)
+    model = Glow(get_preset(preset, "cvglow", DATASETS[dataset].shape).model)
+    images = np.random.default_rng(0).integers(0, 256, (n, *DATASETS[dataset].shape), dtype=np.uint8)
     t0 = time.perf_counter()
     gradient_norms(model, images, batch_size=batch)
     seconds = time.perf_counter() - t0
@@ -43,7 +42,7 @@ def measure(preset: str, dataset: str, n: int, batch: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--dataset", default="cifar10", choices=list(SHAPES))
+    p.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
     p.add_argument("--images", type=int, default=512, help="N: the runs see N and 4N images")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--json", type=Path)

@@ -22,11 +22,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from empirical.data import DATASETS  # noqa: E402
 from empirical.flows import Glow  # noqa: E402
 from empirical.likelihood import bits_per_dim, dequantize  # noqa: E402
 from empirical.presets import get_preset  # noqa: E402
-
-SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "fashionmnist": (1, 28, 28), "mnist": (1, 28, 28)}
 
 
 def _sync(device: torch.device) -> None:
@@ -65,7 +64,7 @@ def _rates(model: torch.nn.Module, train_step, eval_step, device: torch.device, 
 
 def measure(preset_name: str, model_name: str, dataset: str, device: torch.device, batch: int, iters: int,
             amp: bool, compile_: bool, channels_last: bool) -> dict:
-    preset = get_preset(preset_name, model_name, SHAPES[dataset])
+    preset = get_preset(preset_name, model_name, DATASETS[dataset].shape)
     model = Glow(preset.model).to(device)
     for m in model.modules():
         if hasattr(m, "amp_dtype"):
@@ -74,7 +73,7 @@ def measure(preset_name: str, model_name: str, dataset: str, device: torch.devic
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model.log_prob) if compile_ else model.log_prob
     opt = torch.optim.Adam(model.parameters(), 1e-4)
-    images = torch.randint(0, 256, (batch, *SHAPES[dataset]), dtype=torch.uint8, device=device)
+    images = torch.randint(0, 256, (batch, *DATASETS[dataset].shape), dtype=torch.uint8, device=device)
     dims = preset.model.dims
 
     def x():
@@ -108,8 +107,8 @@ def measure_anchor(anchor: Path, preset_name: str, model_name: str, dataset: str
     sys.path.insert(0, str(anchor))
     from model import Glow as AnchorGlow  # the reference implementation, for this side-by-side timing only
 
-    cfg = get_preset(preset_name, model_name, SHAPES[dataset]).model
-    c, h, w = SHAPES[dataset]
+    cfg = get_preset(preset_name, model_name, DATASETS[dataset].shape).model
+    c, h, w = DATASETS[dataset].shape
     model = AnchorGlow(image_shape=(h, w, c), hidden_channels=cfg.hidden, K=cfg.steps, L=cfg.levels,
                        actnorm_scale=1.0, flow_permutation="invconv",
                        flow_coupling="affine" if cfg.coupling == "affine" else "additive", LU_decomposed=cfg.lu,
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
     p.add_argument("--model", default="glow", choices=["glow", "cvglow"])
-    p.add_argument("--dataset", default="cifar10", choices=list(SHAPES))
+    p.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%':>6}")
     out = {"rows": rows}
     if args.anchor:
-        ours = sum(p.numel() for p in Glow(get_preset(args.preset, args.model, SHAPES[args.dataset]).model)
+        ours = sum(p.numel() for p in Glow(get_preset(args.preset, args.model, DATASETS[args.dataset].shape).model)
                    .parameters())
         ref = measure_anchor(args.anchor, args.preset, args.model, args.dataset, device, args.batch, args.iters)
         best = max(rows, key=lambda r: r["train_img_s"])
