@@ -30,47 +30,52 @@ from empirical.train import batch_loss, initialize, make_optimizer, step_generat
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One rank: warm up, then time ``--iters`` training steps of the global batch; rank 0 writes the result."""
+    """One rank: join the group, time the steps, and leave the group once the DDP model is gone."""
     torch.set_num_threads(args.threads)
     device = distributed.init_from_env(args.device)
     try:
-        world = distributed.world()
-        preset = get_preset(args.preset, args.model, DATASETS[args.dataset].shape)
-        cfg = preset.train
-        model = build_model(args.model, preset.model).to(device).train()
-        images = torch.randint(0, 256, (2048, *DATASETS[args.dataset].shape), dtype=torch.uint8,
-                               generator=torch.Generator().manual_seed(0)).to(device)
-        initialize(model, images, cfg.seed, device)
-        forward, optimizer = training_forward(model, cfg, device), make_optimizer(model, cfg)
-        shard = world.shard(cfg.batch_size) if world.size > 1 else None
-
-        def step(i: int) -> None:
-            gen = step_generator(cfg.seed, i, device)
-            batch = images[torch.randint(len(images), (cfg.batch_size,), generator=gen, device=device)]
-            loss, _ = batch_loss(forward, batch, gen, preset.model.dims, shard)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-
-        for i in range(3):
-            step(i)
-        distributed.barrier()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(args.iters):
-            step(3 + i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        distributed.barrier()
-        seconds = time.perf_counter() - t0
-        if world.main:
+        img_s, batch = time_steps(args, device)
+        if distributed.world().main:
             Path(args.result).write_text(json.dumps({
-                "ranks": world.size, "threads": args.threads, "batch": cfg.batch_size, "device": str(device),
-                "img_s": cfg.batch_size * args.iters / seconds}))
+                "ranks": distributed.world().size, "threads": args.threads, "batch": batch, "device": str(device),
+                "img_s": img_s}))
     finally:
         distributed.shutdown()
+
+
+def time_steps(args: argparse.Namespace, device: torch.device) -> tuple[float, int]:
+    """(images/s over ``--iters`` training steps of the global batch after 3 warm-up steps, the global batch)."""
+    world = distributed.world()
+    preset = get_preset(args.preset, args.model, DATASETS[args.dataset].shape)
+    cfg = preset.train
+    model = build_model(args.model, preset.model).to(device).train()
+    images = torch.randint(0, 256, (2048, *DATASETS[args.dataset].shape), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0)).to(device)
+    initialize(model, images, cfg.seed, device)
+    forward, optimizer = training_forward(model, cfg, device), make_optimizer(model, cfg)
+    shard = world.shard(cfg.batch_size) if world.size > 1 else None
+
+    def step(i: int) -> None:
+        gen = step_generator(cfg.seed, i, device)
+        batch = images[torch.randint(len(images), (cfg.batch_size,), generator=gen, device=device)]
+        loss, _ = batch_loss(forward, batch, gen, preset.model.dims, shard)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+
+    for i in range(3):
+        step(i)
+    distributed.barrier()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for i in range(args.iters):
+        step(3 + i)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    distributed.barrier()
+    return cfg.batch_size * args.iters / (time.perf_counter() - t0), cfg.batch_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                    __file__, *(argv if argv is not None else sys.argv[1:]), "--result", str(result)]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
+            if code != 0:
+                print(f"torchrun with {n} process(es) failed (exit {code}); its output is above", file=sys.stderr)
+                return 1
             rows.append(json.loads(result.read_text()))
     print(f"{args.model}/{args.preset} training on {args.dataset}-shaped batches of {rows[0]['batch']} "
           f"(global), {args.threads} thread(s) per process, device {rows[0]['device']}")

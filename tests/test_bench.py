@@ -18,25 +18,29 @@ from tests.helpers import registry_sets
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def bench(script: str, *args: str) -> str:
+    """Run ``bench/<script> args`` and return its stdout; a failure shows the script's stderr."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"bench/{script} exited {done.returncode}:\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
 def test_throughput_prints_a_table():
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--preset", "smoke", "--iters", "1",
-                          "--batch", "4", "--dataset", "mnist"], capture_output=True, text=True, check=True).stdout
+    out = bench("throughput.py", "--preset", "smoke", "--iters", "1", "--batch", "4", "--dataset", "mnist")
     assert "train img/s" in out and "GFLOP/img" in out
 
 
 def test_throughput_on_cpu_times_compile_and_channels_last(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--preset", "smoke", "--iters", "1",
-                    "--batch", "4", "--dataset", "mnist", "--device", "cpu", "--cpu-variants",
-                    "--json", str(tmp_path / "t.json")], capture_output=True, text=True, check=True)
+    bench("throughput.py", "--preset", "smoke", "--iters", "1", "--batch", "4", "--dataset", "mnist", "--device", "cpu",
+          "--cpu-variants", "--json", str(tmp_path / "t.json"))
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert [(r["compile"], r["channels_last"]) for r in rows] == [(False, False), (True, False), (False, True)]
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
 
 
 def test_score_memory_measures_two_sizes_in_fresh_processes(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "score_memory.py"), "--preset", "smoke", "--dataset",
-                          "fashionmnist", "--images", "4", "--batch", "4", "--json", str(tmp_path / "m.json")],
-                         capture_output=True, text=True, check=True).stdout
+    out = bench("score_memory.py", "--preset", "smoke", "--dataset", "fashionmnist", "--images", "4", "--batch", "4",
+                "--json", str(tmp_path / "m.json"))
     rows = json.loads((tmp_path / "m.json").read_text())["rows"]
     assert [r["images"] for r in rows] == [4, 16] and all(r["peak_mib"] > 0 and r["img_s"] > 0 for r in rows)
     assert "peak growth per extra image" in out
@@ -61,18 +65,16 @@ class Glow(nn.Module):  # the reference's constructor and forward signature, not
 def test_throughput_times_a_reference_glow_beside_ours(tmp_path):
     (tmp_path / "anchor").mkdir()
     (tmp_path / "anchor" / "model.py").write_text(FAKE_ANCHOR)
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--preset", "smoke", "--model", "glow",
-                          "--iters", "1", "--batch", "4", "--dataset", "mnist", "--anchor", str(tmp_path / "anchor"),
-                          "--json", str(tmp_path / "t.json")], capture_output=True, text=True, check=True).stdout
+    out = bench("throughput.py", "--preset", "smoke", "--model", "glow", "--iters", "1", "--batch", "4", "--dataset",
+                "mnist", "--anchor", str(tmp_path / "anchor"), "--json", str(tmp_path / "t.json"))
     assert "reference Glow (anchor" in out and "ours/reference" in out
     anchor = json.loads((tmp_path / "t.json").read_text())["anchor"]
     assert anchor["params"] == 1 and anchor["ours_params"] > 1 and anchor["train_ratio_fp32"] > 0
 
 
 def test_scaling_launches_one_and_two_processes_with_torchrun(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--preset", "smoke", "--dataset",
-                          "mnist", "--iters", "1", "--ranks", "1", "2", "--json", str(tmp_path / "s.json")],
-                         capture_output=True, text=True, check=True).stdout
+    out = bench("scaling.py", "--preset", "smoke", "--dataset", "mnist", "--iters", "1", "--ranks", "1", "2", "--json",
+                str(tmp_path / "s.json"))
     assert "processes" in out and "ratio" in out
     rows = json.loads((tmp_path / "s.json").read_text())
     assert [r["ranks"] for r in rows] == [1, 2] and rows[0]["ratio"] == 1.0 and all(r["img_s"] > 0 for r in rows)
