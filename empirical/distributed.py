@@ -10,6 +10,7 @@ exactly the images and the noise that one process sees.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,9 @@ def init_from_env(device: str = "auto") -> torch.device:
         return resolve_device(device)
     cuda = resolve_device(device).type == "cuda"
     dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    # Before the group exists: imported after it (as DDP does), torch._dynamo keeps the group alive past
+    # destroy_process_group, with gloo's threads still running when the interpreter exits (torch 2.15).
+    importlib.import_module("torch._dynamo")
     try:
         if cuda:
             torch.cuda.set_device(dev)

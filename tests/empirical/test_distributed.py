@@ -195,3 +195,41 @@ def test_a_killed_rank_stops_the_job_and_one_process_resumes_it(tiny, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(out / "last.pt")["step"] == step + 20
+
+
+GLOO_THREADS = """
+import json, os, sys
+import torch
+from empirical import distributed
+from empirical.models import build_model
+from empirical.presets import get_preset
+
+
+def gloo_threads():
+    tasks = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    return sorted(name for name in tasks if "gloo" in name)
+
+
+device = distributed.init_from_env("cpu")
+try:
+    ddp = distributed.data_parallel(build_model("cvglow", get_preset("smoke", "cvglow", (1, 28, 28)).model), device)
+    during = gloo_threads()
+    del ddp
+finally:
+    distributed.shutdown()
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"during": during, "after": gloo_threads()}, f)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts threads through /proc")
+def test_leaving_the_group_ends_gloo_threads_after_ddp(tmp_path):
+    """torch 2.15: torch._dynamo, imported by DDP after the group exists, kept the group and its threads alive past
+    destroy_process_group, to the interpreter's exit; init_from_env imports it first."""
+    (tmp_path / "threads.py").write_text(GLOO_THREADS)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
+                           str(tmp_path / "threads.py"), str(tmp_path)], cwd=REPO,
+                          env=env_for(tmp_path, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)):
+        assert rank["during"] and rank["after"] == [], rank
