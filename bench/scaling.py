@@ -35,9 +35,10 @@ def worker(args: argparse.Namespace) -> None:
     device = distributed.init_from_env(args.device)
     try:
         img_s, batch = time_steps(args, device)
-        if distributed.world().main:
+        world = distributed.world()
+        if world.main:
             Path(args.result).write_text(json.dumps({
-                "ranks": distributed.world().size, "threads": args.threads, "batch": batch, "device": str(device),
+                "ranks": world.size, "threads": args.threads, "batch": batch, "device": str(device),
                 "img_s": img_s}))
     finally:
         distributed.shutdown()

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in (args.images, 4 * args.images):
         cmd = [sys.executable, __file__, "--preset", args.preset, "--dataset", args.dataset, "--batch",
                str(args.batch), "--one", str(n)]
-        rows.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
+        child = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)  # its stderr passes through
+        rows.append(json.loads(child.stdout))
     growth_kib = (rows[1]["peak_mib"] - rows[0]["peak_mib"]) * 1024 / (rows[1]["images"] - rows[0]["images"])
     print(f"gradient score, {args.dataset} cvglow/{args.preset}, batch {args.batch}, torch {torch.__version__}")
     print("| images | peak resident MiB | images/s |\n|---:|---:|---:|")
