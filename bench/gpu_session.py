@@ -67,7 +67,7 @@ def tree_bytes() -> int:
 def session_files(data_root: Path, anchor: Path, wheels: Path) -> tuple[list[tuple[Path, Path]], list[tuple]]:
     """(first, rest): (source, path under a part) of what must come first (the wheels and the reference, which the
     benchmark needs) and of the data files the pairs read."""
-    from empirical.data import locate
+    from empirical.data.registry import locate
 
     first = [(f, Path("wheels") / f.name) for f in sorted(wheels.glob("*.whl"))] if wheels.is_dir() else []
     first += [(f, Path("data/anchors") / anchor.name / f.relative_to(anchor)) for f in sorted(anchor.rglob("*"))
@@ -117,7 +117,7 @@ def pack(args: argparse.Namespace) -> None:
             (DEV / f"part-{i}" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, DEV / f"part-{i}" / rel)
         listing.append({"part": f"part-{i}", "files": [[str(rel), f.stat().st_size] for f, rel in part]})
-    from empirical.provenance import git_commit
+        from empirical.io.provenance import git_commit
 
     plan = {"commit": git_commit(), "tree_bytes": tree, "part_cap_bytes": cap,
             "parts": listing, "minutes": args.minutes, "budget": budget(len(parts), args.minutes)}

@@ -23,11 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from empirical import shipped, sources  # noqa: E402
-from empirical.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from empirical.contract import describe  # noqa: E402
-from empirical.presets import get_preset  # noqa: E402
-from verify import api, detect, predictions  # noqa: E402
+from empirical.data import sources  # noqa: E402
+from empirical.data.imageset import ShapeMap  # noqa: E402
+from empirical.models.contract import describe  # noqa: E402
+from empirical.training import shipped  # noqa: E402
+from empirical.training.checkpoint import load_checkpoint  # noqa: E402
+from empirical.training.loading import model_from_checkpoint  # noqa: E402
+from empirical.training.presets import get_preset  # noqa: E402
+from verify import api, detection, predictions  # noqa: E402
 from verify.explain import explain_for  # noqa: E402
 
 
@@ -45,7 +48,7 @@ def profile(in_name: str, out_name: str, model_name: str, data_dir: str | None, 
 
     options = sources.DataOptions(data_dir, allow_nonstandard=allow_nonstandard)
     in_train, in_test = sources.open_in(in_name, options)
-    out_test = sources.open_out(out_name, in_train.shape, sources.ShapeMap(), options, n_synthetic=len(in_test),
+    out_test = sources.open_out(out_name, in_train.shape, ShapeMap(), options, n_synthetic=len(in_test),
                                 seed=seed)
     stage("open the data (decode or read the cache, SHA-256 of the files)")
     if checkpoint is not None:
@@ -77,7 +80,7 @@ def profile(in_name: str, out_name: str, model_name: str, data_dir: str | None, 
     stage(f"theory (exact Hessian at x0 from {info.dims} HVPs, ledger, Monte Carlo of {budget.hvp_samples})")
     ex = explain_for(model, sets, m, th["quadratic"], info.dims, seed=seed, device=device)
     stage("explaining the gap (interventions, contrast curve, complexity predictor)")
-    det, scores = detect.detect_for(model, info, m, sets, heldout, None, [], seed, device)
+    det, scores = detection.detect_for(model, info, m, sets, heldout, None, [], seed, device)
     stage("detection scores (PNG and JPEG XL of every image, DoSE, bootstrap intervals)")
     results = api.results_of(model, info, ckpt, sets, {"in_train": in_train, "in_test": in_test,
                                                        "out_test": out_test}, heldout, m, th, det, device)

@@ -1,7 +1,8 @@
 """Data-parallel training throughput, 1 process against N: ``python bench/scaling.py --ranks 1 2``.
 
 Each configuration is launched with torchrun (``--standalone``) and runs the trainer's own step
-(empirical.train.batch_loss through DDP, gradient clipping, Adam) on random images of the dataset's shape with
+(empirical.training.steps.batch_loss through DDP, gradient clipping, Adam) on random images of the dataset's
+shape with
 the preset's global batch; rank 0 reports images/s. Prints each configuration's images/s and its ratio to the
 first (the scaling ratio). On a CPU, ``--threads`` sets the torch threads of every process.
 """
@@ -22,11 +23,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from empirical import distributed  # noqa: E402
-from empirical.data import DATASETS  # noqa: E402
-from empirical.models import MODELS, build_model  # noqa: E402
-from empirical.presets import get_preset  # noqa: E402
-from empirical.train import batch_loss, initialize, make_optimizer, step_generator, training_forward  # noqa: E402
+from empirical.data.registry import DATASETS  # noqa: E402
+from empirical.io import distributed  # noqa: E402
+from empirical.models.registry import MODELS, build_model  # noqa: E402
+from empirical.training.presets import get_preset  # noqa: E402
+from empirical.training.steps import batch_loss, initialize, make_optimizer, step_generator, training_forward  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """Peak resident memory of the gradient score against how many images it sees: ``python bench/score_memory.py``.
 
-Runs ``empirical.model_scores.gradient_norms`` (per-example gradients of log p, Bergamin et al. 2022) in a fresh
+Runs ``empirical.ood.model_scores.gradient_norms`` (per-example gradients of log p, Bergamin et al. 2022) in a fresh
 process for N and 4N random uint8 images on a preset's Glow (untrained: memory and speed do not depend on the
 weights) and prints each run's peak resident memory, images/s, and the growth of the peak per extra image. Only the
 output (one float per image and parameter tensor) should grow with N: a few KB per image, where a fragmented heap
@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from empirical.data import DATASETS  # noqa: E402
-from empirical.flows import Glow  # noqa: E402
-from empirical.model_scores import gradient_norms  # noqa: E402
-from empirical.presets import get_preset  # noqa: E402
+from empirical.data.registry import DATASETS  # noqa: E402
+from empirical.models.flows import Glow  # noqa: E402
+from empirical.ood.model_scores import gradient_norms  # noqa: E402
+from empirical.training.presets import get_preset  # noqa: E402
 
 
 def measure(preset: str, dataset: str, n: int, batch: int) -> dict:

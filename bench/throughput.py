@@ -22,10 +22,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from empirical.data import DATASETS  # noqa: E402
-from empirical.flows import Glow  # noqa: E402
-from empirical.likelihood import bits_per_dim, dequantize  # noqa: E402
-from empirical.presets import get_preset  # noqa: E402
+from empirical.data.registry import DATASETS  # noqa: E402
+from empirical.models.flows import Glow  # noqa: E402
+from empirical.models.likelihood import bits_per_dim, dequantize  # noqa: E402
+from empirical.training.presets import get_preset  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

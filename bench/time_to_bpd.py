@@ -19,8 +19,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from empirical.checkpoint import load_checkpoint  # noqa: E402
 from empirical.cli import run_cli  # noqa: E402
+from empirical.training.checkpoint import load_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import signal
 import sys
@@ -12,8 +13,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from empirical.errors import DgmOodError
-from empirical.sources import LAYOUTS, RESIZE_FILTERS, DataOptions, ShapeMap
+from empirical.data.imageset import RESIZE_FILTERS, ShapeMap
+from empirical.data.sources import LAYOUTS, DataOptions
+from empirical.io.errors import DgmOodError
 
 NAME_MAX = 255 - 40  # bytes of a file name, leaving room for the atomic writer's temp name (.NAME.PID.xxxxxxxx.tmp)
 
@@ -33,8 +35,37 @@ def os_error_text(err: OSError) -> str:
     return f"{what}{where}: files written before are intact (writes are atomic)"
 
 
+LOGGERS = ("empirical", "theory", "verify")  # the library's loggers: silent until a command shows them
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is at the time (a test's capture, a redirect)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_progress_messages() -> None:
+    """What the commands do before they run: the library's INFO messages (what is read, trained, reused) go to
+    stderr as plain lines. Done once per process; the library itself never configures logging."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _Stderr) for h in logger.handlers):
+            handler = _Stderr()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; a DgmOodError or an OSError is printed as ``error: ...`` (no traceback) with exit status 2."""
+    """Run ``main``; a DgmOodError or an OSError is printed as ``error: ...`` (no traceback) with exit status 2.
+    The library's progress messages are shown on stderr."""
+    show_progress_messages()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(argv)

@@ -1,1 +1,2 @@
-"""Outside models wrapped for the density-model contract (empirical.contract); each runs through verify.compare."""
+"""Outside models wrapped for the density-model contract (empirical.models.contract); each runs through
+verify.compare."""

@@ -113,7 +113,7 @@ def train(images: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 1e
 def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
-    from empirical.sources import open_in
+    from empirical.data.sources import open_in
 
     p = argparse.ArgumentParser(description="train the example outside flow on FashionMNIST and save its weights")
     p.add_argument("--train", required=True, help="where to write the weights (.safetensors)")

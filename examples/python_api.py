@@ -12,17 +12,19 @@ def main(checkpoint: str, images: str, out: str) -> None:
     # --- README example: begin
     import numpy as np
 
-    from empirical.sources import as_image_set, open_in
+    from empirical.data.sources import as_image_set, open_in
+    from empirical.ood.detectors import Typicality
     from verify.api import compare, load_model
 
-    trained = load_model(checkpoint)                       # our checkpoint; or any nn.Module meeting empirical.contract
-    in_train, in_test = open_in(trained.payload["dataset"])  # the data it was trained on: "fashionmnist", a path, …
-    mine = as_image_set(np.load(images), "my images")       # any uint8 array N×H×W, N×H×W×C or N×C×H×W
-    result = compare(trained, in_train, in_test, mine)
-    print(result.verdict)
-    print(result.ledger["summary"])
-    print(result.detection_table())
-    result.write(out)                                       # report.md, results.json, per_image.npz, figures
+    trained = load_model(checkpoint)                    # our checkpoint; or any nn.Module with log_prob
+    in_train, in_test = open_in(trained.dataset)        # the data it was trained on: "fashionmnist", a path, …
+    mine = as_image_set(np.load(images), "my images")    # any uint8 array N×H×W, N×H×W×C or N×C×H×W
+    result = compare(trained, in_train, in_test, mine)  # measure, predict, explain, detect
+    print(result.verdict, result.gap.bpd, result.ledger.summary, result.detection.table(), sep="\n")
+    result.write(out)                                    # report.md, results.json, per_image.npz, figures
+
+    typicality = Typicality(trained.model).fit(trained.heldout(in_train))  # a detector on its own: fit, then score
+    print(typicality.score(mine)[:5])                                        # higher = more OOD
     # --- README example: end
 
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from empirical.presets import get_preset
-from empirical.train import train
+from empirical.training.presets import get_preset
+from empirical.training.trainer import train
 from tests.faults.conftest import write_tiny_idx
 from tests.helpers import registry_sets
 

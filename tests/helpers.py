@@ -47,6 +47,6 @@ def randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.n
 
 def registry_sets(name: str, data_dir: Path | str, allow_nonstandard: bool = True):
     """(train, test) ImageSets of a registry dataset read from ``data_dir`` (small test-made files by default)."""
-    from empirical.sources import DataOptions, open_in
+    from empirical.data.sources import DataOptions, open_in
 
     return open_in(name, DataOptions(str(data_dir), allow_nonstandard=allow_nonstandard))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from empirical.presets import get_preset
-from empirical.train import train
+from empirical.training.presets import get_preset
+from empirical.training.trainer import train
 from tests import datafiles
 from tests.helpers import registry_sets
 
@@ -136,7 +136,7 @@ def test_gpu_session_plan_fits_one_call_per_part_and_the_device_budget(tmp_path,
 
 def test_gpu_session_collect_returns_at_most_8_files_that_rebuild_the_results(tmp_path, monkeypatch):
     from bench import gpu_session as gs
-    from empirical.transfer import joined_bytes
+    from empirical.io.transfer import joined_bytes
 
     monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
     out = tmp_path / ".devdata" / "out"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from empirical import shipped
+from empirical.training import shipped
 from tests.helpers import SHARED_DATA
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +55,8 @@ def test_shipped_weights_match_their_recorded_sha256():
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the offline mirror ../shared/data is absent")
 def test_the_main_job_finds_its_shipped_weights_and_they_load():
     """The main job's run (FashionMNIST, cvglow, cpu preset, seed 0) is exactly the one the card records."""
-    from empirical.presets import get_preset
-    from empirical.sources import DataOptions, open_in
+    from empirical.data.sources import DataOptions, open_in
+    from empirical.training.presets import get_preset
 
     train_set, test_set = open_in("fashionmnist", DataOptions(str(SHARED_DATA)))
     preset = get_preset("cpu", "cvglow", train_set.shape, seed=0)
@@ -70,8 +70,8 @@ def test_the_main_job_finds_its_shipped_weights_and_they_load():
 
 
 def test_shipped_weights_are_a_checkpoint_for_every_command(tmp_path):
-    from empirical.checkpoint import model_from_checkpoint
-    from empirical.errors import CheckpointError
+    from empirical.io.errors import CheckpointError
+    from empirical.training.loading import model_from_checkpoint
 
     s = next(s for s in shipped.available() if s.name == "fashionmnist-cvglow-cpu")
     ckpt = model_from_checkpoint(s.weights)

@@ -22,10 +22,10 @@ import math
 import numpy as np
 import torch
 
-from empirical.contract import describe
-from empirical.flows import Glow
-from empirical.flows.layers import InvConv1x1
-from empirical.likelihood import nats_gap_to_bpd
+from empirical.models.contract import describe
+from empirical.models.flows import Glow
+from empirical.models.flows.layers import InvConv1x1
+from empirical.models.likelihood import nats_gap_to_bpd
 from theory.assumptions import ASSUMPTIONS
 from theory.quadratic import Moments, Quadratic, exact_quadratic, quadratic_diagonal
 

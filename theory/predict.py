@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical import sources
-from empirical.atomic import write_json
-from empirical.checkpoint import check_trained_on, model_from_checkpoint
 from empirical.cli import add_data_arguments, add_shape_arguments, data_options, run_cli, shape_map, writable_file
-from empirical.contract import describe, model_device
-from empirical.errors import TheoryError
-from empirical.flows import Glow
-from empirical.likelihood import LEVELS, dequantize, nats_gap_to_bpd
+from empirical.data import sources
+from empirical.io.atomic import write_json
+from empirical.io.errors import TheoryError
+from empirical.models.contract import describe, model_device
+from empirical.models.flows import Glow
+from empirical.models.likelihood import LEVELS, dequantize, nats_gap_to_bpd
+from empirical.training.checkpoint import check_trained_on
+from empirical.training.loading import model_from_checkpoint
 from theory import ledger
 from theory.quadratic import Moments, exact_quadratic, hessian_vector_products, quadratic_diagonal
 

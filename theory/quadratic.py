@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from empirical.contract import image_shape, model_device, model_dtype
-from empirical.errors import TheoryError
-from empirical.likelihood import LEVELS
+from empirical.io.errors import TheoryError
+from empirical.models.contract import image_shape, model_device, model_dtype
+from empirical.models.likelihood import LEVELS
 from theory.statistics import DatasetStats, compute_stats
 
 EXACT_MAX_DIMS = 3072  # every registered dataset; H, Σ_p* and Σ_q are D×D float64 (75 MB each at D = 3072)

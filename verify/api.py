@@ -1,12 +1,12 @@
 """The pipeline as a Python API: objects in, a ``Result`` out.
 
-    from empirical.sources import open_in
+    from empirical.data.sources import open_in
     from verify.api import compare, load_model
 
     trained = load_model("runs/models/fashionmnist-cvglow-cpu-…/last.pt")  # or any nn.Module meeting
-    in_train, in_test = open_in("fashionmnist")                             # empirical.contract
+    in_train, in_test = open_in("fashionmnist")                             # empirical.models.contract
     result = compare(trained, in_train, in_test, my_uint8_images)
-    print(result.ledger["summary"], result.detection_table(), sep="\\n")
+    print(result.gap.bpd, result.ledger.summary, result.detection.table(), sep="\\n")
     result.write("my-report")  # report.md, results.json, per_image.npz and the figures
 
 ``compare`` measures per-image log-likelihoods (with the model's parts), predicts the gap from the theory where
@@ -16,9 +16,8 @@ which parts ran and why the others did not. Nothing here trains a model or parse
 
 from __future__ import annotations
 
-import datetime as dt
-import sys
-import time
+import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,18 +25,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from empirical.atomic import atomic_write, staged
-from empirical.checkpoint import Checkpoint, check_trained_on, model_from_checkpoint
-from empirical.contract import ModelInfo, describe, model_device
-from empirical.errors import DataError, DgmOodError
-from empirical.evaluate import Evaluation, evaluate, part_key
-from empirical.presets import EvalBudget, default_budget
-from empirical.provenance import device_description
-from empirical.sources import ImageSet, as_image_set
-from verify import detect, predictions
+from empirical.data.imageset import ImageSet
+from empirical.data.sources import as_image_set
+from empirical.io.errors import DataError, DgmOodError
+from empirical.io.provenance import device_description, portable_path
+from empirical.models.contract import ModelInfo, describe, model_device
+from empirical.models.evaluation import Evaluation, evaluate
+from empirical.ood.suite import choose_scores
+from empirical.training.checkpoint import Checkpoint, check_trained_on
+from empirical.training.loading import model_from_checkpoint
+from empirical.training.presets import EvalBudget, default_budget, get_preset
+from verify import predictions
+from verify.detection import detect_for
 from verify.explain import explain_for
-from verify.report import terminal_summary, verdict, write_report
-from verify.runs import extra_origins, origin_text, provenance
+from verify.report import verdict
+from verify.results import Provenance, Result
+from verify.runs import extra_origins, origin_text
+from verify.runs import provenance as run_provenance
+
+log = logging.getLogger(__name__)
 
 SETS = ("in_train", "in_test", "out_test")
 
@@ -63,118 +69,100 @@ class Measurement:
     heldout: Evaluation | None
 
 
-@dataclass
-class Result:
-    """What ``compare`` found: ``results`` is what results.json holds; ``write`` renders the report and figures."""
-
-    results: dict
-    measurement: Measurement
-    scores: dict[str, tuple[np.ndarray, np.ndarray]]  # per-image detection scores (IN-test, OUT-test)
-
-    @property
-    def ledger(self) -> dict | None:
-        return self.results["ledger"]
-
-    @property
-    def detection(self) -> dict | None:
-        return self.results["detection"]
-
-    @property
-    def verdict(self) -> str:
-        return self.results["verdict"]
-
-    def detection_table(self) -> str:
-        """The detection scores as a markdown table (AUROC, AUPRC, FPR at 95% TPR)."""
-        det = self.detection or {}
-        rows = ["| score | AUROC | AUPRC | FPR95 |", "|---|---:|---:|---:|"]
-        rows += [f"| {k} | {v['auroc']:.3f} | {v['auprc']:.3f} | {v['fpr95']:.3f} |"
-                 for k, v in det.get("scores", {}).items()]
-        return "\n".join(rows)
-
-    def write(self, folder: str | Path) -> dict:
-        """report.md, results.json, per_image.npz and the figures into ``folder``, all or none (a failure leaves the
-        folder as it was); returns results.json's content."""
-        out = Path(folder)
-        m = self.measurement
-        per_image = {**{f"{k}_log_px_nats": e.log_px for k, e in m.evals.items()},
-                     **{f"{k}_{part_key(p)}": v for k, e in m.evals.items() for p, v in e.parts.items()}}
-        with staged(out) as stage:
-            atomic_write(stage / "per_image.npz", lambda f: np.savez_compressed(f, **per_image))
-            paths = _figures(self.results, m, stage) + _detection_figures(self.results, self.scores, stage)
-            results = {**self.results, "figures": [str(out / p.name) for p in paths], "out_dir": str(out)}
-            write_report(results, stage)
-        self.results = results
-        return results
-
-    def summary(self) -> str:
-        """The terminal summary: bits/dim table, verdict, predictions, ledger and detection in a few lines."""
-        return terminal_summary({**self.results, "out_dir": self.results.get("out_dir", "(not written)")})
-
-
 # ------------------------------------------------------------------------------------------------ entry
 def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, out_test: object, *,
             heldout: object | None = None, background: nn.Module | Checkpoint | None = None,
             ensemble: list[nn.Module | Checkpoint] | tuple = (), out_model: nn.Module | None = None,
             detection: str | None = "cheap", explain: bool = True, budget: EvalBudget | None = None,
-            seed: int = 0, device: str | torch.device | None = None, command: str | None = None,
-            started: tuple[str, float] | None = None, model_source: str | None = None,
+            seed: int = 0, device: str | torch.device | None = None, provenance: Provenance | None = None,
             name: str | None = None) -> Result:
     """Does a model trained on IN give OUT a higher likelihood than IN's own test set, by how much, does the theory
     predict it, and which score detects OUT?
 
-    ``model``: a ``Checkpoint`` (``load_model``) or any ``nn.Module`` meeting empirical.contract. The image sets
+    ``model``: a ``Checkpoint`` (``load_model``) or any ``nn.Module`` meeting empirical.models.contract. The image sets
     are ImageSets or anything ``as_image_set`` takes, all in the model's shape (map OUT with
-    ``empirical.sources.map_to`` first). ``heldout``: IN images the model never trained on (typicality's Ĥ and the
-    thresholds; a Checkpoint supplies its own). ``background`` and ``ensemble`` (models or Checkpoints trained on
-    IN; a Checkpoint's origin goes into the provenance) add the likelihood ratio and WAIC. ``detection``: "cheap"
-    (every score that needs no more passes of the model), "model" (also the gradient score or a VAE's likelihood
-    regret) or None. ``out_model`` (a model of the same kind trained on OUT-train) adds the entropy decomposition.
-    ``explain=False`` skips the interventions (verify.explain).
-    ``budget`` caps the images per set (default: the preset's, or ``default_budget``).
-    ``command``, ``started`` (ISO time, time.time()) and ``model_source`` (where the model came from) go into the
-    provenance; ``name`` is what reports call the model (default: its family, or its class name).
+    ``empirical.data.imageset.map_to`` first). ``heldout``: IN images the model never trained on (typicality's Ĥ and
+    the thresholds; a Checkpoint supplies its own), never one of the compared sets. ``background`` and ``ensemble``
+    (models or Checkpoints trained on IN; a Checkpoint's origin goes into the provenance) add the likelihood ratio
+    and WAIC. ``detection``: a score set ("cheap": every score that needs no more passes of the model; "model": also
+    the gradient score or a VAE's likelihood regret), score names separated by commas, or None.
+    ``out_model`` (a model of the same kind trained on OUT-train) adds the entropy decomposition.
+    ``explain=False`` skips the interventions (verify.explain). ``budget`` caps the images per set (default: the
+    preset's, or ``default_budget``). ``provenance``: the command and start time to record (default: this call,
+    now); ``name`` is what reports call the model (default: its family, or its class name).
     """
-    started = started or (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time())
-    sets = {k: as_image_set(v, k) for k, v in zip(SETS, (in_train, in_test, out_test), strict=True)}
+    provenance = provenance or Provenance()
+    choice = choose_scores(detection or "none")
+    module, info, checkpoint, sets, heldout, budget, dev = _prepare(model, (in_train, in_test, out_test), heldout,
+                                                                    budget, device, name)
+    evaluated = {k: s.head(getattr(budget, k)) for k, s in sets.items()}
+    heldout = None if heldout is None else heldout.head(budget.heldout)
+    check_heldout(heldout, evaluated)
+    m = measure(module, info, evaluated, heldout, budget, seed, dev)
+    th, ex = _theory(module, info, sets, evaluated, m, budget, seed, dev, explain, out_model)
+    det, per_image_scores = (None, {}) if choice.level == "none" else detect_for(
+        module, info, m, evaluated, heldout, _module(background), [_module(e) for e in ensemble], seed, dev,
+        expensive=choice.level in ("model", "all"), choice=choice)
+    results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
+    results["explain"] = ex
+    results["model_source"] = provenance.model_source or (origin_text(checkpoint) if checkpoint else info.name)
+    if det is not None:
+        results["extra_model_sources"] = extra_origins(background, ensemble)
+    results["provenance"] = run_provenance(provenance.command, dev, provenance.started, provenance.t0)
+    return Result(results, m, per_image_scores)
+
+
+def _prepare(model: nn.Module | Checkpoint, images: tuple, heldout: object | None, budget: EvalBudget | None,
+             device: str | torch.device | None, name: str | None) -> tuple:
+    """The module, what it declares, its Checkpoint (or None), the three ImageSets checked against its shape and
+    its training data, the held-out images, the budget and the device."""
+    sets = {k: as_image_set(v, k) for k, v in zip(SETS, images, strict=True)}
     checkpoint = model if isinstance(model, Checkpoint) else None
     module = checkpoint.model if checkpoint else model
     info = describe(module, name or (checkpoint.name if checkpoint else None))
     for s in sets.values():
         if s.shape != info.shape:
             raise DataError(f"{s.name} images are {'×'.join(map(str, s.shape))} but the model takes "
-                            f"{'×'.join(map(str, info.shape))}; map them with empirical.sources.map_to "
+                            f"{'×'.join(map(str, info.shape))}; map them with empirical.data.imageset.map_to "
                             f"(--match or --resize on the command line)")
     if checkpoint:
         check_trained_on(checkpoint.payload, checkpoint.path, sets["in_train"], sets["in_test"])
         heldout = heldout if heldout is not None else checkpoint.heldout(sets["in_train"])
         budget = budget or checkpoint_budget(checkpoint)
     heldout = None if heldout is None else as_image_set(heldout, "heldout")
-    budget = budget or default_budget()
     dev = torch.device(device) if device is not None else model_device(module)
-    module = module.to(dev).eval()
-    evaluated = {k: s.head(getattr(budget, k)) for k, s in sets.items()}
-    heldout = None if heldout is None else heldout.head(budget.heldout)
+    return module.to(dev).eval(), info, checkpoint, sets, heldout, budget or default_budget(), dev
 
-    m = measure(module, info, evaluated, heldout, budget, seed, dev)
+
+def check_heldout(heldout: ImageSet | None, sets: dict[str, ImageSet]) -> None:
+    """The held-out images fit thresholds and densities: they must not be one of the sets those are judged on (more
+    than half of them among IN-test's or OUT-test's images is refused; a few duplicates across splits are not)."""
+    if heldout is None:
+        return
+    held = {hashlib.sha256(image.tobytes()).digest() for image in heldout.images}
+    for k in ("in_test", "out_test"):
+        shared = sum(hashlib.sha256(image.tobytes()).digest() in held for image in sets[k].images)
+        if shared > len(heldout) / 2:
+            raise DataError(f"the held-out images are the {sets[k].name} images themselves: typicality's Ĥ, DoSE and "
+                            f"the thresholds would be fitted on the images they are judged on; hold out other IN "
+                            f"images (heldout=; {shared} of its {len(heldout)} images are among them)")
+
+
+def _theory(module: nn.Module, info: ModelInfo, sets: dict[str, ImageSet], evaluated: dict[str, ImageSet],
+            m: Measurement, budget: EvalBudget, seed: int, dev: torch.device, explain: bool,
+            out_model: nn.Module | None) -> tuple[dict, dict | None]:
+    """The theory's predictions and ledger, and the explanation of the gap (with the input-complexity prediction
+    beside the second-order ones, as it needs no model of OUT)."""
     x0 = sets["in_train"].images.mean(0, dtype=np.float64)
     th = predictions.theory_for(module, info, x0, evaluated, m, budget, seed)
     ex = explain_for(module, evaluated, m, th["quadratic"], info.dims, seed=seed, device=dev,
                      out_model=out_model) if explain else None
-    if ex:  # a prediction that needs no model of OUT, beside the second-order ones
+    if ex:
         c = ex["complexity"]
         th["prediction"]["input_complexity"] = None if c["gap_nats"] is None else {
             "gap_nats": c["gap_nats"], "gap_bpd": c["gap_bpd"],
             "method": f"log p ≈ a + b·L(x) fitted on {c['n_fit']} IN-train images (L: {c['compressor']} bits)"}
-    det, per_image_scores = (None, {}) if detection in (None, "none") else detect.detect_for(
-        module, info, m, evaluated, heldout, _module(background), [_module(e) for e in ensemble], seed, dev,
-        expensive=detection == "model")
-    results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
-    results["explain"] = ex
-    results["model_source"] = model_source or (origin_text(checkpoint) if checkpoint else info.name)
-    if det is not None:
-        results["extra_model_sources"] = extra_origins(background, ensemble)
-    results["provenance"] = provenance(command or "verify.api.compare (Python)", dev, *started)
-    return Result(results, m, per_image_scores)
+    return th, ex
 
 
 def _module(model: nn.Module | Checkpoint | None) -> nn.Module | None:
@@ -183,8 +171,6 @@ def _module(model: nn.Module | Checkpoint | None) -> nn.Module | None:
 
 def checkpoint_budget(checkpoint: Checkpoint) -> EvalBudget:
     """The evaluation budget of the preset a checkpoint was trained with (the family's, where it has its own)."""
-    from empirical.presets import get_preset
-
     payload = checkpoint.payload
     try:
         return get_preset(payload["preset"], payload["model"], tuple(checkpoint.model.config.shape)).budget
@@ -198,7 +184,7 @@ def measure(model: nn.Module, info: ModelInfo, sets: dict[str, ImageSet], heldou
     """Per-image log-likelihoods of the three sets and of the graying series, and the sets' moments."""
     from theory.statistics import compute_stats
 
-    print("evaluating " + ", ".join(f"{s.name} {len(s)} images" for s in sets.values()), file=sys.stderr)
+    log.info("evaluating %s", ", ".join(f"{s.name} {len(s)} images" for s in sets.values()))
     evals = {k: evaluate(model, s.images, seed=seed, device=device, label=f"{s.name} images")
              for k, s in sets.items()}
     summary = {k: e.summary() for k, e in evals.items()}
@@ -249,7 +235,7 @@ def results_of(model: nn.Module, info: ModelInfo, checkpoint: Checkpoint | None,
         "model_info": info.to_dict(), "dims": info.dims,
         "match": any("(matched)" in s.name for s in sets.values()),
         "plumbing": any(s.nonstandard for s in sets.values()), "device": device_description(device),
-        "checkpoint": str(checkpoint.path) if checkpoint else None, "trained_steps": payload.get("step"),
+        "checkpoint": portable_path(checkpoint.path) if checkpoint else None, "trained_steps": payload.get("step"),
         "n_images": {k: float(len(v)) for k, v in evaluated.items()},
         "bpd": {k: s["bpd"]["mean"] for k, s in m.summary.items()},
         "gap_bpd": m.gap_bpd, "gap_bpd_stderr": m.gap_bpd_stderr, "gap_nats": m.gap_nats,
@@ -271,40 +257,3 @@ def results_of(model: nn.Module, info: ModelInfo, checkpoint: Checkpoint | None,
     return results
 
 
-# ----------------------------------------------------------------------------------------------- figures
-def _figures(results: dict, m: Measurement, out_dir: Path) -> list[Path]:
-    from empirical.likelihood import discrete_log_likelihood
-    from verify import figures  # matplotlib is imported when figures are drawn
-
-    dims, labels = results["dims"], results["labels"]
-    g = results["graying"]
-    paths = [
-        figures.loglik_histograms({k: discrete_log_likelihood(e.log_px, dims) for k, e in m.evals.items()}, labels,
-                                  f"{results['model']} trained on {labels['in_train']}", out_dir / "loglik_hist.png"),
-        figures.moment_histograms({k: (s.mean, s.var) for k, s in m.stats.items()}, labels, out_dir / "moments.png"),
-        figures.graying_curve(g["alphas"], g["measured"], {
-            **({"exact second order": g["exact_second_order"]} if g["exact_second_order"] else {}),
-            **({"closed form": g["closed_form"]} if g["closed_form"] else {})}, out_dir / "graying.png"),
-    ]
-    ex = results.get("explain")
-    if ex:
-        c = ex["contrast"]
-        paths.append(figures.contrast_curves(c["s"], c["measured"], c["second_order"], labels,
-                                             out_dir / "contrast.png"))
-    if results["decomposition"]:
-        paths.append(figures.decomposition_histograms(
-            {k: {"density": e.parts["density"], "volume": e.parts["volume"]} for k, e in m.evals.items()},
-            labels, out_dir / "decomposition.png"))
-    return paths
-
-
-def _detection_figures(results: dict, per_image: dict, out_dir: Path) -> list[Path]:
-    if not per_image:
-        return []
-    from verify import figures
-
-    det = results["detection"]
-    title = f"{results['model']} on {results['labels']['in_train']}: OUT-test vs IN-test"
-    return [figures.roc_curves(per_image, {k: v["auroc"] for k, v in det["scores"].items()}, title,
-                               out_dir / "roc.png"),
-            figures.score_histograms(per_image, results["labels"], out_dir / "scores.png")]

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from torch import nn
 
-from empirical import sources
-from empirical.checkpoint import Checkpoint, check_trained_on, model_from_checkpoint
 from empirical.cli import data_options
-from empirical.contract import image_shape
-from empirical.errors import DgmOodError
-from empirical.factory import call_factory, load_weights
-from empirical.sources import ImageSet, ShapeMap
+from empirical.data import sources
+from empirical.data.imageset import ImageSet, ShapeMap
+from empirical.io.errors import DgmOodError
+from empirical.models.contract import image_shape
+from empirical.models.factory import call_factory, load_weights
+from empirical.training.checkpoint import Checkpoint, check_trained_on
+from empirical.training.loading import model_from_checkpoint
 from verify.runs import origin_text
 
 
@@ -36,7 +37,8 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
     g.add_argument("--checkpoint", type=Path, help="a trained model of ours (last.pt, or its .parts.json manifest)")
     g.add_argument("--model-factory", metavar="MODULE:FUNCTION",
                    help="your own model: FUNCTION() in MODULE returns a torch.nn.Module meeting the density-model "
-                        "contract (empirical.contract). This imports and runs that code: name only code you trust")
+                        "contract (empirical.models.contract)."
+                        " This imports and runs that code: name only code you trust")
     g.add_argument("--weights", type=Path,
                    help="a state dict for --model-factory: .safetensors, or a torch file (read with weights_only)")
     g.add_argument("--heldout", metavar="SOURCE",

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from empirical import distributed, sources
-from empirical.checkpoint import checkpoint_facts
 from empirical.cli import (
     add_data_arguments,
     add_shape_arguments,
@@ -26,18 +24,22 @@ from empirical.cli import (
     shape_map,
     writable_dir,
 )
-from empirical.distributed import resolve_device
-from empirical.errors import CheckpointError, DgmOodError
-from empirical.models import FLOWS, MODELS
-from empirical.presets import PRESETS, default_budget, get_preset
-from empirical.sources import ImageSet
+from empirical.data import sources
+from empirical.data.imageset import ImageSet, map_to
+from empirical.io import distributed
+from empirical.io.distributed import resolve_device
+from empirical.io.errors import CheckpointError, DgmOodError
+from empirical.models.registry import FLOWS, MODELS
+from empirical.ood.suite import choose_scores
+from empirical.training.loading import checkpoint_facts
+from empirical.training.presets import PRESETS, default_budget, get_preset
 from verify import api
 from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, open_model
 from verify.report import write_families
+from verify.results import Provenance
 from verify.runs import extra_models, origin_text, trained_model
 
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
-SCORE_SETS = ("none", "cheap", "model", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-prior", choices=["learned", "fixed"],
                    help="flows: 'fixed' makes every split latent N(0, σ_ψ²), the paper's exact model class "
                         "(default: learned conditional priors)")
-    p.add_argument("--scores", default="cheap", choices=SCORE_SETS,
-                   help="OOD detection scores: cheap (likelihood, typicality, input complexity, DoSE, per-latent "
+    p.add_argument("--scores", default="cheap", metavar="SET|NAMES",
+                   help="OOD detection scores, a set or score names separated by commas: cheap (likelihood, "
+                        "typicality, input complexity, DoSE, per-latent "
                         "scores; default); model (also the gradient score or a VAE's likelihood regret: more passes "
                         "of the same model); all (also the likelihood ratio and WAIC, which train a background model "
-                        "and an ensemble); none")
+                        "and an ensemble); none; or e.g. likelihood,typicality,complexity_png")
     p.add_argument("--entropy", action="store_true",
                    help="also train (or reuse) a model of the same kind on OUT's training part: the entropy "
                         "decomposition gap = [H(IN) − H(OUT)] − [KL(OUT‖p) − KL(IN‖p)]")
@@ -120,7 +123,7 @@ def out_parts(args: argparse.Namespace, in_train: ImageSet, out_test: ImageSet) 
                           f"apart from the images compared (use a registry dataset or a source with train and test "
                           f"parts)")
     train, _ = sources.open_in(args.out_dataset, data_options(args))
-    return sources.map_to(train, in_train.shape, shape_map(args)), out_test
+    return map_to(train, in_train.shape, shape_map(args)), out_test
 
 
 def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_test: ImageSet,
@@ -132,7 +135,7 @@ def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, i
     opened = _model(args, model_name, in_train, in_test, command)
     device = resolve_device(args.device)
     background, ensemble, out_model = None, [], None
-    if (args.scores == "all" or args.entropy) and opened.checkpoint is None:
+    if (args.choice.level == "all" or args.entropy) and opened.checkpoint is None:
         raise DgmOodError("--scores all and --entropy train more models like this one; they need a model of ours (an "
                           "outside model's training is not known)")
     if args.entropy:
@@ -140,7 +143,7 @@ def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, i
         print(f"entropy decomposition: training or reusing a {opened.name} on {out_train.name}", file=sys.stderr)
         out_model = trained_model(out_train, out_test_part, opened.name, opened.checkpoint.preset(args.seed),
                                   device, args.runs_dir, command=command, retrain=args.retrain).model
-    if args.scores == "all":
+    if args.choice.level == "all":
         preset = opened.checkpoint.preset(args.seed)
         print("detection scores: training or reusing a background model and 4 more ensemble members",
               file=sys.stderr)
@@ -148,14 +151,13 @@ def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, i
                                             seed=args.seed, command=command, retrain=args.retrain)
     result = api.compare(opened.checkpoint or opened.module, in_train, in_test, out_test, heldout=opened.heldout,
                          background=background, ensemble=ensemble, out_model=out_model,
-                         detection={"all": "model"}.get(args.scores, args.scores),
+                         detection=args.scores,
                          budget=None if opened.checkpoint else default_budget(preset_name(args)), seed=args.seed,
-                         device=device, command=command, started=started, model_source=opened.source,
-                         name=opened.name)
+                         device=device, provenance=Provenance(command, *started, opened.source), name=opened.name)
     if not distributed.world().main:  # under torchrun every rank evaluates its share; rank 0 reports
         return {}
     results = result.write(out_dir)
-    print(result.summary())
+    print(result.summary(results["out_dir"]))
     return results
 
 
@@ -174,6 +176,7 @@ def _compare(args: argparse.Namespace) -> int:
     for name in (args.in_dataset, args.out_dataset):
         sources.check_name(name)
     check_seed(args.seed)
+    args.choice = choose_scores(args.scores)
     check_model_arguments(args)
     named = args.checkpoint or args.model_factory
     if args.retrain and named:
@@ -188,7 +191,8 @@ def _compare(args: argparse.Namespace) -> int:
                                                             (args.model or "cvglow"))
     stem = f"{sources.slug(args.in_dataset)}-{sources.slug(args.out_dataset)}" + ("-match" if args.match else "")
     tag = ("-splitfixed" if args.split_prior == "fixed" else "") \
-        + (f"-scores{args.scores}" if args.scores in ("model", "all") else "") + ("-entropy" if args.entropy else "")
+        + (f"-scores{sources.slug(args.scores)}" if args.scores not in ("cheap", "none") else "") \
+        + ("-entropy" if args.entropy else "")
     out = args.out or Path("runs/compare") / (f"{stem}-families-{preset_name(args)}{tag}" if args.all_models
                                               else f"{stem}-{model}-{preset_name(args)}{tag}")
     # every input is read and checked before anything is written or trained

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from empirical.evaluate import evaluate, mean_stderr
-from empirical.likelihood import nats_gap_to_bpd
-from empirical.scores import compressed_bits
+from empirical.models.evaluation import evaluate, mean_stderr
+from empirical.models.likelihood import nats_gap_to_bpd
+from empirical.ood.scores import compressed_bits
 
 CONTRASTS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # s of the contrast-scaling curve
 SURROGATE_IMAGES = 2000  # images drawn per set for the Gaussian surrogates

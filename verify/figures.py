@@ -13,7 +13,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from empirical.atomic import atomic_write
+from empirical.io.atomic import atomic_write
+from empirical.models.likelihood import discrete_log_likelihood
 
 COLOURS = {"in_train": "#1f77b4", "in_test": "#2ca02c", "out_test": "#d62728"}
 STYLE = {"font.size": 10, "axes.spines.top": False, "axes.spines.right": False, "savefig.dpi": 150}
@@ -175,7 +176,6 @@ def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, d
 def family_histograms(per_image: dict[str, dict[str, np.ndarray]], labels: dict[str, str],
                       dims: dict[str, int], path: Path) -> Path:
     """One panel per model family: histograms of per-image log p(x) (discrete, nats) for the three sets."""
-    from empirical.likelihood import discrete_log_likelihood
 
     panels = {name: {k: discrete_log_likelihood(v, dims[name]) for k, v in sets.items()}
               for name, sets in per_image.items()}
@@ -223,3 +223,40 @@ def score_histograms(per_image: dict[str, tuple[np.ndarray, np.ndarray]], labels
         ax.axis("off")
     axes[0, 0].legend(frameon=False, fontsize=7)
     return _save(fig, path)
+
+
+def comparison_figures(results: dict, m, per_image: dict, out_dir: Path) -> list[Path]:
+    """Every figure of a comparison's report (``m``: verify.api.Measurement; ``per_image``: the detection scores)."""
+    return _comparison(results, m, out_dir) + _detection(results, per_image, out_dir)
+
+def _comparison(results: dict, m, out_dir: Path) -> list[Path]:
+    dims, labels = results["dims"], results["labels"]
+    g = results["graying"]
+    paths = [
+        loglik_histograms({k: discrete_log_likelihood(e.log_px, dims) for k, e in m.evals.items()}, labels,
+                                  f"{results['model']} trained on {labels['in_train']}", out_dir / "loglik_hist.png"),
+        moment_histograms({k: (s.mean, s.var) for k, s in m.stats.items()}, labels, out_dir / "moments.png"),
+        graying_curve(g["alphas"], g["measured"], {
+            **({"exact second order": g["exact_second_order"]} if g["exact_second_order"] else {}),
+            **({"closed form": g["closed_form"]} if g["closed_form"] else {})}, out_dir / "graying.png"),
+    ]
+    ex = results.get("explain")
+    if ex:
+        c = ex["contrast"]
+        paths.append(contrast_curves(c["s"], c["measured"], c["second_order"], labels,
+                                             out_dir / "contrast.png"))
+    if results["decomposition"]:
+        paths.append(decomposition_histograms(
+            {k: {"density": e.parts["density"], "volume": e.parts["volume"]} for k, e in m.evals.items()},
+            labels, out_dir / "decomposition.png"))
+    return paths
+
+
+def _detection(results: dict, per_image: dict, out_dir: Path) -> list[Path]:
+    if not per_image:
+        return []
+    det = results["detection"]
+    title = f"{results['model']} on {results['labels']['in_train']}: OUT-test vs IN-test"
+    return [roc_curves(per_image, {k: v["auroc"] for k, v in det["scores"].items()}, title,
+                               out_dir / "roc.png"),
+            score_histograms(per_image, results["labels"], out_dir / "scores.png")]

@@ -1,21 +1,23 @@
 """The theory's side of a comparison: the predictions, the assumption ledger and the diagnostics for whatever the
-model allows (empirical.contract), and a record of which parts ran and why the others did not."""
+model allows (empirical.models.contract), and a record of which parts ran and why the others did not."""
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 
 import numpy as np
 from torch import nn
 
-from empirical.contract import ModelInfo
-from empirical.flows import Glow
-from empirical.presets import EvalBudget
-from empirical.sources import ImageSet
+from empirical.data.imageset import ImageSet
+from empirical.models.contract import ModelInfo
+from empirical.models.flows import Glow
+from empirical.training.presets import EvalBudget
 from theory import ledger
 from theory.predict import predict
 from theory.quadratic import EXACT_MAX_DIMS, Moments
+
+log = logging.getLogger(__name__)
 
 ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # the graying experiment's x_α = α·x + (1−α)·128
 EMPTY = {"x0": None, "quadratic_check": None, "graying": None, "closed": None, "ledger": None,
@@ -82,8 +84,8 @@ def theory_for(model: nn.Module, info: ModelInfo, x0: np.ndarray, sets: dict[str
     if not info.smooth:
         return {"prediction": {"closed_form": None, "exact_second_order": None, "averaged_curvature": None,
                                "note": "the second-order theory does not apply: " + not_smooth_reason(info)}, **EMPTY}
-    print(f"second-order predictions: exact Hessian at x0 (D = {info.dims}) and a Monte Carlo estimate from "
-          f"{budget.hvp_samples} images per set; the assumption ledger", file=sys.stderr)
+    log.info("second-order predictions: exact Hessian at x0 (D = %d) and a Monte Carlo estimate from %d images per "
+             "set; the assumption ledger", info.dims, budget.hvp_samples)
     p, q = Moments.from_stats(m.stats["in_test"]), Moments.from_stats(m.stats["out_test"])
     pr = predict(model, x0, sets["in_test"].images, sets["out_test"].images,
                  gray_images=sets["in_test"].images[: budget.gray_images], alphas=ALPHAS,

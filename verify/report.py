@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from empirical.atomic import atomic_write, write_json
+from empirical.io.atomic import atomic_write, write_json
 from theory.ledger import markdown_table
 
 
@@ -300,7 +300,7 @@ def _detection_section(results: dict) -> list[str]:
         r = det["scores"][rec]
         head = [f"**Recommended score: {rec}**, AUROC {r['auroc']:.3f} (95% interval {r['auroc_ci95'][0]:.3f}–"
                 f"{r['auroc_ci95'][1]:.3f}), FPR at 95% TPR {r['fpr95']:.3f}. Why this one: "
-                f"`verify.detect.RECOMMENDATION`.", ""]
+                f"`empirical.ood.detectors.RECOMMENDATION`.", ""]
     md = ["## OOD detection", "", *head,
           f"Can the model tell {L['out_test']} (positive) from {L['in_test']}? Every score is higher for more OOD; "
           f"nothing is fitted on the OOD set" + ("; " + "; ".join(extra) if extra else "") + ".", "",

@@ -4,19 +4,23 @@ the provenance every result names: command, commit, device, torch, start and wal
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from empirical.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint, model_from_checkpoint
-from empirical.presets import Preset
-from empirical.provenance import device_description, git_commit
-from empirical.shipped import available, find
-from empirical.sources import ImageSet, slug, training_digest
-from empirical.train import CHECKPOINT, train
+from empirical.data.imageset import ImageSet, training_digest
+from empirical.data.sources import slug
+from empirical.io.provenance import device_description, git_commit
+from empirical.training.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint
+from empirical.training.loading import model_from_checkpoint
+from empirical.training.presets import Preset
+from empirical.training.shipped import available, find
+from empirical.training.trainer import CHECKPOINT, train
+
+log = logging.getLogger(__name__)
 
 BACKGROUND_MU = 0.2  # Ren et al.'s perturbation rate for the background model, within their 0.1–0.3
 ENSEMBLE = 5  # K models for WAIC, as in Choi et al.
@@ -42,13 +46,13 @@ def cached_model(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     if ckpt.exists():
         try:
             if load_checkpoint(ckpt)["step"] >= preset.train.steps:
-                print(f"reusing trained model {ckpt}", file=sys.stderr)
+                log.info("reusing trained model %s", ckpt)
                 return ckpt
         except CorruptCheckpoint as err:
             aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
             os.replace(ckpt, aside)
-            print(f"warning: {err}; moved it aside to {aside} and training again", file=sys.stderr)
-    print(f"training {model_name} on {train_set.name} ({preset.train.steps} steps) into {run_dir}", file=sys.stderr)
+            log.warning("warning: %s; moved it aside to %s and training again", err, aside)
+    log.info("training %s on %s (%d steps) into %s", model_name, train_set.name, preset.train.steps, run_dir)
     train(train_set, test_set, model_name, preset, run_dir, device=str(device), resume=True, wait_for_lock=True,
           command=command)
     return ckpt
@@ -66,7 +70,7 @@ def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     """For the likelihood ratio and WAIC: the background model (``preset`` with perturbation μ = BACKGROUND_MU) and
     the ensemble's k − 1 other members (seeds seed+1 …), each found like the main model (member 0): shipped
     weights, else trained or reused from ``runs_dir``."""
-    from empirical.presets import get_preset
+    from empirical.training.presets import get_preset
 
     split = getattr(preset.model, "split_prior", None)
 
@@ -103,7 +107,7 @@ def trained_model(train_set: ImageSet, test_set: ImageSet, model_name: str, pres
     ``retrain`` is not asked for, else the cached checkpoint in ``runs_dir`` (trained when missing)."""
     shipped = None if retrain else find(train_set, test_set, model_name, preset)
     if shipped is not None:
-        print(f"using the {shipped.describe()}", file=sys.stderr)
+        log.info("using the %s", shipped.describe())
         return shipped.load()
     return model_from_checkpoint(cached_model(train_set, test_set, model_name, preset, device, runs_dir,
                                               command=command))

@@ -19,15 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical import distributed, sources
-from empirical.atomic import atomic_write, write_json
 from empirical.cli import add_data_arguments, check_seed, data_options, run_cli, writable_dir
-from empirical.errors import DataNotFound, TheoryError
-from empirical.evaluate import Evaluation, evaluate
-from empirical.likelihood import nats_gap_to_bpd
-from empirical.models import FLOWS, MODELS
-from empirical.presets import PRESETS, get_preset
-from empirical.sources import DataOptions, ImageSet, ShapeMap
+from empirical.data import sources
+from empirical.data.imageset import ImageSet, ShapeMap
+from empirical.data.sources import DataOptions
+from empirical.io import distributed
+from empirical.io.atomic import atomic_write, write_json
+from empirical.io.errors import DataNotFound, TheoryError
+from empirical.models.evaluation import Evaluation, evaluate
+from empirical.models.likelihood import nats_gap_to_bpd
+from empirical.models.registry import FLOWS, MODELS
+from empirical.training.presets import PRESETS, get_preset
 from theory.predict import closed_form, to_model_space
 from theory.quadratic import Moments, exact_quadratic
 from verify import figures

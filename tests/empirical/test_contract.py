@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from empirical.contract import ModelContractError, describe
-from empirical.errors import CheckpointError
-from empirical.evaluate import NonFiniteLikelihood, evaluate
-from empirical.likelihood import log_likelihood
-from empirical.models import build_model
-from empirical.presets import get_preset
+from empirical.io.errors import CheckpointError
+from empirical.models.contract import ModelContractError, describe
+from empirical.models.evaluation import NonFiniteLikelihood, evaluate
+from empirical.models.likelihood import log_likelihood
+from empirical.models.registry import build_model
+from empirical.training.presets import get_preset
 
 
 class Gaussian(nn.Module):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from empirical.evaluate import evaluate
-from empirical.flows.layers import Coupling
-from empirical.likelihood import log_likelihood
-from empirical.models import build_model
-from empirical.presets import get_preset
-from empirical.train import batch_loss
+from empirical.models.evaluation import evaluate
+from empirical.models.flows.layers import Coupling
+from empirical.models.likelihood import log_likelihood
+from empirical.models.registry import build_model
+from empirical.training.presets import get_preset
+from empirical.training.steps import batch_loss
 from tests.helpers import randomize
 
 ACCEL = torch.device(os.environ.get("DGM_OOD_TEST_ACCEL", "cuda"))

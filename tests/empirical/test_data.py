@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from empirical import data
-from empirical.errors import DataError
+from empirical.data import registry as data
+from empirical.io.errors import DataError
 from tests import datafiles
 from tests.helpers import SHARED_DATA
 

@@ -18,13 +18,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from empirical import distributed
-from empirical.checkpoint import load_checkpoint
-from empirical.evaluate import evaluate
-from empirical.flows.layers import ActNorm
-from empirical.models import build_model
-from empirical.presets import get_preset
-from empirical.train import train
+from empirical.io import distributed
+from empirical.models.evaluation import evaluate
+from empirical.models.flows.layers import ActNorm
+from empirical.models.registry import build_model
+from empirical.training.checkpoint import load_checkpoint
+from empirical.training.presets import get_preset
+from empirical.training.trainer import train
 from tests.faults.conftest import REPO, env_for, write_tiny_idx
 from tests.helpers import registry_sets
 
@@ -200,9 +200,10 @@ def test_a_killed_rank_stops_the_job_and_one_process_resumes_it(tiny, tmp_path):
 GLOO_THREADS = """
 import json, os, sys
 import torch
-from empirical import distributed
-from empirical.models import build_model
-from empirical.presets import get_preset
+from empirical.io import distributed
+from empirical.models.registry import build_model
+from empirical.training.ddp import data_parallel
+from empirical.training.presets import get_preset
 
 
 def gloo_threads():
@@ -212,7 +213,7 @@ def gloo_threads():
 
 device = distributed.init_from_env("cpu")
 try:
-    ddp = distributed.data_parallel(build_model("cvglow", get_preset("smoke", "cvglow", (1, 28, 28)).model), device)
+    ddp = data_parallel(build_model("cvglow", get_preset("smoke", "cvglow", (1, 28, 28)).model), device)
     during = gloo_threads()
     del ddp
 finally:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from empirical.factory import FactoryError, call_factory, load_weights
+from empirical.models.factory import FactoryError, call_factory, load_weights
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empirical.errors import DataError
-from empirical.flows import Glow, GlowConfig
+from empirical.io.errors import DataError
+from empirical.models.flows import Glow, GlowConfig
 from tests.helpers import autograd_logdet, randomize
 
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empirical.flows.layers import ActNorm, Coupling, FlowStep, InvConv1x1, Split, Squeeze
+from empirical.models.flows.layers import ActNorm, Coupling, FlowStep, InvConv1x1, Split, Squeeze
 from tests.helpers import check_transform, randomize
 
 shapes = st.tuples(st.integers(1, 3), st.sampled_from([2, 4]), st.sampled_from([2, 4]))

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from empirical.evaluate import evaluate
-from empirical.likelihood import (
+from empirical.models.evaluation import evaluate
+from empirical.models.likelihood import (
     bits_per_dim,
     bpd_to_nats,
     dequantize,

@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
-from empirical.errors import DataError
-from empirical.likelihood import bin_centres, log_likelihood
-from empirical.pixelcnn import PixelCNN, PixelCNNConfig
+from empirical.io.errors import DataError
+from empirical.models.likelihood import bin_centres, log_likelihood
+from empirical.models.pixelcnn import PixelCNN, PixelCNNConfig
 from tests.helpers import randomize
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from empirical import provenance
+from empirical.io import provenance
 
 
 def test_commit_of_this_checkout():
@@ -24,7 +24,7 @@ def test_the_cache_key_follows_the_training_code_only(tmp_path, monkeypatch):
     """An edit to a report or a loader keeps every cached model; an edit to a model or the training loop does not."""
     import shutil
 
-    from empirical import checkpoint
+    from empirical.training import checkpoint
 
     shutil.copytree(checkpoint._PACKAGE, tmp_path / "empirical",
                     ignore=shutil.ignore_patterns("__pycache__", "weights"))
@@ -32,7 +32,7 @@ def test_the_cache_key_follows_the_training_code_only(tmp_path, monkeypatch):
     before = checkpoint.code_version()
     (tmp_path / "empirical" / "shipped.py").write_text("# edited\n", encoding="utf-8")
     assert checkpoint.code_version() == before
-    layers = tmp_path / "empirical" / "flows" / "layers.py"
+    layers = tmp_path / "empirical" / "models" / "flows" / "layers.py"
     source = layers.read_text(encoding="utf-8")
     layers.write_text('"""A reworded docstring."""\n# a comment\n\n' + source.split('"""', 2)[2].lstrip("\n"),
                       encoding="utf-8")

@@ -6,12 +6,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empirical import scores
-from empirical.flows import Glow, GlowConfig
-from empirical.likelihood import bits_per_dim
-from empirical.train import perturb_subpixels
+from empirical.models.flows import Glow, GlowConfig
+from empirical.models.likelihood import bits_per_dim
+from empirical.ood import scores
+from empirical.ood.analysis import ensemble_gap
+from empirical.ood.metrics import auprc, auroc, auroc_interval, fpr_at_tpr, metrics
+from empirical.training.steps import perturb_subpixels
 from tests.helpers import randomize
-from verify.detect import auprc, auroc, fpr_at_tpr, metrics
 
 
 @settings(max_examples=20, deadline=None)
@@ -82,13 +83,10 @@ def test_waic_with_one_model_is_the_log_likelihood():
 
 
 def test_ensemble_summary_gives_waic_parts_and_the_gap_of_members_that_agree():
-    from verify.detect import Inputs, ensemble_gap
-
     dims = 784
     log_in, log_out = np.full(50, -800.0), np.full(40, -300.0)
     offsets = np.array([[-1.0], [0.0], [1.0]])  # three members: the same up to -1, 0, +1 nats (variance 2/3)
-    x = Inputs(bpd={}, images={}, dims=dims, ensemble={"in_test": log_in + offsets, "out_test": log_out + 2 * offsets})
-    ens = ensemble_gap(x)
+    ens = ensemble_gap(log_in + offsets, log_out + 2 * offsets, dims)
     assert ens["k"] == 3
     assert np.allclose(ens["member_gaps_bpd"], [(500 + d) / (dims * np.log(2)) for d in (-1, 0, 1)])
     parts = ens["waic_parts_nats"]
@@ -97,12 +95,9 @@ def test_ensemble_summary_gives_waic_parts_and_the_gap_of_members_that_agree():
 
 
 def test_waic_parts_median_is_not_carried_by_one_image_the_members_disagree_about():
-    from verify.detect import Inputs, ensemble_gap
-
     log_out = np.tile(np.full(5, -300.0), (2, 1))  # two members agreeing on five images...
     log_out[:, 0] = [-300.0, -2300.0]  # ...but for one: means -300 and -1300, variances 0 and 1000² = 1e6
-    x = Inputs(bpd={}, images={}, dims=784, ensemble={"in_test": np.full((2, 3), -800.0), "out_test": log_out})
-    out = ensemble_gap(x)["waic_parts_nats"]["out_test"]
+    out = ensemble_gap(np.full((2, 3), -800.0), log_out, 784)["waic_parts_nats"]["out_test"]
     assert np.isclose(out["var_log_px"], 1e6 / 5) and out["median_var_log_px"] == 0.0
     assert np.isclose(out["mean_log_px"], -500.0) and out["median_log_px"] == -300.0
 
@@ -160,8 +155,6 @@ def test_level_ratio_and_per_latent_scores():
 
 
 def test_fpr_at_80_and_the_bootstrap_interval_of_the_auroc():
-    from verify.detect import auroc_interval
-
     in_s, out_s = np.arange(10.0), np.arange(10.0) + 5  # OUT 5..14 against IN 0..9
     m = metrics(in_s, out_s)
     assert m["fpr80"] == pytest.approx(0.3) and m["fpr95"] == pytest.approx(0.5)  # thresholds 7 and 5
@@ -175,7 +168,7 @@ def test_fpr_at_80_and_the_bootstrap_interval_of_the_auroc():
 
 
 def test_the_gradient_norm_vanishes_at_a_stationary_point_of_the_images_log_likelihood():
-    from empirical.model_scores import gradient_norms
+    from empirical.ood.model_scores import gradient_norms
 
     class Centred(torch.nn.Module):
         """log p = Σ log N(x̃; μ, 0.1²) on bin centres (discrete): ∇_μ log p = (x̃ − μ)/σ² is 0 at μ = x̃."""
@@ -196,7 +189,7 @@ def test_the_gradient_norm_vanishes_at_a_stationary_point_of_the_images_log_like
 
 
 def test_gradient_norms_of_every_parameter_tensor_match_their_closed_form_across_batches():
-    from empirical.model_scores import gradient_norms
+    from empirical.ood.model_scores import gradient_norms
 
     class Tilted(torch.nn.Module):
         """log p = Σ log N(x̃; μ, 0.1²) + c·Σ x̃, c a 0-d tensor: ‖∇_μ‖² = Σ (x̃ − μ)²/0.1⁴, ‖∇_c‖² = (Σ x̃)²."""
@@ -219,8 +212,8 @@ def test_gradient_norms_of_every_parameter_tensor_match_their_closed_form_across
 
 
 def test_likelihood_regret_is_zero_where_the_encoder_is_already_optimal_and_positive_where_it_is_not():
-    from empirical.model_scores import likelihood_regret
-    from empirical.vae import VAE, VAEConfig
+    from empirical.models.vae import VAE, VAEConfig
+    from empirical.ood.model_scores import likelihood_regret
 
     vae = VAE(VAEConfig((1, 8, 8), latent=4, hidden=8, eval_samples=10)).eval()
     with torch.no_grad():  # a decoder that ignores z and an encoder that outputs the prior: q = p(z) is optimal

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from empirical import sources
-from empirical.errors import DataError
-from empirical.sources import DataOptions, ShapeMap, as_image_set, map_to, open_in, open_out, synthetic
+from empirical.data import sources
+from empirical.data.imageset import ShapeMap, map_to
+from empirical.data.sources import DataOptions, as_image_set, open_in, open_out, synthetic
+from empirical.io.errors import DataError
 from tests import datafiles
 
 

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from empirical import data
-from empirical import train as train_mod
-from empirical.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from empirical import train as train_cli
 from empirical.cli import run_cli
-from empirical.errors import CheckpointError, TrainingError
-from empirical.evaluate import evaluate
-from empirical.models import MODELS
-from empirical.presets import get_preset
-from empirical.sources import synthetic
+from empirical.data import registry as data
+from empirical.data.sources import synthetic
+from empirical.io.errors import CheckpointError, TrainingError
+from empirical.models.evaluation import evaluate
+from empirical.models.registry import MODELS
+from empirical.training import steps as steps_mod
+from empirical.training import trainer as train_mod
+from empirical.training.checkpoint import load_checkpoint, save_checkpoint
+from empirical.training.loading import model_from_checkpoint
+from empirical.training.presets import get_preset
 from tests import datafiles
 from tests.helpers import registry_sets
 
@@ -43,7 +46,7 @@ def tiny_data(tmp_path, monkeypatch):
 
 
 def _cli(tiny_data, out, *extra):
-    return run_cli(train_mod.main, ["--dataset", "fashionmnist", "--preset", "smoke", "--out", str(out), "--data-dir",
+    return run_cli(train_cli.main, ["--dataset", "fashionmnist", "--preset", "smoke", "--out", str(out), "--data-dir",
                            str(tiny_data), "--allow-nonstandard-data", "--no-progress", *extra])
 
 
@@ -70,7 +73,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tiny_data
     out = tmp_path / "nan"
     assert _cli(tiny_data, out, "--steps", "20") == 0
     good = load_checkpoint(out / "last.pt")["step"]
-    real = train_mod.bits_per_dim
+    real = steps_mod.bits_per_dim
     calls = {"n": 0}
 
     def poisoned(log_px, dims):
@@ -78,7 +81,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tiny_data
         value = real(log_px, dims)
         return value * float("nan") if calls["n"] > 3 else value
 
-    monkeypatch.setattr(train_mod, "bits_per_dim", poisoned)
+    monkeypatch.setattr(steps_mod, "bits_per_dim", poisoned)
     preset = get_preset("smoke", "glow", (1, 28, 28), steps=40)
     with pytest.raises(TrainingError, match=r"loss became nan at step 2\d.*last good checkpoint"):
         train_mod.train(*registry_sets("fashionmnist", tiny_data), "glow", preset, out, resume=True, progress=False)
@@ -137,11 +140,11 @@ def test_every_model_trains_on_tiny_data(tiny_data, tmp_path, model):
 
 def test_random_hflip_mirrors_about_half_the_images_and_nothing_else():
     x = torch.randint(0, 256, (400, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    y = train_mod.random_hflip(x, torch.Generator().manual_seed(2))
+    y = steps_mod.random_hflip(x, torch.Generator().manual_seed(2))
     mirrored = (y == x.flip(-1)).flatten(1).all(1)
     assert ((y == x).flatten(1).all(1) | mirrored).all()  # each image is itself or its mirror image
     assert 150 < int(mirrored.sum()) < 250
-    assert torch.equal(y, train_mod.random_hflip(x, torch.Generator().manual_seed(2)))  # a function of the generator
+    assert torch.equal(y, steps_mod.random_hflip(x, torch.Generator().manual_seed(2)))  # a function of the generator
 
 
 @pytest.mark.parametrize("dataset,writer,flipped", [("cifar10", "write_cifar10", True),
@@ -180,13 +183,13 @@ def test_a_checkpoint_written_before_a_training_field_existed_still_resumes(tiny
 
 def test_learning_rate_warms_up_then_decays_along_a_cosine_to_zero():
     cfg = get_preset("smoke", "cvglow", (1, 28, 28), steps=110, warmup=10, lr=1e-3, decay="cosine").train
-    lrs = [train_mod.learning_rate(cfg, s) for s in range(110)]
+    lrs = [steps_mod.learning_rate(cfg, s) for s in range(110)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
     assert lrs[10] == pytest.approx(1e-3) and lrs[60] == pytest.approx(5e-4)  # half way: half the rate
     assert lrs[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     constant = get_preset("smoke", "cvglow", (1, 28, 28), steps=110, warmup=10, lr=1e-3).train
-    assert [train_mod.learning_rate(constant, s) for s in (10, 60, 109)] == [1e-3] * 3
+    assert [steps_mod.learning_rate(constant, s) for s in (10, 60, 109)] == [1e-3] * 3
 
 
 def test_arch_override_trains_that_shape_and_records_it(tiny_data, tmp_path):
@@ -216,6 +219,7 @@ def test_bad_arch_override_is_a_clear_error(tiny_data, tmp_path, capsys, arch, m
 
 def test_evaluate_split_priors_reports_each_split(tiny_data, tmp_path, capsys):
     from empirical import evaluate as evaluate_mod
+    from empirical.models.evaluation import split_prior_stats
 
     out = tmp_path / "flow"
     assert _cli(tiny_data, out, "--model", "cvglow", "--steps", "2") == 0
@@ -228,7 +232,7 @@ def test_evaluate_split_priors_reports_each_split(tiny_data, tmp_path, capsys):
     assert len(saved["split1_min_log_std"]) == len(saved["split1_max_residual_sq"]) == 6
     model, *_ = model_from_checkpoint(out / "last.pt")
     noise = synthetic("noise", model.config.shape, 10_000, 0).images[:6]
-    direct = evaluate_mod.split_prior_stats(model, noise, seed=0)
+    direct = split_prior_stats(model, noise, seed=0)
     assert np.array_equal(direct["split1_max_residual_sq"], np.array(saved["split1_max_residual_sq"]))
 
 

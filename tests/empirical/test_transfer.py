@@ -7,11 +7,13 @@ import json
 import pytest
 import torch
 
-from empirical.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from empirical.errors import CheckpointError
-from empirical.models import build_model
-from empirical.presets import get_preset
-from empirical.transfer import join, main, split
+from empirical.io.errors import CheckpointError
+from empirical.io.transfer import join, split
+from empirical.models.registry import build_model
+from empirical.training.checkpoint import load_checkpoint, save_checkpoint
+from empirical.training.loading import model_from_checkpoint
+from empirical.training.presets import get_preset
+from empirical.transfer import main
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from empirical.likelihood import bin_centres
-from empirical.vae import VAE, VAEConfig, discretized_logistic_log_prob
+from empirical.models.likelihood import bin_centres
+from empirical.models.vae import VAE, VAEConfig, discretized_logistic_log_prob
 
 
 def test_discretized_logistic_sums_to_one():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from empirical.cli import run_cli
-from empirical.locking import LOCK_NAME
+from empirical.io.locking import LOCK_NAME
 from tests import datafiles
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from empirical import data
-from empirical.errors import DataError
+from empirical.data import registry as data
+from empirical.io.errors import DataError
 from tests import datafiles
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from empirical.checkpoint import load_checkpoint, save_checkpoint
 from empirical.cli import run_cli
+from empirical.training.checkpoint import load_checkpoint, save_checkpoint
 from tests import datafiles
 from tests.faults.conftest import assert_one_line_error, cli, snapshot, write_tiny_idx
 
@@ -141,7 +141,7 @@ def test_output_paths_are_checked_before_any_work(world, tmp_path, module, args)
 def test_a_full_disk_is_one_line_and_keeps_the_previous_report(world, tmp_path, monkeypatch, capsys):
     """ENOSPC simulated by a writer that fails after a few files (no root mounts): the report folder keeps the
     previous run's files, all of them, unchanged."""
-    from empirical import atomic
+    from empirical.io import atomic
     from verify import compare
 
     out = tmp_path / "report"

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from empirical.checkpoint import load_checkpoint, save_checkpoint
+from empirical.training.checkpoint import load_checkpoint, save_checkpoint
 from tests import datafiles
 from tests.faults.conftest import assert_one_line_error, cli, env_for, snapshot
 

@@ -97,8 +97,8 @@ def test_an_outside_flow_through_the_command_line_and_the_python_api(custom, tmp
     # the same model from Python gives the same numbers
     import sys
 
-    from empirical.factory import call_factory, load_weights
-    from empirical.sources import open_in, open_out
+    from empirical.data.sources import open_in, open_out
+    from empirical.models.factory import call_factory, load_weights
     from verify.api import compare
 
     sys.path.insert(0, str(tmp_path.parents[0]))

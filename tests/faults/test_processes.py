@@ -10,16 +10,17 @@ import time
 import pytest
 import torch
 
-from empirical.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from empirical.models import MODELS
-from empirical.presets import get_preset
-from empirical.train import train
+from empirical.models.registry import MODELS
+from empirical.training.checkpoint import load_checkpoint, save_checkpoint
+from empirical.training.loading import model_from_checkpoint
+from empirical.training.presets import get_preset
+from empirical.training.trainer import train
 from tests.faults.conftest import REPO, env_for
 from tests.helpers import registry_sets
 
 SLOW_SECOND_SAVE = """
 import sys, time, torch
-from empirical import checkpoint
+from empirical.training import checkpoint
 path = sys.argv[1]
 checkpoint.save_checkpoint(path, {"model_state": {"w": torch.ones(3)}, "step": 1})
 def slow(obj, f):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from empirical.atomic import write_json
-from empirical.checkpoint import load_checkpoint, save_checkpoint
-from empirical.locking import LOCK_NAME, run_lock
-from empirical.presets import get_preset
+from empirical.io.atomic import write_json
+from empirical.io.locking import LOCK_NAME, run_lock
+from empirical.training.checkpoint import load_checkpoint, save_checkpoint
+from empirical.training.presets import get_preset
 from tests.faults.conftest import REPO, assert_one_line_error, cli, env_for, snapshot
 from tests.helpers import registry_sets
 from verify.runs import run_name
@@ -114,7 +114,7 @@ def test_an_interrupted_json_write_keeps_the_old_file_and_leaves_no_temp(tmp_pat
 
 # 10. one writer per run folder ---------------------------------------------------------------------------------------
 def _hold_lock(folder, seconds):
-    code = ("import sys, time; from empirical.locking import run_lock\n"
+    code = ("import sys, time; from empirical.io.locking import run_lock\n"
             f"with run_lock({str(folder)!r}):\n    print('held', flush=True); time.sleep({seconds})")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env_for(folder.parent),
                             stdout=subprocess.PIPE, text=True)

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from empirical import data
-from empirical import train as train_mod
-from empirical.atomic import write_json
-from empirical.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from empirical.errors import DgmOodError, TrainingError
-from empirical.presets import get_preset
-from empirical.train import train
+from empirical.data import registry as data
+from empirical.io.atomic import write_json
+from empirical.io.errors import DgmOodError, TrainingError
+from empirical.training import trainer as train_mod
+from empirical.training.checkpoint import load_checkpoint, save_checkpoint
+from empirical.training.loading import model_from_checkpoint
+from empirical.training.presets import get_preset
+from empirical.training.trainer import train
 from tests import datafiles
 from tests.faults.conftest import assert_one_line_error, cli, env_for, snapshot
 from tests.helpers import registry_sets
@@ -56,7 +57,7 @@ def test_contradicting_model_flag_is_refused(world, tmp_path):
 
 
 def test_shipped_weights_name_their_family_through_their_card(world, tmp_path):
-    from empirical.shipped import WEIGHTS
+    from empirical.training.shipped import WEIGHTS
 
     proc = _compare(world, tmp_path, "fashionmnist", "mnist", "--checkpoint",
                     str(WEIGHTS / "fashionmnist-cvglow-cpu.safetensors"), "--model", "pixelcnn")

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empirical.flows import Glow, GlowConfig
+from empirical.models.flows import Glow, GlowConfig
 from tests.helpers import randomize
 from theory import ledger
 from theory.predict import closed_form, paper_coefficients

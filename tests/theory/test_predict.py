@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empirical.errors import TheoryError
-from empirical.flows import Glow, GlowConfig
+from empirical.io.errors import TheoryError
+from empirical.models.flows import Glow, GlowConfig
 from tests.helpers import randomize
 from theory.predict import (
     averaged_curvature,

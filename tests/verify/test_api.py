@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from empirical.sources import as_image_set
+from empirical.data.sources import as_image_set
 from tests.empirical.test_contract import Gaussian
 from tests.faults.conftest import REPO
 from verify.api import compare
@@ -57,7 +57,7 @@ def test_the_report_says_what_ran_and_why_the_rest_did_not(gaussian_result):
     report = (out / "report.md").read_text()
     assert "What did not run, and why" in report and "(outside model)" in report
     assert json.loads((out / "results.json").read_text())["data"]["out_test"]["name"] == "narrow"
-    assert set(result.detection["scores"]) == {"likelihood", "typicality", "complexity_png", "complexity_jpegxl",
+    assert set(result.detection.scores) == {"likelihood", "typicality", "complexity_png", "complexity_jpegxl",
                                                "dose"}
     assert result.detection_table().startswith("| score | AUROC")
     assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "per_image.npz", "roc.png", "contrast.png"}
@@ -65,6 +65,27 @@ def test_the_report_says_what_ran_and_why_the_rest_did_not(gaussian_result):
     assert written["explain"]["summary"].startswith("Matching OUT's per-dimension means and standard deviations")
     assert written["prediction"]["input_complexity"]["gap_nats"] is not None
     assert not list(out.glob(".staging-*"))
+
+
+def test_typed_results_and_a_write_that_changes_nothing(gaussian_result):
+    result, written, out = gaussian_result
+    assert result.gap.bpd == written["gap_bpd"] and result.gap.nats == written["gap_nats"]
+    assert result.ledger.summary == written["ledger"]["summary"] and result.ledger.to_dict() == written["ledger"]
+    assert result.detection.to_dict() == written["detection"]
+    assert result.predictions["closed_form"].gap_bpd == written["prediction"]["closed_form"]["gap_bpd"]
+    assert "figures" not in result.results and "out_dir" not in result.results  # write returned a new dict
+    assert written["figures"] == sorted(written["figures"], key=written["figures"].index) and all(
+        "/" not in f for f in written["figures"])
+    with np.load(out / "per_image.npz") as z:
+        for name, (s_in, s_out) in result.scores.items():
+            assert np.array_equal(z[f"score_{name}_in_test"], s_in) and np.array_equal(z[f"score_{name}_out_test"],
+                                                                                       s_out)
+
+
+def test_held_out_images_that_are_the_scored_images_are_refused():
+    in_test = _images(50, 128, 40, 1)
+    with pytest.raises(Exception, match="held-out images are the .* images themselves"):
+        compare(Gaussian(), _images(100, 128, 40, 0), in_test, _images(50, 120, 15, 2), heldout=in_test)
 
 
 def test_sets_must_have_the_models_shape():
@@ -100,10 +121,10 @@ def test_the_model_tier_adds_the_gradient_score_and_every_score_has_an_interval(
     result = compare(Gaussian(), in_train, in_test, out_test, heldout=_images(100, 128, 40, 3), detection="model",
                      explain=False)
     det = result.detection
-    assert list(det["scores"])[0] == det["settings"]["recommended"] == "complexity_png"
-    assert {"gradient", "dose"} <= set(det["scores"]) and "likelihood_regret" not in det["scores"]
-    for r in det["scores"].values():
-        assert r["auroc_ci95"][0] <= r["auroc"] <= r["auroc_ci95"][1] and 0 <= r["fpr80"] <= r["fpr95"] <= 1
+    assert list(det.scores)[0] == det.recommended == "complexity_png"
+    assert {"gradient", "dose"} <= set(det.scores) and "likelihood_regret" not in det.scores
+    for r in det.scores.values():
+        assert r.auroc_ci95[0] <= r.auroc <= r.auroc_ci95[1] and 0 <= r.fpr80 <= r.fpr95 <= 1
     assert result.results["explain"] is None
 
 
@@ -111,13 +132,13 @@ def test_a_background_model_and_an_ensemble_add_their_scores_and_their_origin(tm
     in_train, in_test, out_test = _images(200, 128, 40, 0), _images(150, 128, 40, 1), _images(150, 120, 15, 2)
     result = compare(Gaussian(), in_train, in_test, out_test, heldout=_images(100, 128, 40, 3), explain=False,
                      background=Gaussian(std=0.5), ensemble=[Gaussian(mean=0.45), Gaussian(mean=0.55)])
-    assert {"likelihood_ratio", "waic"} <= set(result.detection["scores"])
-    assert result.detection["settings"]["ensemble_k"] == 3  # this model and the two passed in
+    assert {"likelihood_ratio", "waic"} <= set(result.detection.scores)
+    assert result.detection.settings["ensemble_k"] == 3  # this model and the two passed in
     assert result.results["extra_model_sources"] == {"background": ["Gaussian (passed in)"],
                                                      "ensemble": ["Gaussian (passed in)"] * 2}
     result.write(tmp_path / "r")
     report = (tmp_path / "r" / "report.md").read_text()
     assert "- likelihood ratio's background model: Gaussian (passed in)" in report
     assert "- WAIC's ensemble member 2: Gaussian (passed in)" in report
-    parts = result.detection["ensemble"]["waic_parts_nats"]["out_test"]
+    parts = result.detection.ensemble["waic_parts_nats"]["out_test"]
     assert f"{parts['var_log_px']:,.1f} / {parts['median_var_log_px']:,.1f} on OUT-test" in report

@@ -255,7 +255,7 @@ def test_detect_screens_several_ood_sets_in_one_call(smoke_run, tmp_path, capsys
 
 def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_checkpoint(smoke_run, tmp_path,
                                                                                          monkeypatch):
-    from empirical import shipped
+    from empirical.training import shipped
     from verify.detect import main as detect_main
 
     _, _, res = smoke_run
@@ -291,9 +291,9 @@ def test_detect_scores_all_trains_a_background_model_and_an_ensemble_like_the_ch
 
 
 def test_export_records_the_training_commit_and_refuses_weights_too_big(smoke_run, tmp_path, monkeypatch):
-    from empirical import shipped
-    from empirical.checkpoint import load_checkpoint
-    from empirical.errors import CheckpointError
+    from empirical.io.errors import CheckpointError
+    from empirical.training import shipped
+    from empirical.training.checkpoint import load_checkpoint
 
     checkpoint = Path(smoke_run[2]["checkpoint"])
     card = shipped.export(checkpoint, "small", tmp_path / "ok").card
@@ -305,7 +305,7 @@ def test_export_records_the_training_commit_and_refuses_weights_too_big(smoke_ru
 
 
 def test_shipped_weights_as_checkpoint_say_how_they_were_made(tmp_path):
-    from empirical.shipped import WEIGHTS
+    from empirical.training.shipped import WEIGHTS
     from verify.detect import main as detect_main
 
     out, weights = tmp_path / "det.json", WEIGHTS / "fashionmnist-cvglow-cpu.safetensors"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from empirical.scores import compressed_bits
+from empirical.ood.scores import compressed_bits
 from tests.empirical.test_contract import Gaussian
 from verify import explain
 
@@ -39,7 +39,7 @@ def test_under_a_gaussian_model_moment_matching_removes_the_gap_exactly():
     model = Gaussian(mean=0.3, std=0.2)
     in_test, out_test = _two_level(200, 100, 140), _two_level(200, 115, 125)  # equal means, σ 20 against 5
     seed, device = 0, torch.device("cpu")
-    from empirical.evaluate import evaluate
+    from empirical.models.evaluation import evaluate
 
     lp = {k: evaluate(model, v, seed=seed).log_px for k, v in (("in", in_test), ("out", out_test))}
     result = explain.interventions(model, in_test, out_test, lp["in"], lp["out"], 16, seed=seed, device=device)

@@ -1,5 +1,5 @@
 """Normalising flows: Glow's layers and the multi-scale model."""
 
-from empirical.flows.glow import Glow, GlowConfig
+from empirical.models.flows.glow import Glow, GlowConfig
 
 __all__ = ["Glow", "GlowConfig"]

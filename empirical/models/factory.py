@@ -1,6 +1,6 @@
 """Your own model from the command line: ``--model-factory package.module:function [--weights FILE]``.
 
-``function()`` is called with no arguments and must return a ``torch.nn.Module`` meeting empirical.contract.
+``function()`` is called with no arguments and must return a ``torch.nn.Module`` meeting empirical.models.contract.
 ``--weights`` then loads a state dict into it, strictly (every tensor named and shaped as the model's): a
 ``.safetensors`` file, or a torch file read with ``weights_only=True`` holding a state dict (or a dict with one under
 ``state_dict`` or ``model_state``).
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from empirical.checkpoint import non_finite_tensors
-from empirical.contract import describe
-from empirical.data import file_record
-from empirical.errors import DgmOodError
+from empirical.io.errors import DgmOodError
+from empirical.io.provenance import file_record
+from empirical.models.contract import describe
+from empirical.models.registry import non_finite_tensors
 
 
 class FactoryError(DgmOodError):

@@ -17,10 +17,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from empirical.errors import DgmOodError
+from empirical.io.errors import DgmOodError
 
 TIMEOUT = dt.timedelta(minutes=10)  # a collective that waits longer than this for a dead rank fails
 
@@ -156,22 +154,3 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-class _LogLikelihood(nn.Module):
-    """``empirical.likelihood.log_likelihood(model, x, generator, shard)`` as ``forward``, the method DDP wraps."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator, shard: Shard) -> dict[str, torch.Tensor]:
-        from empirical.likelihood import log_likelihood  # it needs Shard from here
-
-        return log_likelihood(self.model, x, generator, shard)
-
-
-def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model's log-likelihood wrapped in DistributedDataParallel: its backward all-reduces (averages) the
-    gradients over the ranks; the parameters stay ``model``'s own, so checkpoints hold no wrapper."""
-    return DistributedDataParallel(_LogLikelihood(model), device_ids=[device] if device.type == "cuda" else None)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from empirical.errors import DgmOodError
+from empirical.io.errors import DgmOodError
 
 
 def _umask() -> int:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.distributed import channel_mean_std
+from empirical.io.distributed import channel_mean_std
 
 
 class ActNorm(nn.Module):

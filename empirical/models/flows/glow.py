@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from empirical.config import ImageModelConfig, check_images, choice, flag, positive, whole
-from empirical.flows.layers import FlowStep, Split, Squeeze, gaussian_log_density
+from empirical.models.config import ImageModelConfig, check_images, choice, flag, positive, whole
+from empirical.models.flows.layers import FlowStep, Split, Squeeze, gaussian_log_density
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Checkpoints, written atomically (empirical.atomic) and read safely: ``torch.load(weights_only=True)`` loads
+"""Checkpoints, written atomically (empirical.io.atomic) and read safely: ``torch.load(weights_only=True)`` loads
 tensors and plain data only, never code."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
-import json
 import pickle
 import re
 from dataclasses import replace
@@ -15,19 +14,24 @@ from typing import NamedTuple
 
 import torch
 
-from empirical.atomic import atomic_write
-from empirical.errors import CheckpointError
-from empirical.models import FLOWS, build_model, model_config
-from empirical.presets import Preset, get_preset
-from empirical.sources import ImageSet, training_digest
-from empirical.transfer import MANIFEST_SUFFIX, joined_bytes
+from empirical.data.imageset import ImageSet, training_digest
+from empirical.io.atomic import atomic_write
+from empirical.io.errors import CheckpointError
+from empirical.io.transfer import MANIFEST_SUFFIX, joined_bytes
+from empirical.models.registry import FLOWS, model_config
+from empirical.training.presets import Preset, get_preset
 
 FORMAT = 1
-_PACKAGE = Path(__file__).resolve().parent
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # empirical/
+
+
 # What decides the weights a training run ends with: the models, their likelihood, the presets and the training
 # loop. The data are keyed by their content digest; loading, evaluation, scores and reports do not change weights.
-TRAINING_CODE = ("flows", "models.py", "config.py", "pixelcnn.py", "vae.py", "likelihood.py", "contract.py",
-                 "presets.py", "train.py", "distributed.py")
+TRAINING_CODE = ("models/flows", "models/registry.py", "models/config.py", "models/pixelcnn.py", "models/vae.py",
+                 "models/likelihood.py", "models/contract.py", "training/presets.py", "training/trainer.py",
+                 "training/ddp.py", "io/distributed.py")
 
 
 class CorruptCheckpoint(CheckpointError):
@@ -116,20 +120,6 @@ def check_trained_on(payload: dict, path: Path, train_set: ImageSet, test_set: I
                               f"trained on as IN")
 
 
-def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors in a state dict that hold NaN or ±inf."""
-    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-
-
-def _mismatch(path: Path, ours: dict, theirs: dict) -> str:
-    missing = [k for k in ours if k not in theirs]
-    unexpected = [k for k in theirs if k not in ours]
-    shapes = [k for k in ours if k in theirs and tuple(ours[k].shape) != tuple(theirs[k].shape)]
-    parts = [f"{len(v)} {what} (first {v[0]}{shape})" for v, what, shape in (
-        (missing, "tensors missing", ""), (unexpected, "unexpected tensors", ""),
-        (shapes, "shapes differ", f": {tuple(theirs[shapes[0]].shape)} vs {tuple(ours[shapes[0]].shape)}"
-         if shapes else "")) if v]
-    return f"checkpoint {path} does not match the model its config describes: " + "; ".join(parts)
 
 
 class Checkpoint(NamedTuple):
@@ -143,6 +133,25 @@ class Checkpoint(NamedTuple):
     def name(self) -> str:
         """The model's name (``cvglow``, ``glow``, ``pixelcnn``, ``vae``)."""
         return self.payload["model"]
+
+    @property
+    def dataset(self) -> str:
+        """The IN source it was trained on, as named then (``fashionmnist``, a path, …): ``open_in(ckpt.dataset)``."""
+        return self.payload["dataset"]
+
+    @property
+    def preset_name(self) -> str:
+        return self.payload["preset"]
+
+    @property
+    def step(self) -> int:
+        """Training steps done."""
+        return int(self.payload["step"])
+
+    @property
+    def data_digest(self) -> str | None:
+        """SHA-256 over the content of the training and test images (``training_digest``)."""
+        return self.payload.get("data_digest")
 
     def preset(self, seed: int = 0) -> Preset:
         """The preset that trained this model, to train more like it (``--scores all``, ``--entropy``): its family's,
@@ -162,51 +171,3 @@ class Checkpoint(NamedTuple):
             return None
         return in_train.select(slice(len(in_train) - n, None), f"the last {n} of {len(in_train)}, held out of "
                                                                 f"training")
-
-
-def _is_shipped(path: Path) -> bool:
-    return path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
-
-
-def checkpoint_facts(path: Path) -> dict:
-    """What a checkpoint says about its model (family, model_config, training) without building it: the payload, or
-    the card of shipped weights (``NAME.safetensors`` beside ``NAME.json``)."""
-    path = Path(path)
-    if _is_shipped(path):
-        try:
-            return json.loads(path.with_suffix(".json").read_text())
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{path.with_suffix('.json')} is not a readable card of shipped weights ({err})") \
-                from err
-    return load_checkpoint(path)
-
-
-def model_from_checkpoint(path: Path) -> Checkpoint:
-    """Rebuild the model of a checkpoint in eval mode; returns (model, payload, path). Refuses non-finite weights.
-    Shipped weights (``empirical/weights/NAME.safetensors`` beside their card) are read through empirical.shipped."""
-    path = Path(path)
-    if _is_shipped(path):
-        from empirical.shipped import Shipped  # shipped weights: safetensors and a card, read without pickle
-
-        try:
-            return Shipped(path.stem, json.loads(path.with_suffix(".json").read_text()), path).load()
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{path} with {path.with_suffix('.json').name} is not a card of shipped weights "
-                                  f"({type(err).__name__}: {err})") from err
-    payload = load_checkpoint(path)
-    try:
-        model = build_model(payload["model"], payload["model_config"])
-    except (TypeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} has a model config the current code cannot build: {err}") from err
-    state = payload["model_state"]
-    if not isinstance(state, dict) or set(state) != set(model.state_dict()) or any(
-            tuple(v.shape) != tuple(state[k].shape) for k, v in model.state_dict().items()):
-        raise CheckpointError(_mismatch(path, model.state_dict(), state if isinstance(state, dict) else {}))
-    bad = non_finite_tensors(state)
-    if bad:
-        n_bad = sum(int((~torch.isfinite(state[k])).sum()) for k in bad)
-        total = sum(v.numel() for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
-        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({n_bad} of {total} values are NaN or "
-                              f"inf, in {len(bad)} tensors, first {bad[0]}); it cannot give a likelihood")
-    model.load_state_dict(state)
-    return Checkpoint(model.eval(), payload, Path(path))

@@ -1,5 +1,5 @@
 """OOD statistics that need the model itself, batched: per-example gradient norms (torch.func) and the VAE's
-likelihood regret. empirical.scores turns them into scores."""
+likelihood regret. empirical.ood.scores turns them into scores."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from empirical.contract import describe, model_device, model_dtype
-from empirical.likelihood import bin_centres, dequantize
+from empirical.models.contract import describe, model_device, model_dtype
+from empirical.models.likelihood import bin_centres, dequantize
 
 REGRET_STEPS = 50  # Adam steps on each image's q(z|x) parameters, fixed before any OOD set is seen
 REGRET_LR = 0.02

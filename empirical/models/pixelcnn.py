@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.config import ImageModelConfig, check_images, whole
-from empirical.likelihood import LEVELS, discrete_to_density_nats, quantize
+from empirical.models.config import ImageModelConfig, check_images, whole
+from empirical.models.likelihood import LEVELS, discrete_to_density_nats, quantize
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class GatedBlock(nn.Module):
 class PixelCNN(nn.Module):
     """Exact discrete likelihood: ``log_prob(x̃)`` = log P(⌊256·x̃⌋) + D·log 256, constant on each 1/256 bin."""
 
-    discrete = True  # the density-model contract (empirical.contract): evaluated at bin centres, no noise
+    discrete = True  # the density-model contract (empirical.models.contract): evaluated at bin centres, no noise
 
     def __init__(self, config: PixelCNNConfig) -> None:
         super().__init__()

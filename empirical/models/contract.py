@@ -21,7 +21,7 @@ Optional declarations (attributes or properties; the default in brackets)
                         log p_z(f(x̃)) and log|det ∂f/∂x̃|), ``latent_<name>`` (the density's term per latent; they
                         sum with the volume to log_px), or bounds such as ``elbo``.
 
-Dequantisation is one step outside every model (``empirical.likelihood.log_likelihood``), so no model can
+Dequantisation is one step outside every model (``empirical.models.likelihood.log_likelihood``), so no model can
 forget the −D·log 256 term or add noise twice. The project's own four families meet this contract exactly as
 an outside model does. Only ``torch.nn.Module`` models are accepted (the theory copies a model to float64).
 """
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from empirical.errors import DgmOodError
+from empirical.io.errors import DgmOodError
 
 DECLARATIONS = ("discrete", "exact", "stochastic", "smooth", "constant_volume")
 
@@ -87,10 +87,10 @@ def describe(model: object, name: str | None = None) -> ModelInfo:
     """The model's declarations, checked against the contract (a ModelContractError names what is missing)."""
     if not isinstance(model, nn.Module):
         raise ModelContractError(f"{type(model).__name__} is not a torch.nn.Module; wrap it in one whose log_prob(x) "
-                                 f"returns log p(x̃) in nats (see empirical.contract)")
+                                 f"returns log p(x̃) in nats (see empirical.models.contract)")
     if not callable(getattr(model, "log_prob", None)):
         raise ModelContractError(f"{type(model).__name__} has no log_prob(x) method (log p of dequantised images "
-                                 f"x̃ ∈ [0,1)^D in nats per image; see empirical.contract)")
+                                 f"x̃ ∈ [0,1)^D in nats per image; see empirical.models.contract)")
     flags = {}
     for key in DECLARATIONS:
         value = getattr(model, key, None)

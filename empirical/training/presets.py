@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from empirical.errors import DgmOodError
-from empirical.models import FAMILIES, FLOWS, MODELS, VARIANTS, family_of
+from empirical.io.errors import DgmOodError
+from empirical.models.registry import FAMILIES, FLOWS, MODELS, VARIANTS, family_of
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.config import ImageModelConfig, check_images, whole
-from empirical.distributed import Shard
-from empirical.likelihood import discrete_to_density_nats, quantize
+from empirical.io.distributed import Shard
+from empirical.models.config import ImageModelConfig, check_images, whole
+from empirical.models.likelihood import discrete_to_density_nats, quantize
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
 class VAE(nn.Module):
     """log_prob(x̃) is IWAE_k of the 8-bit image ⌊256·x̃⌋ (+ D·log 256) in evaluation, the ELBO in training."""
 
-    discrete, exact, stochastic = True, False, True  # the density-model contract (empirical.contract)
+    discrete, exact, stochastic = True, False, True  # the density-model contract (empirical.models.contract)
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from empirical.errors import DataError
+from empirical.io.errors import DataError
 
 
 def whole(name: str, value: object, minimum: int) -> None:

@@ -9,7 +9,7 @@ dequantisation. The whole pipeline speaks log p(x̃) in nats; a discrete model e
 ``discrete_to_density_nats``: log p(x̃) := log P(x) + D·log 256, the density that is constant on each
 1/256 bin, so the one ``bits_per_dim`` formula returns exactly -log P(x)/(D·log 2) for it.
 
-``log_likelihood`` is the pipeline's one call of a model (empirical.contract): uint8 images in, the model's
+``log_likelihood`` is the pipeline's one call of a model (empirical.models.contract): uint8 images in, the model's
 input made here (dequantised, or the bin centres for a discrete model), log p(x̃) and its parts out.
 """
 
@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from empirical.contract import ModelInfo, describe, model_dtype
-from empirical.distributed import Shard
+from empirical.io.distributed import Shard
+from empirical.models.contract import ModelInfo, describe, model_dtype
 
 LEVELS = 256
 

@@ -7,13 +7,15 @@ file never blocks anyone; the pid in it only names the holder in messages.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from empirical.errors import DgmOodError
+from empirical.io.errors import DgmOodError
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
@@ -48,7 +50,7 @@ def run_lock(folder: Path, *, wait: bool = False, what: str = "this run") -> Ite
             if not wait:
                 raise RunLocked(f"{folder} is in use by {holder} ({what} is already running there); wait for it "
                                 f"to finish or choose another folder") from None
-            print(f"waiting for {holder}, which holds {folder} ({what})", file=sys.stderr)
+            log.warning("waiting for %s, which holds %s (%s)", holder, folder, what)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -1,18 +1,19 @@
 """The project's model families and how to build each from its config (saved beside every checkpoint).
 
-Every model meets the density-model contract (empirical.contract): ``log_prob(x̃)`` in nats of x̃ ∈ [0,1)^D,
+Every model meets the density-model contract (empirical.models.contract): ``log_prob(x̃)`` in nats of x̃ ∈ [0,1)^D,
 and what it declares about itself, so one trainer, evaluator and report serve them and outside models alike.
 ``cvglow`` is a configuration of ``glow`` (additive couplings, fixed N(0, σ_ψ²) top prior), not a family.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from empirical.errors import CheckpointError
-from empirical.flows import Glow, GlowConfig
-from empirical.pixelcnn import PixelCNN, PixelCNNConfig
-from empirical.vae import VAE, VAEConfig
+from empirical.io.errors import CheckpointError
+from empirical.models.flows import Glow, GlowConfig
+from empirical.models.pixelcnn import PixelCNN, PixelCNNConfig
+from empirical.models.vae import VAE, VAEConfig
 
 FAMILIES: dict[str, tuple[type, type]] = {
     "glow": (GlowConfig, Glow),
@@ -47,3 +48,9 @@ def model_config(name: str, config: dict | object) -> object:
 def build_model(name: str, config: dict | object) -> nn.Module:
     """A fresh model ``name`` from its config object or its ``to_dict()`` (see ``model_config``)."""
     return FAMILIES[family_of(name)][1](model_config(name, config))
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in a state dict that hold NaN or ±inf."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+

@@ -1,0 +1,177 @@
+"""Trained weights shipped with the package, so that the main job needs no training: ``verify.compare fashionmnist
+mnist`` on its CPU default uses them (``--retrain`` trains from scratch instead).
+
+Each model is two files in ``empirical/weights/``: ``NAME.safetensors`` (the weights; read without pickle) and
+``NAME.json`` (its card: the model, preset and configs, the content digest of the images it was trained on, the
+weights' SHA-256, and how it was made: command, commit, device, torch, wall-clock, history). They are used only for
+exactly the run they were trained for: the same model, preset, configs and training images.
+
+    python -m empirical.shipped export CHECKPOINT          # write a trained checkpoint's files (maintainers)
+    python -m empirical.shipped check                      # every shipped file against its recorded SHA-256
+    python -m empirical.shipped retrain NAME --out DIR     # train again with the recorded settings and compare
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from empirical.data.imageset import ImageSet, training_digest
+from empirical.data.sources import open_in
+from empirical.io.atomic import atomic_write, write_json
+from empirical.io.errors import CheckpointError
+from empirical.models.registry import build_model, model_config, non_finite_tensors
+from empirical.training.checkpoint import Checkpoint, load_checkpoint
+from empirical.training.presets import Preset, TrainConfig, get_preset
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+MAX_BYTES = 2 * 2**20  # the repository tracks no file over 2 MiB: 28×28 CV-Glows ship, CIFAR-10's (2.3 MiB) do not
+
+
+BPD_TOLERANCE = 0.01  # retrained on another torch or machine: test bits/dim within this of the shipped model's
+
+
+CARD_KEYS = ("dataset", "model", "preset", "model_config", "train_config", "data_digest", "data", "train_images",
+             "step", "history", "sha256", "bytes", "made_by")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped model: its card (the JSON) and its weights file."""
+
+    name: str
+    card: dict
+    weights: Path
+
+    def matches(self, train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset) -> bool:
+        """Whether these weights are exactly what training ``model_name`` with ``preset`` on these images gives."""
+        c = self.card
+        if c["model"] != model_name or c["preset"] != preset.name:
+            return False
+        return (model_config(model_name, c["model_config"]) == preset.model
+                and _with_defaults(c["train_config"]) == preset.train.to_dict()
+                and c["data_digest"] == training_digest(train_set, test_set))
+
+    def load(self) -> Checkpoint:
+        """The model, checked: the file's SHA-256 is the recorded one, the tensors fit, every weight is finite."""
+        from safetensors.torch import load_file
+
+        if not self.weights.is_file() or _sha256(self.weights) != self.card["sha256"]:
+            raise CheckpointError(f"shipped weights {self.weights} are missing or damaged (SHA-256 is not the "
+                                  f"recorded {self.card['sha256'][:16]}…); reinstall, or pass --retrain")
+        model = build_model(self.card["model"], self.card["model_config"])
+        state = load_file(str(self.weights))
+        if non_finite_tensors(state) or set(state) != set(model.state_dict()):
+            raise CheckpointError(f"shipped weights {self.weights} do not fit their model; pass --retrain")
+        model.load_state_dict(state)
+        payload = {k: self.card[k] for k in CARD_KEYS if k in self.card} | {"shipped": self.name}
+        return Checkpoint(model.eval(), payload, self.weights)
+
+    def describe(self) -> str:
+        """One line for reports: which file, and how it was made."""
+        m = self.card["made_by"]
+        return (f"shipped weights {self.weights.name} (SHA-256 {self.card['sha256'][:16]}…), trained by "
+                f"`{m['command']}` at commit {m['commit'][:12]} on {m['device']} (torch {m['torch']}, "
+                f"{m['seconds']:.0f} s); --retrain trains from scratch")
+
+
+def _with_defaults(train_config: dict) -> dict:
+    """A recorded TrainConfig with the fields added after it was written at their defaults."""
+    return {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **train_config}
+
+
+def available() -> list[Shipped]:
+    """Every shipped model."""
+    found = []
+    for card_path in sorted(WEIGHTS.glob("*.json")):
+        card = json.loads(card_path.read_text())
+        found.append(Shipped(card_path.stem, card, card_path.with_suffix(".safetensors")))
+    return found
+
+
+def find(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset) -> Shipped | None:
+    """The shipped model for exactly this training run, if there is one."""
+    return next((s for s in available() if s.matches(train_set, test_set, model_name, preset)), None)
+
+
+# ----------------------------------------------------------------------------------------------- maintainers
+def export(checkpoint: Path, name: str | None = None, folder: Path = WEIGHTS) -> Shipped:
+    """Write a finished checkpoint's weights (safetensors) and card (JSON) into ``folder``."""
+    from safetensors.torch import save
+
+    payload = load_checkpoint(checkpoint)
+    if payload["step"] < payload["train_config"]["steps"]:
+        raise CheckpointError(f"{checkpoint} is not finished ({payload['step']} of {payload['train_config']['steps']} "
+                              f"steps)")
+    name = name or f"{payload['dataset']}-{payload['model']}-{payload['preset']}"
+    weights = folder / f"{name}.safetensors"
+    data = save({k: v.contiguous() for k, v in payload["model_state"].items()})
+    if len(data) > MAX_BYTES:
+        raise CheckpointError(f"{checkpoint}'s weights are {len(data):,} bytes, more than {MAX_BYTES:,}: too big to "
+                              f"ship (nothing written)")
+    atomic_write(weights, lambda f: f.write(data))
+    history = payload["history"]
+    card = {k: payload[k] for k in CARD_KEYS if k in payload} | {
+        "sha256": _sha256(weights), "bytes": weights.stat().st_size,
+        "made_by": {"command": payload["command"], "commit": payload["commit"], "device": payload["device"],
+                    "torch": torch.__version__, "code_version": payload["code_version"],
+                    "seconds": history[-1]["seconds"] if history else None,
+                    "test_bpd": history[-1]["test_bpd"] if history else None}}
+    write_json(folder / f"{name}.json", card)
+    return Shipped(name, card, weights)
+
+
+def check() -> list[str]:
+    """Every shipped file against its card: size under MAX_BYTES and the recorded SHA-256; returns the problems."""
+    problems = []
+    for s in available():
+        if not s.weights.is_file():
+            problems.append(f"{s.weights} is missing")
+        elif _sha256(s.weights) != s.card["sha256"]:
+            problems.append(f"{s.weights}: SHA-256 {_sha256(s.weights)[:16]}… is not the recorded "
+                            f"{s.card['sha256'][:16]}…")
+        elif s.weights.stat().st_size > MAX_BYTES:
+            problems.append(f"{s.weights} is larger than {MAX_BYTES:,} bytes")
+    return problems
+
+
+def retrain(shipped: Shipped, out: Path, data_dir: str | None = None) -> dict:
+    """Train again with the recorded settings on the recorded images and compare with the shipped weights: bit for
+    bit, else the full test set's bits/dim within BPD_TOLERANCE."""
+    from empirical.data.sources import DataOptions
+    from empirical.models.evaluation import evaluate
+    from empirical.training.trainer import train
+
+    card = shipped.card
+    train_set, test_set = open_in(card["dataset"], DataOptions(data_dir))
+    if training_digest(train_set, test_set) != card["data_digest"]:
+        raise CheckpointError(f"the {card['dataset']} files found are not the images {shipped.name} was trained on")
+    recorded = card["train_config"]
+    preset = get_preset(card["preset"], card["model"], train_set.shape, seed=recorded["seed"],
+                        perturb=recorded.get("perturb", 0.0), split_prior=card["model_config"].get("split_prior"))
+    if not shipped.matches(train_set, test_set, card["model"], preset):
+        raise CheckpointError(f"the {card['preset']} preset has changed since {shipped.name} was trained; export new "
+                              f"weights")
+    t0 = time.time()
+    result = train(train_set, test_set, card["model"], preset, out, resume=True, progress=True)
+    fresh, ours = result.model.cpu().eval(), shipped.load().model
+    state = fresh.state_dict()
+    identical = all(torch.equal(state[k], v) for k, v in ours.state_dict().items())
+    bpd = {name: float(evaluate(m, test_set.images, seed=0).bpd.mean()) for name, m in
+           (("shipped", ours), ("retrained", fresh))}
+    diff = abs(bpd["shipped"] - bpd["retrained"])
+    return {"shipped": shipped.name, "bit_for_bit": identical, "test_bpd": bpd, "bpd_difference": diff,
+            "within_tolerance": identical or diff <= BPD_TOLERANCE, "tolerance_bpd": BPD_TOLERANCE,
+            "max_abs_weight_difference": max(float((state[k] - v).abs().max()) for k, v in ours.state_dict().items()),
+            "torch": torch.__version__, "seconds": time.time() - t0, "checkpoint": str(result.checkpoint)}
