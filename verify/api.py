@@ -16,7 +16,6 @@ which parts ran and why the others did not. Nothing here trains a model or parse
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +94,9 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     choice = choose_scores(detection or "none")
     module, info, checkpoint, sets, heldout, budget, dev = _prepare(model, (in_train, in_test, out_test), heldout,
                                                                     budget, device, name)
+    check_heldout(heldout, sets)
     evaluated = {k: s.head(getattr(budget, k)) for k, s in sets.items()}
     heldout = None if heldout is None else heldout.head(budget.heldout)
-    check_heldout(heldout, evaluated)
     m = measure(module, info, evaluated, heldout, budget, seed, dev)
     th, ex = _theory(module, info, sets, evaluated, m, budget, seed, dev, explain, out_model)
     det, per_image_scores = (None, {}) if choice.level == "none" else detect_for(
@@ -134,18 +133,14 @@ def _prepare(model: nn.Module | Checkpoint, images: tuple, heldout: object | Non
     return module.to(dev).eval(), info, checkpoint, sets, heldout, budget or default_budget(), dev
 
 
-def check_heldout(heldout: ImageSet | None, sets: dict[str, ImageSet]) -> None:
-    """The held-out images fit thresholds and densities: they must not be one of the sets those are judged on (more
-    than half of them among IN-test's or OUT-test's images is refused; a few duplicates across splits are not)."""
-    if heldout is None:
-        return
-    held = {hashlib.sha256(image.tobytes()).digest() for image in heldout.images}
+def check_heldout(heldout: ImageSet | None, sets: dict[str, ImageSet], name: str = "heldout") -> None:
+    """The held-out images fit thresholds and densities: they must not be a set those are judged on (IN-test or
+    OUT-test, by content). The command line and the API share this check; ``name`` is what the caller called it."""
     for k in ("in_test", "out_test"):
-        shared = sum(hashlib.sha256(image.tobytes()).digest() in held for image in sets[k].images)
-        if shared > len(heldout) / 2:
-            raise DataError(f"the held-out images are the {sets[k].name} images themselves: typicality's Ĥ, DoSE and "
-                            f"the thresholds would be fitted on the images they are judged on; hold out other IN "
-                            f"images (heldout=; {shared} of its {len(heldout)} images are among them)")
+        if heldout is not None and k in sets and heldout.digest == sets[k].digest:
+            raise DataError(f"{name}: the held-out images are the {sets[k].name} images themselves: typicality's Ĥ, "
+                            f"DoSE and the thresholds would be fitted on the images they are judged on; hold out "
+                            f"other IN images")
 
 
 def _theory(module: nn.Module, info: ModelInfo, sets: dict[str, ImageSet], evaluated: dict[str, ImageSet],

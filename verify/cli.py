@@ -17,6 +17,7 @@ from empirical.models.contract import image_shape
 from empirical.models.factory import call_factory, load_weights
 from empirical.training.checkpoint import Checkpoint, check_trained_on
 from empirical.training.loading import model_from_checkpoint
+from verify.api import check_heldout
 from verify.runs import origin_text
 
 
@@ -79,6 +80,5 @@ def open_heldout(args: argparse.Namespace, model: nn.Module, in_test: ImageSet) 
     if not args.heldout:
         return None
     held = sources.open_out(args.heldout, image_shape(model), ShapeMap(), data_options(args))
-    if held.digest == in_test.digest:
-        raise DgmOodError(f"--heldout {args.heldout} holds IN-test's own images; held-out images must be others")
+    check_heldout(held, {"in_test": in_test}, f"--heldout {args.heldout}")
     return held

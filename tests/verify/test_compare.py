@@ -46,7 +46,8 @@ def _check_schema(res: dict) -> None:
         assert res["ledger"] is None
     assert len(res["figures"]) == (4 if res["model"] in ("glow", "cvglow") else 3) + (2 if res["detection"] else 0) \
         + (1 if res["explain"] else 0)
-    for fig in res["figures"]:
+    for name in res["figures"]:
+        fig = Path(res["out_dir"]) / name
         with open(fig, "rb") as f:
             assert f.read(8) == PNG_MAGIC
         assert imread(fig).shape[0] > 100
