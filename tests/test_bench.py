@@ -15,6 +15,8 @@ from empirical.training.trainer import train
 from tests import datafiles
 from tests.helpers import registry_sets
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: left out by -m "not slow"
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -28,6 +28,8 @@ from empirical.training.trainer import train
 from tests.faults.conftest import REPO, env_for, write_tiny_idx
 from tests.helpers import registry_sets
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: left out by -m "not slow"
+
 WORLD = 2
 
 

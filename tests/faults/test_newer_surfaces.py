@@ -138,6 +138,7 @@ def test_output_paths_are_checked_before_any_work(world, tmp_path, module, args)
     assert not (tmp_path / "runs").exists() and (tmp_path / "afile").read_text() == "in the way"
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_report(world, tmp_path, monkeypatch, capsys):
     """ENOSPC simulated by a writer that fails after a few files (no root mounts): the report folder keeps the
     previous run's files, all of them, unchanged."""

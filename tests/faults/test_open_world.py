@@ -13,6 +13,8 @@ from PIL import Image
 
 from tests.faults.conftest import assert_one_line_error, blobs, cli
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: left out by -m "not slow"
+
 SMOKE = ("--preset", "smoke")
 
 

@@ -18,6 +18,8 @@ from empirical.training.trainer import train
 from tests.faults.conftest import REPO, env_for
 from tests.helpers import registry_sets
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: left out by -m "not slow"
+
 SLOW_SECOND_SAVE = """
 import sys, time, torch
 from empirical.training import checkpoint

@@ -34,6 +34,7 @@ def _compare(world, tmp, *args):
 
 
 # 7. only a checkpoint proven corrupt is moved aside (renamed, never deleted); an unreadable one is an error ----
+@pytest.mark.slow
 def test_a_corrupt_cached_checkpoint_is_moved_aside_and_retrained(world, tmp_path):
     folder = _cached_dir(world, tmp_path)
     folder.mkdir(parents=True)
@@ -147,6 +148,7 @@ def test_a_waiting_run_proceeds_when_the_holder_finishes_even_by_kill_9(tmp_path
     assert f"waiting for process {holder.pid}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_identical_compares_train_once(world, tmp_path):
     """The second waits for the first, then reuses its model."""
     cmd = [sys.executable, "-m", "verify.compare", "fashionmnist", "mnist", "--preset", "smoke", "--data-dir",

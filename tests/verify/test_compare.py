@@ -14,6 +14,8 @@ from tests.helpers import SHARED_DATA
 from verify.compare import main
 from verify.report import verdict
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: left out by -m "not slow"
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

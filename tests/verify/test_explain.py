@@ -93,6 +93,7 @@ def test_contrast_scaling_of_a_quadratic_model_follows_its_second_order_curve():
     assert measured[0] > 0 > measured[-1]  # less contrast: closer to the mean, higher density
 
 
+@pytest.mark.slow
 def test_compare_with_entropy_trains_outs_model_and_the_terms_sum_to_the_gap(tmp_path, monkeypatch):
     import json
 
