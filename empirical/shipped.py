@@ -1,10 +1,5 @@
-"""Trained weights shipped with the package, so that the main job needs no training: ``verify.compare fashionmnist
-mnist`` on its CPU default uses them (``--retrain`` trains from scratch instead).
-
-Each model is two files in ``empirical/weights/``: ``NAME.safetensors`` (the weights; read without pickle) and
-``NAME.json`` (its card: the model, preset and configs, the content digest of the images it was trained on, the
-weights' SHA-256, and how it was made: command, commit, device, torch, wall-clock, history). They are used only for
-exactly the run they were trained for: the same model, preset, configs and training images.
+"""The shipped weights from the command line (the main job uses them, so it trains nothing; ``--retrain`` trains
+from scratch instead):
 
     python -m empirical.shipped export CHECKPOINT          # write a trained checkpoint's files (maintainers)
     python -m empirical.shipped check                      # every shipped file against its recorded SHA-256

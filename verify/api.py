@@ -45,6 +45,7 @@ from verify.runs import provenance as run_provenance
 log = logging.getLogger(__name__)
 
 SETS = ("in_train", "in_test", "out_test")
+MIN_IMAGES = 2  # per set: a standard error needs two
 
 
 def load_model(path: str | Path) -> Checkpoint:
@@ -120,6 +121,9 @@ def _prepare(model: nn.Module | Checkpoint, images: tuple, heldout: object | Non
     module = checkpoint.model if checkpoint else model
     info = describe(module, name or (checkpoint.name if checkpoint else None))
     for s in sets.values():
+        if len(s) < MIN_IMAGES:
+            raise DataError(f"{s.name} holds {len(s)} image: a mean's standard error, and so a verdict, needs at least "
+                            f"{MIN_IMAGES}")
         if s.shape != info.shape:
             raise DataError(f"{s.name} images are {'×'.join(map(str, s.shape))} but the model takes "
                             f"{'×'.join(map(str, info.shape))}; map them with empirical.data.imageset.map_to "

@@ -4,6 +4,7 @@ the provenance every result names: command, commit, device, torch, start and wal
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import time
@@ -13,15 +14,18 @@ import torch
 
 from empirical.data.imageset import ImageSet, training_digest
 from empirical.data.sources import slug
-from empirical.io.provenance import device_description, git_commit
+from empirical.io import distributed
+from empirical.io.atomic import atomic_write
+from empirical.io.provenance import device_description, git_commit, portable_path
 from empirical.training.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint
 from empirical.training.loading import model_from_checkpoint
 from empirical.training.presets import Preset
-from empirical.training.shipped import available, find
+from empirical.training.shipped import Shipped, available, find
 from empirical.training.trainer import CHECKPOINT, train
 
 log = logging.getLogger(__name__)
 
+SEAL = "last.pt.sha256"  # the finished checkpoint's SHA-256, written when its training ends: checked on reuse
 BACKGROUND_MU = 0.2  # Ren et al.'s perturbation rate for the background model, within their 0.1–0.3
 ENSEMBLE = 5  # K models for WAIC, as in Choi et al.
 
@@ -42,20 +46,35 @@ def cached_model(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     the images' content digest, so changed data are never given an old model. Only a checkpoint proven corrupt is
     moved aside (renamed, never deleted); an unreadable one is an error."""
     run_dir = Path(runs_dir) / "models" / run_name(train_set, test_set, model_name, preset)
-    ckpt = run_dir / CHECKPOINT
+    ckpt, seal = run_dir / CHECKPOINT, run_dir / SEAL
     if ckpt.exists():
         try:
             if load_checkpoint(ckpt)["step"] >= preset.train.steps:
-                log.info("reusing trained model %s", ckpt)
-                return ckpt
+                if seal.is_file() and seal.read_text().strip() == file_sha256(ckpt):
+                    log.info("reusing trained model %s", ckpt)
+                    return ckpt
+                raise CorruptCheckpoint(f"the finished checkpoint {ckpt} is not the one its training sealed (its "
+                                        f"SHA-256 is not the one in {seal.name}{'' if seal.is_file() else ': none'})")
         except CorruptCheckpoint as err:
             aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
             os.replace(ckpt, aside)
+            seal.unlink(missing_ok=True)
             log.warning("warning: %s; moved it aside to %s and training again", err, aside)
     log.info("training %s on %s (%d steps) into %s", model_name, train_set.name, preset.train.steps, run_dir)
     train(train_set, test_set, model_name, preset, run_dir, device=str(device), resume=True, wait_for_lock=True,
           command=command)
+    if distributed.world().main:
+        atomic_write(seal, lambda f: f.write(file_sha256(ckpt).encode()))
     return ckpt
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def provenance(command: str, device: torch.device, started: str, t0: float) -> dict:
@@ -91,8 +110,16 @@ def origin_text(model: Checkpoint | torch.nn.Module) -> str:
     if not isinstance(model, Checkpoint):
         return f"{type(model).__name__} (passed in)"
     name = model.payload.get("shipped")
-    shipped = next((s for s in available() if s.name == name), None) if name else None
-    return shipped.describe() if shipped else str(model.path)
+    if not name:
+        return portable_path(model.path)
+    path = Path(model.path).resolve()
+    shipped = next((s for s in available() if s.name == name and s.weights.resolve() == path), None)
+    if shipped:
+        return shipped.describe()
+    # weights with a card beside them but not the shipped file: said from their own card, whose SHA-256 was checked
+    # against the bytes evaluated
+    return Shipped(name, model.payload, Path(model.path)).describe(f"weights at {portable_path(model.path)}, not "
+                                                                   f"shipped ones:")
 
 
 def extra_origins(background: Checkpoint | torch.nn.Module | None, ensemble: list) -> dict:

@@ -24,7 +24,7 @@ from empirical.data import sources
 from empirical.data.imageset import ImageSet, ShapeMap
 from empirical.data.sources import DataOptions
 from empirical.io import distributed
-from empirical.io.atomic import atomic_write, write_json
+from empirical.io.atomic import atomic_write, staged, write_json
 from empirical.io.errors import DataNotFound, TheoryError
 from empirical.models.evaluation import Evaluation, evaluate
 from empirical.models.likelihood import nats_gap_to_bpd
@@ -233,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         raise DataNotFound("nothing to tabulate: every pair asked for was skipped (" + "; ".join(skipped) + ")")
     add_entropy(table)
     plumbing = any(t["plumbing"] or any(r["plumbing"] for r in t["rows"]) for t in table)
-    figures.histogram_grid(panels, labels, "bits/dim", out / "pairs.png")
     prov = provenance(command, device, started, t0)
-    write_json(out / "table.json", {"model": args.model, "preset": args.preset, "plumbing": plumbing,
-                                    "table": table, "skipped": skipped, "provenance": prov})
     report = markdown(table, cfg, skipped, prov, plumbing)
-    atomic_write(out / "table.md", lambda f: f.write(report.encode()))
+    with staged(out) as stage:  # the figure, the JSON and the table together, or none of them
+        figures.histogram_grid(panels, labels, "bits/dim", stage / "pairs.png")
+        write_json(stage / "table.json", {"model": args.model, "preset": args.preset, "plumbing": plumbing,
+                                          "table": table, "skipped": skipped, "provenance": prov})
+        atomic_write(stage / "table.md", lambda f: f.write(report.encode()))
     print(report)
     return 0
 

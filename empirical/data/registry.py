@@ -162,22 +162,38 @@ READERS: dict[str, Callable[[list[Path], str], tuple[np.ndarray, np.ndarray]]] =
 
 
 # -------------------------------------------------------------------------------------- cache
-def cache_dir() -> Path:
-    """Where decoded arrays are cached: $DGM_OOD_CACHE or ~/.cache/dgm-ood."""
-    return Path(os.environ.get("DGM_OOD_CACHE", Path.home() / ".cache" / "dgm-ood"))
+def _home() -> Path | None:
+    """The user's home folder, or None where it cannot be found ($HOME unset and no passwd entry)."""
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError):
+        return None
 
 
-def cache_key_file() -> Path:
+def cache_dir() -> Path | None:
+    """Where decoded arrays are cached: $DGM_OOD_CACHE, else ~/.cache/dgm-ood, else None (no home: no cache)."""
+    if os.environ.get("DGM_OOD_CACHE"):
+        return Path(os.environ["DGM_OOD_CACHE"])
+    home = _home()
+    return None if home is None else home / ".cache" / "dgm-ood"
+
+
+def cache_key_file() -> Path | None:
     """This user's secret that seals cache entries: $DGM_OOD_KEY_FILE or $XDG_CONFIG_HOME/dgm-ood/cache-key (outside
-    the cache folder, so write access to the cache alone cannot forge an entry)."""
+    the cache folder, so write access to the cache alone cannot forge an entry); None without a home to put it in."""
     if os.environ.get("DGM_OOD_KEY_FILE"):
         return Path(os.environ["DGM_OOD_KEY_FILE"])
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "dgm-ood" / "cache-key"
+    if os.environ.get("XDG_CONFIG_HOME"):
+        return Path(os.environ["XDG_CONFIG_HOME"]) / "dgm-ood" / "cache-key"
+    home = _home()
+    return None if home is None else home / ".config" / "dgm-ood" / "cache-key"
 
 
 def _cache_key() -> bytes | None:
     """The sealing key (32 random bytes, mode 0600, made on first use), or None when it cannot be had (no cache)."""
     path = cache_key_file()
+    if path is None:
+        return None
     try:
         key = path.read_bytes()
         if len(key) >= 32:
@@ -268,8 +284,9 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, *, do
         _download(name, split, data_dir)
         paths = locate(name, split, data_dir)
     digest, files = _hash_sources(paths, tuple(candidate_roots(data_dir)))
-    cached = cache_dir() / f"{name}-{split}-{digest[:24]}.npz"
-    key = _cache_key() if use_cache else None
+    folder = cache_dir() if use_cache else None
+    cached = None if folder is None else folder / f"{name}-{split}-{digest[:24]}.npz"
+    key = _cache_key() if cached is not None else None
     if key is not None and (arrays := _read_cache(cached, digest, key)) is not None:
         try:
             return Split(*_validate(info, split, *arrays, paths, allow_nonstandard), files)

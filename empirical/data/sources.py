@@ -150,8 +150,13 @@ def _read_array_file(path: Path, key: str | None) -> dict[str, np.ndarray]:
         if magic[:6 if path.suffix == ".npy" else 4] != (b"\x93NUMPY" if path.suffix == ".npy" else b"PK\x03\x04"):
             raise DataError(f"{path} is not a readable NumPy file (no {path.suffix} header)")
         if path.suffix == ".npy":
+            with open(path, "rb") as f:
+                _check_declared_size(f, path.stat().st_size, str(path))
             return {"all": np.load(path, allow_pickle=False)}
         with np.load(path, allow_pickle=False) as z:
+            for info in z.zip.infolist():
+                with z.zip.open(info) as member:
+                    _check_declared_size(member, info.file_size, f"{path}:{info.filename}")
             return _npz_arrays(path, z, key)
     except DataError:
         raise
@@ -162,6 +167,18 @@ def _read_array_file(path: Path, key: str | None) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not a readable NumPy file: {err}") from err
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise DataError(f"{path} is not a readable NumPy file: {err}") from err
+
+
+def _check_declared_size(f, available: int, where: str) -> None:
+    """An .npy header must not declare more bytes than the file holds: a forged header would otherwise allocate
+    whatever it claims before the read fails (a MemoryError instead of a clear error)."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > available:
+        raise DataError(f"{where} declares a {'×'.join(map(str, shape)) or 'scalar'} {dtype} array ({declared:,} "
+                        f"bytes) but holds {available:,} bytes: a damaged or forged header")
 
 
 def _npz_arrays(path: Path, z, key: str | None) -> dict[str, np.ndarray]:

@@ -77,11 +77,16 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
+RUN_FILES = ".run-files"  # the names of the files the last staged write put into a folder, one per line
+
+
 @contextmanager
 def staged(folder: Path) -> Iterator[Path]:
     """A staging folder ``folder/.staging-PID-*``: the files written there are moved into ``folder`` (renamed, which
-    needs no space) only when the block ends without an error; otherwise ``folder`` is left as it was. A staging
-    folder left by a writer killed outright is removed by the next ``staged`` of ``folder``."""
+    needs no space) only when the block ends without an error; otherwise ``folder`` is left as it was. The folder
+    then holds exactly this write's files: those an earlier staged write put there (listed in ``.run-files``) and
+    this one did not are removed; files of anyone else are left alone. A staging folder left by a writer killed
+    outright is removed by the next ``staged`` of ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob(".staging-*"):
@@ -91,7 +96,22 @@ def staged(folder: Path) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(dir=folder, prefix=f".staging-{os.getpid()}-"))
     try:
         yield stage
-        for path in sorted(stage.iterdir()):
-            os.replace(path, folder / path.name)
+        names = sorted(path.name for path in stage.iterdir())
+        for name in names:
+            os.replace(stage / name, folder / name)
+        _forget_earlier_run(folder, names)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _forget_earlier_run(folder: Path, names: list[str]) -> None:
+    """Record ``names`` as the folder's run files, and remove the earlier run's files that are not among them."""
+    record = folder / RUN_FILES
+    try:
+        earlier = record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
+    except (OSError, UnicodeDecodeError):
+        earlier = []
+    atomic_write(record, lambda f: f.write("".join(f"{n}\n" for n in names).encode()))
+    for name in set(earlier) - set(names):
+        if name and "/" not in name and not name.startswith("."):
+            (folder / name).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import math
 import torch
 
 from empirical.io.distributed import Shard
-from empirical.models.contract import ModelInfo, describe, model_dtype
+from empirical.models.contract import ModelContractError, ModelInfo, describe, model_dtype
 
 LEVELS = 256
 
@@ -95,6 +95,25 @@ def log_likelihood(model: torch.nn.Module, x: torch.Tensor, generator: torch.Gen
         kwargs["generator"] = generator
         if info.shardable:
             kwargs["shard"] = shard
-    if info.parts:
-        return model.log_prob_parts(x_in, **kwargs)
-    return {"log_px": model.log_prob(x_in, **kwargs)}
+    method = "log_prob_parts" if info.parts else "log_prob"
+    if type(model).__module__.startswith("empirical."):  # our families: their errors are ours, with tracebacks
+        out = getattr(model, method)(x_in, **kwargs)
+    else:
+        try:
+            out = getattr(model, method)(x_in, **kwargs)
+        except Exception as err:  # an outside model's failure becomes one line that names it
+            raise ModelContractError(f"{info.name}.{method} raised {type(err).__name__}: "
+                                     f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
+    return checked_output(out if info.parts else {"log_px": out}, info, method, len(x_in), x_in.dtype)
+
+
+def checked_output(out: object, info: ModelInfo, method: str, n: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A model's output, checked against the contract: ``log_px`` a floating tensor of shape (n,) (cast to the
+    input's dtype), else a ModelContractError naming the model and what it returned."""
+    log_px = out.get("log_px") if isinstance(out, dict) else None
+    what = f"{type(log_px).__name__}" + (f" of shape {tuple(log_px.shape)} and dtype {log_px.dtype}"
+                                          if torch.is_tensor(log_px) else "")
+    if not torch.is_tensor(log_px) or tuple(log_px.shape) != (n,) or not log_px.is_floating_point():
+        raise ModelContractError(f"{info.name}.{method} returned {what} for {n} images; the contract asks for a "
+                                 f"floating-point tensor of shape ({n},): one log p(x̃) in nats per image")
+    return {**out, "log_px": log_px.to(dtype)}

@@ -1,20 +1,13 @@
-"""Trained weights shipped with the package, so that the main job needs no training: ``verify.compare fashionmnist
-mnist`` on its CPU default uses them (``--retrain`` trains from scratch instead).
-
-Each model is two files in ``empirical/weights/``: ``NAME.safetensors`` (the weights; read without pickle) and
-``NAME.json`` (its card: the model, preset and configs, the content digest of the images it was trained on, the
-weights' SHA-256, and how it was made: command, commit, device, torch, wall-clock, history). They are used only for
-exactly the run they were trained for: the same model, preset, configs and training images.
-
-    python -m empirical.shipped export CHECKPOINT          # write a trained checkpoint's files (maintainers)
-    python -m empirical.shipped check                      # every shipped file against its recorded SHA-256
-    python -m empirical.shipped retrain NAME --out DIR     # train again with the recorded settings and compare
-"""
+"""Shipped weights: ``empirical/weights/NAME.safetensors`` (read without pickle) beside its card ``NAME.json`` (model,
+preset, configs, the training images' content digest, the weights' SHA-256, how it was made). ``find`` gives them
+only to exactly the run they were trained for; ``check``, ``export`` and ``retrain`` serve the maintainers
+(``python -m empirical.shipped``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -22,13 +15,16 @@ from pathlib import Path
 import torch
 
 from empirical.data.imageset import ImageSet, training_digest
-from empirical.data.sources import open_in
+from empirical.data.sources import DataOptions, open_in
 from empirical.io.atomic import atomic_write, write_json
 from empirical.io.errors import CheckpointError
+from empirical.models.evaluation import evaluate
 from empirical.models.registry import build_model, model_config, non_finite_tensors
 from empirical.training.checkpoint import Checkpoint, load_checkpoint
 from empirical.training.presets import Preset, TrainConfig, get_preset
+from empirical.training.trainer import train
 
+log = logging.getLogger(__name__)
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
@@ -78,10 +74,10 @@ class Shipped:
         payload = {k: self.card[k] for k in CARD_KEYS if k in self.card} | {"shipped": self.name}
         return Checkpoint(model.eval(), payload, self.weights)
 
-    def describe(self) -> str:
+    def describe(self, what: str = "shipped weights") -> str:
         """One line for reports: which file, and how it was made."""
         m = self.card["made_by"]
-        return (f"shipped weights {self.weights.name} (SHA-256 {self.card['sha256'][:16]}…), trained by "
+        return (f"{what} {self.weights.name} (SHA-256 {self.card['sha256'][:16]}…), trained by "
                 f"`{m['command']}` at commit {m['commit'][:12]} on {m['device']} (torch {m['torch']}, "
                 f"{m['seconds']:.0f} s); --retrain trains from scratch")
 
@@ -91,12 +87,31 @@ def _with_defaults(train_config: dict) -> dict:
     return {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **train_config}
 
 
+REQUIRED = ("model", "preset", "model_config", "train_config", "data_digest", "sha256", "made_by")
+
+
+def read_card(card_path: Path) -> tuple[Shipped | None, str | None]:
+    """The shipped model a card describes, or None and what is wrong with the card (unreadable JSON, not an object,
+    a field missing)."""
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return None, f"{card_path.name} is not a readable card ({type(err).__name__}: {str(err)[:120]})"
+    missing = [k for k in REQUIRED if not isinstance(card, dict) or k not in card]
+    if missing:
+        return None, f"{card_path.name} lacks {', '.join(missing)}"
+    return Shipped(card_path.stem, card, card_path.with_suffix(".safetensors")), None
+
+
 def available() -> list[Shipped]:
-    """Every shipped model."""
+    """Every shipped model whose card is well formed (``check`` names the others; no command depends on them)."""
     found = []
     for card_path in sorted(WEIGHTS.glob("*.json")):
-        card = json.loads(card_path.read_text())
-        found.append(Shipped(card_path.stem, card, card_path.with_suffix(".safetensors")))
+        shipped, problem = read_card(card_path)
+        if shipped is None:
+            log.warning("warning: shipped card %s", problem)
+        else:
+            found.append(shipped)
     return found
 
 
@@ -134,7 +149,7 @@ def export(checkpoint: Path, name: str | None = None, folder: Path = WEIGHTS) ->
 
 def check() -> list[str]:
     """Every shipped file against its card: size under MAX_BYTES and the recorded SHA-256; returns the problems."""
-    problems = []
+    problems = [problem for card in sorted(WEIGHTS.glob("*.json")) if (problem := read_card(card)[1])]
     for s in available():
         if not s.weights.is_file():
             problems.append(f"{s.weights} is missing")
@@ -149,10 +164,9 @@ def check() -> list[str]:
 def retrain(shipped: Shipped, out: Path, data_dir: str | None = None) -> dict:
     """Train again with the recorded settings on the recorded images and compare with the shipped weights: bit for
     bit, else the full test set's bits/dim within BPD_TOLERANCE."""
-    from empirical.data.sources import DataOptions
-    from empirical.models.evaluation import evaluate
-    from empirical.training.trainer import train
-
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise CheckpointError(f"out: {out} is not empty; retrain trains from scratch into an empty folder, so that "
+                              f"what it compares is a run it made")
     card = shipped.card
     train_set, test_set = open_in(card["dataset"], DataOptions(data_dir))
     if training_digest(train_set, test_set) != card["data_digest"]:

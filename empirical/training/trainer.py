@@ -1,11 +1,7 @@
-"""The one trainer: ``python -m empirical.train --dataset cifar10 --model glow --preset cpu``, or data-parallel
-``torchrun --nproc_per_node=N -m empirical.train ...`` (see empirical.io.distributed).
-
-Minimises bits/dim of dequantised images with Adam/Adamax, linear warm-up and gradient clipping.
-The uint8 training set lives on the training device and batches are drawn from a generator seeded
-by (seed, step), so a resumed run sees exactly the batches and noise it would have seen, whatever the
-number of ranks before and after.
-"""
+"""The one trainer, ``train``: Adam/Adamax on the bits/dim of dequantised images with warm-up and clipping; every
+step checks the loss and the gradient, every save the parameters; resume continues exactly (batches and noise come
+from a (seed, step) generator, whatever the number of torchrun ranks). ``python -m empirical.train`` is its
+command."""
 
 from __future__ import annotations
 
