@@ -70,7 +70,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         return main(argv)
     except DgmOodError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.for_cli()}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"error: {os_error_text(err)}", file=sys.stderr)

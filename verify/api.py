@@ -26,6 +26,7 @@ from torch import nn
 
 from empirical.data.imageset import ImageSet
 from empirical.data.sources import as_image_set
+from empirical.io.distributed import resolve_device
 from empirical.io.errors import DataError, DgmOodError
 from empirical.io.provenance import device_description, portable_path
 from empirical.models.contract import ModelInfo, describe, model_device
@@ -92,6 +93,8 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     now); ``name`` is what reports call the model (default: its family, or its class name).
     """
     provenance = provenance or Provenance()
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DgmOodError(f"seed must be a whole number ≥ 0, got {seed!r}")
     choice = choose_scores(detection or "none")
     module, info, checkpoint, sets, heldout, budget, dev = _prepare(model, (in_train, in_test, out_test), heldout,
                                                                     budget, device, name)
@@ -133,7 +136,7 @@ def _prepare(model: nn.Module | Checkpoint, images: tuple, heldout: object | Non
         heldout = heldout if heldout is not None else checkpoint.heldout(sets["in_train"])
         budget = budget or checkpoint_budget(checkpoint)
     heldout = None if heldout is None else as_image_set(heldout, "heldout")
-    dev = torch.device(device) if device is not None else model_device(module)
+    dev = resolve_device(str(device)) if device is not None else model_device(module)
     return module.to(dev).eval(), info, checkpoint, sets, heldout, budget or default_budget(), dev
 
 

@@ -10,7 +10,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from empirical.io.errors import DataError
+from empirical.io.errors import DataError, arg
 from empirical.io.provenance import SourceFile
 
 RESIZE_FILTERS = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX,
@@ -99,8 +99,8 @@ def map_to(images: ImageSet, shape: tuple[int, int, int], mapping: ShapeMap = Sh
         return images
     if not (mapping.match or mapping.resize):
         raise DataError(f"{images.name} images are {shape_text(images.shape)} but the model takes "
-                        f"{shape_text(shape)}; pass --match to zero-pad/crop and convert channels explicitly, "
-                        f"or --resize FILTER")
+                        f"{shape_text(shape)}; pass {arg('ShapeMap(match=True)', '--match')} to zero-pad/crop and "
+                        f"convert channels explicitly, or {arg('ShapeMap(resize=FILTER)', '--resize FILTER')}")
     x, done = images.images, []
     c, h, w = shape
     if x.shape[1] == 1 and c == 3:
@@ -132,7 +132,7 @@ def _pad_or_crop(x: np.ndarray, h: int, w: int, name: str) -> tuple[np.ndarray, 
         top, left = -dh // 2, -dw // 2
         return x[:, :, top: top + h, left: left + w], f"centre-cropped (from row {top}, column {left})"
     raise DataError(f"cannot pad or crop {name}'s {x.shape[2]}×{x.shape[3]} images to {h}×{w} (one side grows, the "
-                    f"other shrinks); use --resize FILTER")
+                    f"other shrinks); use {arg('ShapeMap(resize=FILTER)', '--resize FILTER')}")
 
 
 def _resize(x: np.ndarray, h: int, w: int, resample: Image.Resampling) -> np.ndarray:

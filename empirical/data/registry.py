@@ -24,7 +24,7 @@ import numpy as np
 
 from empirical.data.formats import CIFAR10_ARCHIVE, CIFAR10_FILES, read_cifar, read_idx, read_svhn
 from empirical.io.atomic import atomic_write
-from empirical.io.errors import DataError, DataNotFound
+from empirical.io.errors import DataError, DataNotFound, arg
 from empirical.io.provenance import SourceFile, file_record
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 def _root_origin(data_dir: str | os.PathLike | None) -> str:
     if data_dir is not None:
-        return f"the data directory given (--data-dir {data_dir})"
+        return f"the data directory given ({arg('data_dir=', '--data-dir ')}{data_dir})"
     if os.environ.get("DGM_OOD_DATA"):
         return f"$DGM_OOD_DATA={os.environ['DGM_OOD_DATA']}"
     return ""
@@ -144,7 +144,7 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None) -> 
     if name == "svhn":
         hint = (f"; SVHN is not in the offline mirror: put the official {info.files[split][0]} "
                 f"(from http://ufldl.stanford.edu/housenumbers/) in <data-dir>/svhn/, or pass "
-                f"--download (download=True) on a machine with a network")
+                f"{arg('download=True', '--download')} on a machine with a network")
     where = ", ".join(str(p) for p in dict.fromkeys(searched))
     origin = _root_origin(data_dir)
     if origin:
@@ -315,7 +315,7 @@ def _validate(info: Dataset, split: str, images: np.ndarray, labels: np.ndarray,
     if images.shape[0] != expected and not allow_nonstandard:
         raise DataError(f"{info.display} {split} from {files}: {images.shape[0]} images, the official "
                         f"split has {expected} (truncated file? pass allow_nonstandard / "
-                        f"--allow-nonstandard-data for small test files)")
+                        f"{arg('allow_nonstandard=True', '--allow-nonstandard-data')} for small test files)")
     return images, labels
 
 

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from empirical.data import registry
 from empirical.data.imageset import ImageSet, ShapeMap, map_to, shape_text
-from empirical.io.errors import DataError
+from empirical.io.errors import DataError, arg
 from empirical.io.provenance import SourceFile, file_record, portable_path
 
 SPLIT_EVERY = 10
@@ -84,6 +84,17 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in stem + (f"-{key}" if key else ""))
 
 
+def _source_text(source: str | os.PathLike) -> str:
+    """A source as text; a ``Path`` (or any path-like) always names a path, even one without a ``/``."""
+    if isinstance(source, os.PathLike):
+        text = os.fspath(source)
+        return text if is_path(text) else os.path.join(".", text)
+    if not isinstance(source, str):
+        raise DataError(f"a source is a registry name or a path, not a {type(source).__name__}; for images in memory "
+                        f"use as_image_set")
+    return source
+
+
 def check_name(text: str) -> None:
     """A clear error now (before any work) for a registry name that does not exist."""
     if not is_path(text) and text not in SYNTHETIC_NAMES:
@@ -115,8 +126,8 @@ def to_nchw(array: np.ndarray, where: str, layout: str | None = None) -> np.ndar
     first, last = a.shape[1] in (1, 3), a.shape[3] in (1, 3)
     if layout is None:
         if first and last:
-            raise DataError(f"{where}: shape {a.shape} could be N×C×H×W or N×H×W×C; say which with --layout nchw "
-                            f"or --layout nhwc (layout= in Python)")
+            raise DataError(f"{where}: shape {a.shape} could be N×C×H×W or N×H×W×C; say which with "
+                            f"{arg('layout=', '--layout ')}nchw or {arg('layout=', '--layout ')}nhwc")
         if not (first or last):
             raise DataError(f"{where}: shape {a.shape} has no axis of 1 or 3 channels (grey or RGB) after N")
         layout = "nchw" if first else "nhwc"
@@ -297,9 +308,10 @@ def _registry(name: str, part: str, options: DataOptions) -> ImageSet:
                     part=part)
 
 
-def open_in(text: str, options: DataOptions = DataOptions()) -> tuple[ImageSet, ImageSet]:
+def open_in(text: str | os.PathLike, options: DataOptions = DataOptions()) -> tuple[ImageSet, ImageSet]:
     """IN's training and test parts: a registry dataset's splits, a source's own ``train``/``test`` parts, or one
-    part split by ``SPLIT_RULE`` (recorded in both sets' transforms)."""
+    part split by ``SPLIT_RULE`` (recorded in both sets' transforms). A ``Path`` is a path."""
+    text = _source_text(text)
     if text in SYNTHETIC_NAMES:
         raise DataError(f"{text} is a synthetic OUT set; IN needs real training images")
     if not is_path(text):
@@ -313,10 +325,11 @@ def open_in(text: str, options: DataOptions = DataOptions()) -> tuple[ImageSet, 
                  for p in ("train", "test"))
 
 
-def open_out(text: str, shape: tuple[int, int, int], mapping: ShapeMap = ShapeMap(),
+def open_out(text: str | os.PathLike, shape: tuple[int, int, int], mapping: ShapeMap = ShapeMap(),
              options: DataOptions = DataOptions(), *, n_synthetic: int = 10_000, seed: int = 0) -> ImageSet:
     """OUT's test images in ``shape``: a registry dataset's test split, a source's ``test`` part (or all of a
     one-part source), or a synthetic set made in ``shape``; mapped to ``shape`` only as ``mapping`` allows."""
+    text = _source_text(text)
     if text in SYNTHETIC_NAMES:
         return synthetic(text, shape, n_synthetic, seed)
     if not is_path(text):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from empirical.io.errors import DgmOodError
+from empirical.io.errors import DgmOodError, arg
 
 TIMEOUT = dt.timedelta(minutes=10)  # a collective that waits longer than this for a dead rank fails
 
@@ -77,13 +77,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as err:
-        raise DgmOodError(f"--device {name!r} is not a device name (use auto, cpu, cuda or cuda:N)") from err
+        raise DgmOodError(f"{arg('device', '--device')} {name!r} is not a device name (use auto, cpu, cuda or "
+                          f"cuda:N)") from err
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index or 0) >= count:
-            raise DgmOodError(f"--device {name}: this machine has {count} CUDA device(s); use --device cpu or auto")
+            raise DgmOodError(f"{arg('device', '--device')} {name}: this machine has {count} CUDA device(s); use "
+                              f"{arg('device=', '--device ')}cpu or auto")
     elif device.type != "cpu":
-        raise DgmOodError(f"--device {name}: only cpu and cuda are supported")
+        raise DgmOodError(f"{arg('device', '--device')} {name}: only cpu and cuda are supported")
     return device
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from empirical.io.errors import DgmOodError
+from empirical.io.errors import DgmOodError, arg
 from empirical.models.registry import FAMILIES, FLOWS, MODELS, VARIANTS, family_of
 
 
@@ -173,7 +173,7 @@ def get_preset(name: str, model: str, shape: tuple[int, int, int], *, split_prio
     arch = {**arch, **overrides}
     if split_prior is not None:
         if model not in FLOWS:
-            raise DgmOodError(f"--split-prior applies to flows (glow, cvglow), not to {model}")
+            raise DgmOodError(f"{arg('split_prior', '--split-prior')} applies to flows (glow, cvglow), not to {model}")
         if split_prior not in ("learned", "fixed"):
             raise DgmOodError(f"unknown split prior {split_prior!r}; use learned or fixed")
         arch = {**arch, "split_prior": split_prior}

@@ -17,7 +17,7 @@ import torch
 from empirical.data.imageset import ImageSet, training_digest
 from empirical.data.sources import DataOptions, open_in
 from empirical.io.atomic import atomic_write, write_json
-from empirical.io.errors import CheckpointError
+from empirical.io.errors import CheckpointError, arg
 from empirical.models.evaluation import evaluate
 from empirical.models.registry import build_model, model_config, non_finite_tensors
 from empirical.training.checkpoint import Checkpoint, load_checkpoint
@@ -65,11 +65,13 @@ class Shipped:
 
         if not self.weights.is_file() or _sha256(self.weights) != self.card["sha256"]:
             raise CheckpointError(f"shipped weights {self.weights} are missing or damaged (SHA-256 is not the "
-                                  f"recorded {self.card['sha256'][:16]}…); reinstall, or pass --retrain")
+                                  f"recorded {self.card['sha256'][:16]}…); reinstall, or "
+                                  f"{arg('train the model from scratch', 'pass --retrain')}")
         model = build_model(self.card["model"], self.card["model_config"])
         state = load_file(str(self.weights))
         if non_finite_tensors(state) or set(state) != set(model.state_dict()):
-            raise CheckpointError(f"shipped weights {self.weights} do not fit their model; pass --retrain")
+            raise CheckpointError(f"shipped weights {self.weights} do not fit their model; "
+                                  f"{arg('train the model from scratch', 'pass --retrain')}")
         model.load_state_dict(state)
         payload = {k: self.card[k] for k in CARD_KEYS if k in self.card} | {"shipped": self.name}
         return Checkpoint(model.eval(), payload, self.weights)
@@ -165,8 +167,8 @@ def retrain(shipped: Shipped, out: Path, data_dir: str | None = None) -> dict:
     """Train again with the recorded settings on the recorded images and compare with the shipped weights: bit for
     bit, else the full test set's bits/dim within BPD_TOLERANCE."""
     if Path(out).exists() and any(Path(out).iterdir()):
-        raise CheckpointError(f"out: {out} is not empty; retrain trains from scratch into an empty folder, so that "
-                              f"what it compares is a run it made")
+        raise CheckpointError(f"{arg('out', '--out')} {out} is not empty; retrain trains from scratch into an empty "
+                              f"folder, so that what it compares is a run it made")
     card = shipped.card
     train_set, test_set = open_in(card["dataset"], DataOptions(data_dir))
     if training_digest(train_set, test_set) != card["data_digest"]:

@@ -19,7 +19,7 @@ from empirical.data.imageset import ImageSet, training_digest
 from empirical.io import distributed
 from empirical.io.atomic import write_json
 from empirical.io.distributed import resolve_device
-from empirical.io.errors import CheckpointError, TrainingError
+from empirical.io.errors import CheckpointError, TrainingError, arg
 from empirical.io.locking import run_lock
 from empirical.io.provenance import command_line, device_description, git_commit
 from empirical.models.evaluation import NonFiniteLikelihood, evaluate
@@ -53,7 +53,8 @@ class TrainResult:
 RESUMABLE = ("steps", "lr", "warmup", "eval_every")  # the settings --resume may change
 
 
-_RESUMABLE_TEXT = "only --steps, --lr, --warmup and --eval-every may change on --resume"
+_RESUMABLE_TEXT = arg("only steps, lr, warmup and eval_every may change on resume",
+                      "only --steps, --lr, --warmup and --eval-every may change on --resume")
 
 
 def _resume_state(payload: dict, ckpt_path: Path, preset: Preset, sets: tuple[ImageSet, ImageSet],
@@ -64,19 +65,20 @@ def _resume_state(payload: dict, ckpt_path: Path, preset: Preset, sets: tuple[Im
     cfg = preset.train
     if not trained_on(payload, *sets):
         raise CheckpointError(f"{ckpt_path} was trained on other data ({payload.get('dataset')}, other images); "
-                              f"resume it on the data it was trained on, or choose another --out")
+                              f"resume it on the data it was trained on, or choose another {arg('out_dir', '--out')}")
     if payload.get("train_images", n_train) != n_train:
         raise CheckpointError(f"{ckpt_path} was trained on {payload['train_images']} images, this run would use "
-                              f"{n_train} (another --train-subset?); {_RESUMABLE_TEXT}")
+                              f"{n_train} (another {arg('train_subset', '--train-subset')}?); {_RESUMABLE_TEXT}")
     if cfg.steps < payload["step"]:
-        raise CheckpointError(f"{ckpt_path} has already done {payload['step']} steps; --steps {cfg.steps} would "
-                              f"rewrite its record: pass --steps ≥ {payload['step']}")
+        raise CheckpointError(f"{ckpt_path} has already done {payload['step']} steps; {arg('steps=', '--steps ')}"
+                              f"{cfg.steps} would rewrite its record: pass {arg('steps', '--steps')} ≥ "
+                              f"{payload['step']}")
     # a field added to TrainConfig after the checkpoint was written takes its default (what that run used)
     old = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **payload["train_config"]}
     if payload["model_config"] != preset.model.to_dict() or {**old, **{k: cfg.to_dict()[k] for k in RESUMABLE}} \
             != cfg.to_dict():
-        raise CheckpointError(f"{ckpt_path} was trained with other hyperparameters; use another --out or drop "
-                              f"--resume ({_RESUMABLE_TEXT})")
+        raise CheckpointError(f"{ckpt_path} was trained with other hyperparameters; use another "
+                              f"{arg('out_dir', '--out')} or drop {arg('resume=True', '--resume')} ({_RESUMABLE_TEXT})")
     changes = list(payload.get("schedule_changes", []))
     changed = {k: [old[k], cfg.to_dict()[k]] for k in ("lr", "warmup") if old[k] != cfg.to_dict()[k]}
     if changed:
@@ -101,9 +103,10 @@ def train(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Pres
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
     if time_limit is not None and not time_limit > 0:
-        raise TrainingError(f"--time-limit must be > 0 minutes, got {time_limit / 60:g}")
+        raise TrainingError(arg(f"time_limit must be > 0 seconds, got {time_limit:g}",
+                                f"--time-limit must be > 0 minutes, got {time_limit / 60:g}"))
     if train_subset is not None and train_subset < 1:
-        raise TrainingError(f"--train-subset must be ≥ 1, got {train_subset}")
+        raise TrainingError(f"{arg('train_subset', '--train-subset')} must be ≥ 1, got {train_subset}")
     n_train = len(train_set)
     if cfg.holdout >= n_train:
         raise TrainingError(f"the preset holds out {cfg.holdout} of the {n_train} {train_set.name} images, "
@@ -142,7 +145,8 @@ def _build_or_resume(model_name: str, preset: Preset, ckpt_path: Path, dev: torc
         start, history = payload["step"], payload["history"]
         log.info("resuming %s at step %d/%d", ckpt_path, start, cfg.steps)
     elif ckpt_path.exists():
-        raise CheckpointError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
+        raise CheckpointError(f"{ckpt_path} exists; pass {arg('resume=True', '--resume')} to continue it or choose "
+                              f"another {arg('out_dir', '--out')}")
     if dev.type == "cuda":
         for module in model.modules():
             if hasattr(module, "amp_dtype"):

@@ -59,7 +59,7 @@ def test_array_layouts(shape, layout, expected):
 
 
 @pytest.mark.parametrize("array,message", [
-    (np.zeros((4, 3, 8, 3), dtype=np.uint8), "--layout nchw or --layout nhwc"),
+    (np.zeros((4, 3, 8, 3), dtype=np.uint8), "layout=nchw or layout=nhwc"),
     (np.zeros((4, 5, 8, 8), dtype=np.uint8), "no axis of 1 or 3 channels"),
     (np.zeros((4, 8), dtype=np.uint8), "got 2 dimensions"),
     (np.zeros((2, 4, 4), dtype=np.float32), "float32, expected uint8.*multiply by 255"),
@@ -217,8 +217,9 @@ def test_the_digest_follows_the_content():
 # ------------------------------------------------------------------------------------------------ mapping
 def test_mapping_is_explicit_and_recorded():
     grey = as_image_set(np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28), "g")
-    with pytest.raises(DataError, match="pass --match.*or --resize"):
+    with pytest.raises(DataError, match=r"pass ShapeMap\(match=True\).*or ShapeMap\(resize=FILTER\)") as err:
         map_to(grey, (3, 32, 32))
+    assert "pass --match" in err.value.for_cli() and "or --resize FILTER" in err.value.for_cli()  # the commands' words
     rgb = map_to(grey, (3, 32, 32), ShapeMap(match=True))
     assert rgb.shape == (3, 32, 32) and (rgb.images[:, :, :2] == 0).all()
     assert np.array_equal(rgb.images[:, 1, 2:30, 2:30], grey.images[:, 0])
@@ -246,5 +247,5 @@ def test_registry_sets_carry_their_files_and_flags(tmp_path):
         open_in("mnist", DataOptions(str(tmp_path)))
     train, test = open_in("mnist", DataOptions(str(tmp_path), allow_nonstandard=True))
     assert train.name == "MNIST-train" and test.nonstandard and len(test.files) == 2
-    with pytest.raises(DataError, match="pass --match"):
+    with pytest.raises(DataError, match=r"pass ShapeMap\(match=True\)"):
         open_out("mnist", (3, 32, 32), ShapeMap(), DataOptions(str(tmp_path), allow_nonstandard=True))

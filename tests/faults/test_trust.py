@@ -150,3 +150,30 @@ def test_one_image_is_too_few_for_a_standard_error(tmp_path):
     with pytest.raises(DataError, match="at least 2"):
         compare(Gaussian(), *sets, one, explain=False)
 
+
+
+# the Python API: one clear error, not a traceback from torch ------------------------------------------------------
+@pytest.mark.parametrize("kwargs,needle", [({"seed": -1}, "seed must be a whole number"),
+                                           ({"device": "cuda:7"}, "device cuda:7"),
+                                           ({"device": "tpu"}, "device")])
+def test_the_api_names_a_bad_argument(kwargs, needle):
+    from empirical.io.errors import DgmOodError
+    from verify.api import compare
+
+    rng = np.random.default_rng(0)
+    sets = [rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8) for n in (50, 30, 30)]
+    with pytest.raises(DgmOodError, match=needle):
+        compare(Gaussian(), *sets, explain=False, **kwargs)
+
+
+def test_a_path_object_is_a_path_source(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from empirical.data.sources import open_in
+
+    np.save(tmp_path / "scans.npy", np.zeros((20, 28, 28), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    train, test = open_in(Path("scans.npy"))
+    assert len(train) + len(test) == 20
+    with pytest.raises(DataError, match="not a int"):
+        open_in(3)
