@@ -56,15 +56,16 @@ def detection(dets: list[Detector], in_test: ImageSet, out_test: ImageSet, heldo
     per_image = {d.name: (d.score(in_test), d.score(out_test)) for d in dets}
     typicality = next((d for d in dets if isinstance(d, Typicality)), None)
     waic = next((d for d in dets if isinstance(d, WAIC)), None)
-    model = dets[0].model if dets else None
     settings = {"recommended": RECOMMENDED, "entropy_bpd": typicality.entropy if typicality else None,
                 "heldout_images": len(heldout) if heldout is not None and typicality else 0,
                 "compressors": COMPRESSORS, "batch_sizes": list(BATCH_SIZES), "alpha": ALPHA,
                 "background_mu": BACKGROUND_MU if "likelihood_ratio" in per_image else None,
                 "ensemble_k": len(waic.models) if waic else None}
-    batches = batch_test(model(in_test).bpd, model(out_test).bpd, model(heldout).bpd, typicality.entropy, seed) \
+    ev = typicality.model if typicality else None  # the model's evaluations, shared with every detector on it
+    batches = batch_test(ev(in_test).bpd, ev(out_test).bpd, ev(heldout).bpd, typicality.entropy, seed) \
         if typicality else []
-    ensemble = ensemble_gap(waic.log_px(in_test.images), waic.log_px(out_test.images), model.dims) if waic else None
+    ensemble = ensemble_gap(waic.log_px(in_test.images), waic.log_px(out_test.images), waic.models[0].dims) \
+        if waic else None
     return {"settings": settings, "scores": {k: metrics(*v) for k, v in per_image.items()},
             "batch_typicality": batches, "ensemble": ensemble}, per_image
 

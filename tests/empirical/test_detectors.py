@@ -158,3 +158,11 @@ def test_a_new_score_is_one_class_and_joins_the_detection_table(sets):
     assert list(det["scores"]) == ["likelihood", "pixel_mean"]
     assert det["scores"]["pixel_mean"]["auroc"] == 1.0  # OUT (pixels < 64) is far darker than IN
     assert per_image["pixel_mean"][1].shape == (len(out_test),)
+
+
+def test_a_detection_of_one_score_alone_needs_no_other_detector(sets):
+    from empirical.data.sources import as_image_set
+
+    in_test, out_test = as_image_set(sets["in_test"], "in"), as_image_set(sets["out_test"], "out")
+    det, _ = detection([WAIC([flow(0), flow(1)])], in_test, out_test, None)
+    assert list(det["scores"]) == ["waic"] and det["ensemble"]["k"] == 2 and det["batch_typicality"] == []
