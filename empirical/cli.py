@@ -62,6 +62,19 @@ def show_progress_messages() -> None:
             logger.setLevel(logging.INFO)
 
 
+MAX_ERROR_CHARS = 1000
+
+
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """An error as one line of at most ``limit`` characters: line breaks (a file name may hold one) are shown as
+    ``\\n``, and the middle of a longer message is cut, its length said."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) <= limit:
+        return text
+    half = (limit - 40) // 2
+    return f"{text[:half]} … ({len(text) - 2 * half:,} characters cut) … {text[-half:]}"
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run ``main``; a DgmOodError or an OSError is printed as ``error: ...`` (no traceback) with exit status 2.
     The library's progress messages are shown on stderr."""
@@ -70,10 +83,10 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         return main(argv)
     except DgmOodError as err:
-        print(f"error: {err.for_cli()}", file=sys.stderr)
+        print(f"error: {one_line(err.for_cli())}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"error: {os_error_text(err)}", file=sys.stderr)
+        print(f"error: {one_line(os_error_text(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"

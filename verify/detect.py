@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"in": in_train.source, "model": opened.source, "plumbing": plumbing, "limit": args.limit,
                                "extra_model_sources": extra_sources, "detection": table,
+                               "data": {"in_test": scored.provenance(), **{o.source: o.provenance() for o in outs}},
                                "provenance": provenance(command, device, started, t0)})
     return 0
 

@@ -26,6 +26,7 @@ from empirical.data.sources import DataOptions
 from empirical.io import distributed
 from empirical.io.atomic import atomic_write, staged, write_json
 from empirical.io.errors import DataNotFound, TheoryError
+from empirical.io.provenance import portable_path
 from empirical.models.evaluation import Evaluation, evaluate
 from empirical.models.likelihood import nats_gap_to_bpd
 from empirical.models.registry import FLOWS, MODELS
@@ -130,6 +131,7 @@ def row(m: InModel, out: str, match: bool, cfg: Settings) -> dict:
         if m.quad is not None:
             exact = nats_gap_to_bpd(m.quad.gap(m.p, q)["gap_nats"], dims)
     return {"out": out, "match": match, "label": out_set.name, "plumbing": out_set.nonstandard,
+            "data": out_set.provenance(),
             "out_bpd": float(ev.bpd.mean()), "n_out": len(out_set), "gap_bpd": gap, "gap_bpd_stderr": stderr,
             "closed_form_bpd": cf, "exact_second_order_bpd": exact, "per_image_bpd": ev.bpd}
 
@@ -198,7 +200,8 @@ def tabulate(name: str, cfg: Settings, skipped: list[str], panels: dict, labels:
         skipped.append(_missing(name, err))
         return None
     label = m.test_set.name.removesuffix("-test")
-    entry = {"in": name, "label": label, "checkpoint": str(m.checkpoint), "plumbing": m.nonstandard,
+    entry = {"in": name, "label": label, "checkpoint": portable_path(m.checkpoint), "plumbing": m.nonstandard,
+             "data": {"test": m.test_set.provenance()},
              "train_bpd": float(m.train.bpd.mean()), "test_bpd": float(m.test.bpd.mean()),
              "n_train": len(m.train.bpd), "n_test": len(m.test.bpd), "rows": []}
     for o, match in PAIRS[name]:

@@ -36,6 +36,8 @@ def call_factory(spec: str) -> nn.Module:
         raise FactoryError(f"--model-factory takes MODULE:FUNCTION (e.g. examples.bpd_glow:build), got {spec!r}")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as err:  # the user's module ended the program: say so instead of exiting with its code
+        raise FactoryError(f"importing {module_name} for --model-factory called sys.exit({err.code!r})") from err
     except Exception as err:  # ImportError, or whatever the user's module raises on import
         raise FactoryError(f"cannot import {module_name} for --model-factory: {type(err).__name__}: {err}") from err
     fn = getattr(module, fn_name, None)
@@ -43,6 +45,8 @@ def call_factory(spec: str) -> nn.Module:
         raise FactoryError(f"{module_name} has no function {fn_name!r} (--model-factory {spec})")
     try:
         model = fn()
+    except SystemExit as err:
+        raise FactoryError(f"{spec}() called sys.exit({err.code!r}) instead of returning a model") from err
     except Exception as err:  # the user's code: one line here; call it in Python to see the traceback
         raise FactoryError(f"{spec}() failed: {type(err).__name__}: {err}") from err
     describe(model, spec)

@@ -177,3 +177,20 @@ def test_a_path_object_is_a_path_source(tmp_path, monkeypatch):
     assert len(train) + len(test) == 20
     with pytest.raises(DataError, match="not a int"):
         open_in(3)
+
+
+# one line means one line ------------------------------------------------------------------------------------------
+def test_a_long_or_multi_line_error_is_printed_as_one_bounded_line(tmp_path):
+    weird = tmp_path / ("line\nbreak" + "x" * 3000 + ".npy")
+    proc = cli("verify.compare", "fashionmnist", str(weird), tmp=tmp_path)
+    last = assert_one_line_error(proc)
+    assert "line\\nbreak" in last and len(last) <= 1000 + len("error: ") and "characters cut" in last
+
+
+def test_a_factory_that_calls_sys_exit_is_an_error_not_an_exit(tmp_path, monkeypatch):
+    from empirical.models.factory import FactoryError, call_factory
+
+    (tmp_path / "quitter.py").write_text("import sys\n\ndef build():\n    sys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(FactoryError, match=r"quitter:build\(\) called sys.exit\(3\)"):
+        call_factory("quitter:build")

@@ -248,6 +248,7 @@ def test_detect_screens_several_ood_sets_in_one_call(smoke_run, tmp_path, capsys
     assert all(s["n_in"] == s["n_out"] == 200 for det in table.values() for s in det["scores"].values())
     assert written["provenance"]["command"].startswith("python -m verify.detect fashionmnist mnist constant noise")
     assert written["provenance"]["commit"] and written["provenance"]["seconds"] > 0
+    assert written["data"]["in_test"]["n"] == 200 and written["data"]["mnist"]["files"][0]["sha256"]  # what was read
     assert table["noise"]["scores"]["likelihood"]["auroc"] > 0.99  # noise is easy for the likelihood itself
     # the compare run scored the same first 200 images of each set: the model-free score is identical
     assert table["mnist"]["scores"]["complexity_png"] == res["detection"]["scores"]["complexity_png"]
