@@ -16,6 +16,7 @@ from pathlib import Path
 from empirical.data.imageset import RESIZE_FILTERS, ShapeMap
 from empirical.data.sources import LAYOUTS, DataOptions
 from empirical.io.errors import DgmOodError
+from empirical.models.config import MAX_SEED
 
 NAME_MAX = 255 - 40  # bytes of a file name, leaving room for the atomic writer's temp name (.NAME.PID.xxxxxxxx.tmp)
 
@@ -97,9 +98,10 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
 
 
 def check_seed(seed: int) -> None:
-    """``--seed`` must be a whole number ≥ 0 (torch's generators refuse negative seeds deep inside)."""
-    if seed < 0:
-        raise DgmOodError(f"--seed must be a whole number ≥ 0, got {seed}")
+    """``--seed`` must be a whole number from 0 to MAX_SEED (torch's generators refuse negative and huge seeds deep
+    inside)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise DgmOodError(f"--seed must be a whole number from 0 to {MAX_SEED:,}, got {seed}")
 
 
 def check_limit(limit: int | None) -> None:

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from empirical.cli import add_data_arguments, data_options, run_cli, writable_dir
+from empirical.cli import add_data_arguments, check_seed, data_options, run_cli, writable_dir
 from empirical.data import sources
 from empirical.io import distributed
 from empirical.io.errors import TrainingError
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sources.check_name(args.dataset)
+    check_seed(args.seed)
     if args.train_subset is not None and args.train_subset < 1:
         raise TrainingError(f"--train-subset must be ≥ 1, got {args.train_subset}")
     if args.time_limit is not None and not args.time_limit > 0:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from empirical.cli import run_cli
+from empirical.io.errors import CheckpointError
 from empirical.io.transfer import MIB, join, split
 
 
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "split":
+        if not (math.isfinite(args.max_mib) and args.max_mib > 0):
+            raise CheckpointError(f"--max-mib must be a finite number > 0, got {args.max_mib}")
         manifest = split(args.path, int(args.max_mib * MIB))
         print(f"{args.path} → {len(json.loads(manifest.read_text())['parts'])} parts; manifest {manifest}")
     else:

@@ -29,6 +29,7 @@ from empirical.data.sources import as_image_set
 from empirical.io.distributed import resolve_device
 from empirical.io.errors import DataError, DgmOodError
 from empirical.io.provenance import device_description, portable_path
+from empirical.models.config import MAX_SEED
 from empirical.models.contract import ModelInfo, describe, model_device
 from empirical.models.evaluation import Evaluation, evaluate
 from empirical.ood.suite import choose_scores
@@ -93,8 +94,8 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     now); ``name`` is what reports call the model (default: its family, or its class name).
     """
     provenance = provenance or Provenance()
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise DgmOodError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise DgmOodError(f"seed must be a whole number from 0 to {MAX_SEED:,}, got {seed!r}")
     choice = choose_scores(detection or "none")
     module, info, checkpoint, sets, heldout, budget, dev = _prepare(model, (in_train, in_test, out_test), heldout,
                                                                     budget, device, name)

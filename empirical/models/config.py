@@ -10,11 +10,17 @@ import torch
 
 from empirical.io.errors import DataError
 
+MAX_SEED = 2**31 - 1  # seeds reach torch's generators as seed·1,000,003 + step: kept far from int64's end
+MAX_WIDTH = 4096  # channels or units of one layer: beyond it a model no machine here can hold, refused before building
+MAX_DEPTH = 256  # steps, blocks or levels
 
-def whole(name: str, value: object, minimum: int) -> None:
-    """``value`` is a whole number ≥ ``minimum`` (a bool is not a number here)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
+
+def whole(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """``value`` is a whole number ≥ ``minimum`` (and ≤ ``maximum``; a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        bound = f"from {minimum} to {maximum:,}" if maximum is not None else f"≥ {minimum}"
+        raise ValueError(f"{name} must be a whole number {bound}, got {value!r}")
 
 
 def flag(name: str, value: object) -> None:
@@ -41,7 +47,7 @@ class ImageModelConfig:
         object.__setattr__(self, "shape", tuple(self.shape))
         if len(self.shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.shape):
             raise ValueError(f"shape must be (C, H, W) of whole numbers ≥ 1, got {self.shape!r}")
-        whole("seed", getattr(self, "seed", 0), 0)
+        whole("seed", getattr(self, "seed", 0), 0, MAX_SEED)
 
     @property
     def dims(self) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirical.models.config import ImageModelConfig, check_images, whole
+from empirical.models.config import MAX_DEPTH, MAX_WIDTH, ImageModelConfig, check_images, whole
 from empirical.models.likelihood import LEVELS, discrete_to_density_nats, quantize
 
 
@@ -27,8 +27,8 @@ class PixelCNNConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        whole("hidden", self.hidden, 1)
-        whole("blocks", self.blocks, 0)
+        whole("hidden", self.hidden, 1, MAX_WIDTH)
+        whole("blocks", self.blocks, 0, MAX_DEPTH)
         whole("kernel", self.kernel, 1)
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (a masked convolution has a centre), got {self.kernel}")

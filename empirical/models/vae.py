@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from empirical.io.distributed import Shard
-from empirical.models.config import ImageModelConfig, check_images, whole
+from empirical.models.config import MAX_WIDTH, ImageModelConfig, check_images, whole
 from empirical.models.likelihood import discrete_to_density_nats, quantize
 
 
@@ -29,8 +29,9 @@ class VAEConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("latent", "hidden", "eval_samples"):
-            whole(key, getattr(self, key), 1)
+        for key in ("latent", "hidden"):
+            whole(key, getattr(self, key), 1, MAX_WIDTH)
+        whole("eval_samples", self.eval_samples, 1)
         if self.shape[1] % 4 or self.shape[2] % 4:
             raise ValueError(f"VAE needs image sizes divisible by 4, got {self.shape[1]}×{self.shape[2]}")
 

@@ -194,3 +194,12 @@ def test_a_factory_that_calls_sys_exit_is_an_error_not_an_exit(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(FactoryError, match=r"quitter:build\(\) called sys.exit\(3\)"):
         call_factory("quitter:build")
+
+
+def test_a_huge_seed_and_a_nan_part_size_are_one_line(world, tmp_path):
+    proc = cli("empirical.train", "--dataset", "fashionmnist", "--preset", "smoke", "--seed", str(2**62), "--out",
+               tmp_path / "run", "--data-dir", world["data"], "--allow-nonstandard-data", tmp=tmp_path)
+    assert_one_line_error(proc, "--seed must be a whole number from 0 to 2,147,483,647")
+    (tmp_path / "f.bin").write_bytes(b"x" * 10)
+    assert_one_line_error(cli("empirical.transfer", "split", tmp_path / "f.bin", "--max-mib", "nan", tmp=tmp_path),
+                          "--max-mib must be a finite number > 0, got nan")

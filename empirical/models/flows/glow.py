@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from empirical.models.config import ImageModelConfig, check_images, choice, flag, positive, whole
+from empirical.models.config import (
+    MAX_DEPTH,
+    MAX_WIDTH,
+    ImageModelConfig,
+    check_images,
+    choice,
+    flag,
+    positive,
+    whole,
+)
 from empirical.models.flows.layers import FlowStep, Split, Squeeze, gaussian_log_density
 
 
@@ -34,8 +43,8 @@ class GlowConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("levels", "steps", "hidden"):
-            whole(key, getattr(self, key), 1)
+        for key, most in (("levels", MAX_DEPTH), ("steps", MAX_DEPTH), ("hidden", MAX_WIDTH)):
+            whole(key, getattr(self, key), 1, most)
         choice("coupling", self.coupling, ("affine", "additive"))
         flag("lu", self.lu)
         for key in ("prior", "split_prior"):
