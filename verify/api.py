@@ -31,7 +31,7 @@ from empirical.io.errors import DataError, DgmOodError
 from empirical.io.provenance import device_description, portable_path
 from empirical.models.config import MAX_SEED
 from empirical.models.contract import ModelInfo, describe, model_device
-from empirical.models.evaluation import Evaluation, evaluate
+from empirical.models.evaluation import Evaluation, contract_checks, evaluate
 from empirical.ood.suite import choose_scores
 from empirical.training.checkpoint import Checkpoint, check_trained_on
 from empirical.training.loading import model_from_checkpoint
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SETS = ("in_train", "in_test", "out_test")
 MIN_IMAGES = 2  # per set: a standard error needs two
+CONTRACT_IMAGES = 8  # an outside model is evaluated twice on this many IN-test images (contract_checks)
 
 
 def load_model(path: str | Path) -> Checkpoint:
@@ -109,6 +110,8 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
         expensive=choice.level in ("model", "all"), choice=choice)
     results = results_of(module, info, checkpoint, evaluated, sets, heldout, m, th, det, dev)
     results["explain"] = ex
+    results["contract_checks"] = None if type(module).__module__.startswith("empirical.") else contract_checks(
+        module, evaluated["in_test"].images[:CONTRACT_IMAGES], seed=seed, device=dev)
     results["model_source"] = provenance.model_source or (origin_text(checkpoint) if checkpoint else info.name)
     if det is not None:
         results["extra_model_sources"] = extra_origins(background, ensemble)

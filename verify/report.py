@@ -163,9 +163,12 @@ def write_report(results: dict, out_dir: Path) -> None:
 def _applicability_section(results: dict) -> list[str]:
     parts = results.get("applicability") or []
     skipped = [p for p in parts if not p["ran"]]
+    checks = [f"- {'passed' if c['passed'] else '**FAILED**'}: {c['check']} ({c['detail']})"
+              for c in results.get("contract_checks") or []]
+    md = ["", "**Checks of the outside model's log p:**", "", *checks] if checks else []
     if not skipped:
-        return ["", "Every part of the report applies to this model and ran."]
-    return ["", "**What did not run, and why:**", ""] + [f"- {p['part']}: {p['why']}" for p in skipped]
+        return md + ["", "Every part of the report applies to this model and ran."]
+    return md + ["", "**What did not run, and why:**", ""] + [f"- {p['part']}: {p['why']}" for p in skipped]
 
 
 def _second_order_details(results: dict) -> list[str]:

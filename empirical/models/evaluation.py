@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from empirical.io import distributed
 from empirical.io.distributed import Shard
 from empirical.io.errors import DataError, DgmOodError
-from empirical.models.contract import describe, model_device, model_dtype
+from empirical.models.contract import ModelContractError, describe, model_device, model_dtype
 from empirical.models.flows.glow import Glow
 from empirical.models.likelihood import bits_per_dim, dequantize, log_likelihood
 
@@ -120,3 +121,29 @@ def split_prior_stats(model: Glow, images: np.ndarray | torch.Tensor, *, batch_s
         for k, v in batch_stats.items():
             stats.setdefault(k, []).append(v.double().cpu())
     return {k: torch.cat(v).numpy() for k, v in stats.items()}
+
+
+def contract_checks(model: torch.nn.Module, images: np.ndarray, *, seed: int = 0,
+                    device: torch.device | str | None = None) -> list[dict]:
+    """Cheap checks of an outside model on a few images, beyond what the contract's types say: the same images and
+    noise give the same log p (else a ModelContractError: none of its numbers could be reproduced); log p has the
+    scale of nats per image (bits/dim or a mean per dimension, read as nats, put every image within 0.1 bits/dim of
+    the uniform density's 8: |log p| < 0.1·D·log 2); it varies across images. Returns each check with whether it
+    passed."""
+    first = evaluate(model, images, seed=seed, device=device, label="contract-check images")
+    again = evaluate(model, images, seed=seed, device=device, label="contract-check images")
+    name = type(model).__name__
+    if not np.allclose(first.log_px, again.log_px, rtol=1e-5, atol=1e-4):
+        raise ModelContractError(f"{name}.log_prob gives different values for the same images and the same noise "
+                                 f"(largest difference {np.abs(first.log_px - again.log_px).max():.3g} nats): draw "
+                                 f"randomness from the generator it is given, or none")
+    top = float(np.abs(first.log_px).max())
+    return [
+        {"check": "the same log p for the same images and noise", "passed": True,
+         "detail": f"{len(images)} images evaluated twice"},
+        {"check": "log p in nats per image", "passed": top >= 0.1 * first.dims * math.log(2),
+         "detail": f"largest |log p| {top:.4g} nats for D = {first.dims}; below 0.1·D·log 2 every image is within "
+                   f"0.1 bits/dim of the uniform density, as bits/dim or a mean per dimension read as nats would be"},
+        {"check": "log p varies across images", "passed": bool(np.ptp(first.log_px) > 0),
+         "detail": f"spread {float(np.ptp(first.log_px)):.4g} nats over {len(images)} images"},
+    ]

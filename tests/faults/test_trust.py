@@ -203,3 +203,46 @@ def test_a_huge_seed_and_a_nan_part_size_are_one_line(world, tmp_path):
     (tmp_path / "f.bin").write_bytes(b"x" * 10)
     assert_one_line_error(cli("empirical.transfer", "split", tmp_path / "f.bin", "--max-mib", "nan", tmp=tmp_path),
                           "--max-mib must be a finite number > 0, got nan")
+
+
+# an outside model whose numbers cannot be right: checked, and said -----------------------------------------------
+class InBits(Gaussian):
+    """log_prob returns bits/dim, as a careless wrapper might: every image near the same small value."""
+
+    def __init__(self) -> None:
+        super().__init__(shape=(1, 28, 28))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return -super().log_prob(x) / (784 * np.log(2)) + 8.0
+
+
+class Noisy(Gaussian):
+    """log_prob draws its own noise instead of using the generator: two identical runs differ."""
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(x + 0.01 * torch.rand_like(x))
+
+
+@pytest.mark.slow
+def test_an_outside_model_in_the_wrong_units_is_flagged_in_the_report(tmp_path):
+    from verify.api import compare
+
+    rng = np.random.default_rng(0)
+    sets = [rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8) for n in (50, 30, 30)]
+    result = compare(InBits(), *sets, explain=False, detection=None)
+    checks = {c["check"]: c["passed"] for c in result.results["contract_checks"]}
+    assert checks == {"the same log p for the same images and noise": True, "log p in nats per image": False,
+                      "log p varies across images": True}
+    result.write(tmp_path / "r")
+    assert "**FAILED**: log p in nats per image" in (tmp_path / "r" / "report.md").read_text()
+    right = compare(Gaussian(shape=(1, 28, 28)), *sets, explain=False, detection=None)
+    assert all(c["passed"] for c in right.results["contract_checks"])
+
+
+def test_a_log_prob_that_ignores_the_generator_is_refused():
+    from verify.api import compare
+
+    rng = np.random.default_rng(0)
+    sets = [rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8) for n in (50, 30, 30)]
+    with pytest.raises(ModelContractError, match="Noisy.log_prob gives different values for the same images"):
+        compare(Noisy(), *sets, explain=False, detection=None)
