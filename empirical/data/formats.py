@@ -183,3 +183,16 @@ def read_svhn(paths: list[Path], split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: pixel data are {x.dtype}, expected uint8 (0..255); refusing to convert")
     y[y == 10] = 0
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
+
+
+def check_npy_size(f, available: int, where: str) -> None:
+    """An .npy header must not declare more bytes than the file holds: a forged header would otherwise allocate
+    whatever it claims before the read fails (a MemoryError instead of a clear error)."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > available:
+        raise DataError(f"{where} declares a {'×'.join(map(str, shape)) or 'scalar'} {dtype} array ({declared:,} "
+                        f"bytes) but holds {available:,} bytes: a damaged or forged header")
+

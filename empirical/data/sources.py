@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from empirical.data import registry
+from empirical.data.formats import check_npy_size
 from empirical.data.imageset import ImageSet, ShapeMap, map_to, shape_text
 from empirical.io.errors import DataError, arg
 from empirical.io.provenance import SourceFile, file_record, portable_path
@@ -162,12 +163,12 @@ def _read_array_file(path: Path, key: str | None) -> dict[str, np.ndarray]:
             raise DataError(f"{path} is not a readable NumPy file (no {path.suffix} header)")
         if path.suffix == ".npy":
             with open(path, "rb") as f:
-                _check_declared_size(f, path.stat().st_size, str(path))
+                check_npy_size(f, path.stat().st_size, str(path))
             return {"all": np.load(path, allow_pickle=False)}
         with np.load(path, allow_pickle=False) as z:
             for info in z.zip.infolist():
                 with z.zip.open(info) as member:
-                    _check_declared_size(member, info.file_size, f"{path}:{info.filename}")
+                    check_npy_size(member, info.file_size, f"{path}:{info.filename}")
             return _npz_arrays(path, z, key)
     except DataError:
         raise
@@ -178,18 +179,6 @@ def _read_array_file(path: Path, key: str | None) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not a readable NumPy file: {err}") from err
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise DataError(f"{path} is not a readable NumPy file: {err}") from err
-
-
-def _check_declared_size(f, available: int, where: str) -> None:
-    """An .npy header must not declare more bytes than the file holds: a forged header would otherwise allocate
-    whatever it claims before the read fails (a MemoryError instead of a clear error)."""
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(f)
-    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if declared > available:
-        raise DataError(f"{where} declares a {'×'.join(map(str, shape)) or 'scalar'} {dtype} array ({declared:,} "
-                        f"bytes) but holds {available:,} bytes: a damaged or forged header")
 
 
 def _npz_arrays(path: Path, z, key: str | None) -> dict[str, np.ndarray]:
@@ -369,7 +358,12 @@ def as_image_set(obj: object, name: str | None = None, *, layout: str | None = N
         n = len(obj)  # type: ignore[arg-type]
         if n == 0:
             raise DataError(f"{label} holds no images")
-        images = np.stack([_item_image(obj[i], f"{label}[{i}]") for i in range(n)])  # type: ignore[index]
+        items = [_item_image(obj[i], f"{label}[{i}]") for i in range(n)]  # type: ignore[index]
+        odd = next((i for i, x in enumerate(items) if x.shape != items[0].shape), None)
+        if odd is not None:
+            raise DataError(f"{label}[{odd}] is {shape_text(items[odd].shape)} but {label}[0] is "
+                            f"{shape_text(items[0].shape)}: the images of a set must share one shape")
+        images = np.stack(items)
         root = getattr(obj, "root", None)
         where = f"{type(obj).__name__} of {n} items" + (f" (root {root})" if root else "")
         return ImageSet(images, label, where, "dataset")

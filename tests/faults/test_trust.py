@@ -246,3 +246,9 @@ def test_a_log_prob_that_ignores_the_generator_is_refused():
     sets = [rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8) for n in (50, 30, 30)]
     with pytest.raises(ModelContractError, match="Noisy.log_prob gives different values for the same images"):
         compare(Noisy(), *sets, explain=False, detection=None)
+
+
+def test_a_list_of_images_of_mixed_shapes_names_the_odd_one():
+    images = [np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), np.zeros((5, 5), np.uint8)]
+    with pytest.raises(DataError, match=r"mixed\[2\] is 1×5×5 but mixed\[0\] is 1×4×4"):
+        as_image_set(images, "mixed")
