@@ -13,10 +13,21 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from empirical.data.imageset import RESIZE_FILTERS, ShapeMap
-from empirical.data.sources import LAYOUTS, DataOptions
+from empirical.data.imageset import LAYOUTS, RESIZE_FILTERS, ShapeMap
+from empirical.data.registry import DATASETS
+from empirical.data.sources import SPLIT_RULE, DataOptions
 from empirical.io.errors import DgmOodError
 from empirical.models.config import MAX_SEED
+
+SOURCE_HELP = (
+    "Data sources (IN, OUT, --dataset): a registry name (" + ", ".join(DATASETS) + "; OUT also constant or "
+    "noise), or a path: anything containing '/' or ending in .npy/.npz ('./photos' names a folder here). X.npy or "
+    "X.npz: uint8 images N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3; --layout for ambiguous shapes); an .npz with "
+    "arrays 'train' and 'test' has two parts, one with several other arrays needs X.npz:KEY. A folder: image files "
+    "Pillow reads (PNG, JPEG, PPM, ...), flat or one sub-folder per class, sorted by path, hidden files skipped; "
+    "train/ and test/ sub-folders make two parts. An IN without parts is split: " + SPLIT_RULE + ". OUT uses a "
+    "source's test part, or all of it.")
+
 
 NAME_MAX = 255 - 40  # bytes of a file name, leaving room for the atomic writer's temp name (.NAME.PID.xxxxxxxx.tmp)
 

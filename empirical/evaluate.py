@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from empirical.cli import (
+    SOURCE_HELP,
     add_data_arguments,
     add_shape_arguments,
     check_limit,
@@ -31,7 +32,7 @@ from empirical.training.loading import model_from_checkpoint
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m empirical.evaluate", description=__doc__.splitlines()[0],
-                                epilog=sources.SOURCE_HELP)
+                                epilog=SOURCE_HELP)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--dataset", required=True, metavar="SOURCE", help="what to evaluate: a registry name, constant, "
                                                                       "noise, or a path (see below)")

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from empirical.cli import add_data_arguments, check_seed, data_options, run_cli, writable_dir
+from empirical.cli import SOURCE_HELP, add_data_arguments, check_seed, data_options, run_cli, writable_dir
 from empirical.data import sources
 from empirical.io import distributed
 from empirical.io.errors import TrainingError
@@ -39,7 +39,7 @@ def arch_override(text: str) -> tuple[str, int | float | bool | str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m empirical.train", description=__doc__.splitlines()[0],
-                                epilog=sources.SOURCE_HELP)
+                                epilog=SOURCE_HELP)
     p.add_argument("--dataset", required=True, metavar="SOURCE",
                    help="what to train on: a registry name or a path (see below); its train part is trained on")
     p.add_argument("--model", default="glow", choices=MODELS)

@@ -12,7 +12,8 @@ def main(checkpoint: str, images: str, out: str) -> None:
     # --- README example: begin
     import numpy as np
 
-    from empirical.data.sources import as_image_set, open_in
+    from empirical.data.imageset import as_image_set
+    from empirical.data.sources import open_in
     from empirical.ood.detectors import Typicality
     from verify.api import compare, load_model
 

@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirical.cli import add_data_arguments, add_shape_arguments, data_options, run_cli, shape_map, writable_file
+from empirical.cli import (
+    SOURCE_HELP,
+    add_data_arguments,
+    add_shape_arguments,
+    data_options,
+    run_cli,
+    shape_map,
+    writable_file,
+)
 from empirical.data import sources
 from empirical.io.atomic import write_json
 from empirical.io.errors import TheoryError
@@ -231,7 +239,7 @@ def predict(model: torch.nn.Module, x0_pixels: np.ndarray, p_images: np.ndarray,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m theory.predict", description=__doc__.splitlines()[0],
-                                epilog=sources.SOURCE_HELP)
+                                epilog=SOURCE_HELP)
     p.add_argument("in_dataset", metavar="IN", help="the data the model was trained on (p*): a registry name or a path")
     p.add_argument("out_dataset", metavar="OUT", help="the other data (q): a registry name, constant, noise, or a path")
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     in_train, in_test = sources.open_in(args.in_dataset, data_options(args))
     check_trained_on(payload, path, in_train, in_test)
     out = sources.open_out(args.out_dataset, info.shape, shape_map(args), data_options(args),
-                           n_synthetic=len(in_test), seed=args.seed)
+                           n_synthetic=len(in_test), seed=args.seed, in_test=in_test)
     result = predict(model, in_train.images.mean(0, dtype=np.float64), in_test.images, out.images,
                      n_samples=args.samples, seed=args.seed)
     print(f"predicted E_q[log p] - E_p*[log p] for q = {out.name}, p* = {in_test.name} "

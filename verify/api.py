@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from empirical.data.imageset import ImageSet
-from empirical.data.sources import as_image_set
+from empirical.data.imageset import ImageSet, as_image_set
 from empirical.io.distributed import resolve_device
 from empirical.io.errors import DataError, DgmOodError
 from empirical.io.provenance import device_description, portable_path

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from empirical.cli import (
+    SOURCE_HELP,
     add_data_arguments,
     add_shape_arguments,
     check_seed,
@@ -44,7 +45,7 @@ FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verify.compare", description=__doc__.splitlines()[0],
-                                epilog=sources.SOURCE_HELP)
+                                epilog=SOURCE_HELP)
     p.add_argument("in_dataset", metavar="IN", help="the training data: a registry name or a path (see below)")
     p.add_argument("out_dataset", metavar="OUT", help="the OOD data: a registry name, constant, noise, or a path")
     p.add_argument("--model", choices=MODELS,
@@ -197,7 +198,7 @@ def _compare(args: argparse.Namespace) -> int:
                                               else f"{stem}-{model}-{preset_name(args)}{tag}")
     # every input is read and checked before anything is written or trained
     in_train, in_test = sources.open_in(args.in_dataset, data_options(args))
-    out_test = sources.open_out(args.out_dataset, in_train.shape, shape_map(args), data_options(args),
+    out_test = sources.open_out(args.out_dataset, in_train.shape, shape_map(args), data_options(args), in_test=in_test,
                                 n_synthetic=len(in_test), seed=args.seed)
     if args.entropy:
         out_parts(args, in_train, out_test)  # OUT has a training part: checked before any training

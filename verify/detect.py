@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from empirical.cli import (
+    SOURCE_HELP,
     add_data_arguments,
     add_shape_arguments,
     check_limit,
@@ -39,7 +40,7 @@ from verify.runs import extra_models, extra_origins, provenance
 # ------------------------------------------------------------------------------------------------ the CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verify.detect", description=__doc__.splitlines()[0],
-                                epilog=sources.SOURCE_HELP)
+                                epilog=SOURCE_HELP)
     p.add_argument("in_dataset", metavar="IN", help="the data the model was trained on (a registry name or a path)")
     p.add_argument("out_datasets", metavar="OUT", nargs="+", help="OOD sets: registry names, constant, noise, paths")
     add_model_arguments(p, checkpoint_required=False)
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     model = opened.module.to(device).eval()
     shape = describe(model).shape
     scored = in_test.head(args.limit)
-    outs = [sources.open_out(name, shape, shape_map(args), options, n_synthetic=len(scored), seed=args.seed)
+    outs = [sources.open_out(name, shape, shape_map(args), options, n_synthetic=len(scored), seed=args.seed,
+                             in_test=in_test)
             .head(args.limit) for name in args.out_datasets]
     background, ensemble = extra_for(opened.checkpoint, in_train, in_test, device, args.runs_dir, args.seed, command) \
         if choice.level == "all" else (None, [])

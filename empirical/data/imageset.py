@@ -142,3 +142,93 @@ def _resize(x: np.ndarray, h: int, w: int, resample: Image.Resampling) -> np.nda
         return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
 
     return np.stack([one(image) for image in x])
+
+
+LAYOUTS = ("nchw", "nhwc")
+_LOSSLESS_MODES = {"L": None, "RGB": None, "1": "L", "P": "RGB"}  # Pillow mode → conversion (None: as it is)
+
+
+def to_nchw(array: np.ndarray, where: str, layout: str | None = None) -> np.ndarray:
+    """uint8 N×C×H×W from N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3). Integer arrays are accepted only when every value
+    is in 0..255 (converted exactly); floats, booleans and anything else are refused, never cast."""
+    if layout is not None and layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+            hint = " (values in [0, 1]? multiply by 255 and round them yourself)" if a.dtype.kind == "f" else ""
+            raise DataError(f"{where}: pixel values are {a.dtype}, expected uint8 (0..255); refusing to convert"
+                            + hint)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: pixel values {lo}..{hi} lie outside 0..255")
+        a = a.astype(np.uint8)
+    if a.ndim == 3:
+        if layout is not None:
+            raise DataError(f"{where}: layout {layout} names a channel axis, but the array is N×H×W {a.shape}")
+        return np.ascontiguousarray(a[:, None])
+    if a.ndim != 4:
+        raise DataError(f"{where}: expected images N×H×W, N×H×W×C or N×C×H×W, got {a.ndim} dimensions {a.shape}")
+    first, last = a.shape[1] in (1, 3), a.shape[3] in (1, 3)
+    if layout is None:
+        if first and last:
+            raise DataError(f"{where}: shape {a.shape} could be N×C×H×W or N×H×W×C; say which with "
+                            f"{arg('layout=', '--layout ')}nchw or {arg('layout=', '--layout ')}nhwc")
+        if not (first or last):
+            raise DataError(f"{where}: shape {a.shape} has no axis of 1 or 3 channels (grey or RGB) after N")
+        layout = "nchw" if first else "nhwc"
+    if layout == "nhwc":
+        if not last:
+            raise DataError(f"{where}: layout nhwc needs 1 or 3 channels last, got shape {a.shape}")
+        a = a.transpose(0, 3, 1, 2)
+    elif not first:
+        raise DataError(f"{where}: layout nchw needs 1 or 3 channels second, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+# ----------------------------------------------------------------------------------------- Python objects
+def as_image_set(obj: object, name: str | None = None, *, layout: str | None = None) -> ImageSet:
+    """An ImageSet from an ImageSet (as it is), a uint8 NumPy array or torch tensor (layouts as ``to_nchw``), or a
+    torchvision-style dataset (``len`` and ``[i]`` giving an image or an (image, label) pair; the image a PIL image,
+    a uint8 H×W(×C) array or a uint8 C×H×W tensor). Float images (e.g. after ``ToTensor``) are refused."""
+    if isinstance(obj, ImageSet):
+        return obj
+    label = name or type(obj).__name__
+    if isinstance(obj, np.ndarray) or _is_tensor(obj):
+        array = obj.detach().cpu().numpy() if _is_tensor(obj) else obj  # type: ignore[union-attr]
+        return ImageSet(to_nchw(array, label, layout), label, f"in-memory array {tuple(array.shape)}", "array")
+    if hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):
+        n = len(obj)  # type: ignore[arg-type]
+        if n == 0:
+            raise DataError(f"{label} holds no images")
+        items = [_item_image(obj[i], f"{label}[{i}]") for i in range(n)]  # type: ignore[index]
+        odd = next((i for i, x in enumerate(items) if x.shape != items[0].shape), None)
+        if odd is not None:
+            raise DataError(f"{label}[{odd}] is {shape_text(items[odd].shape)} but {label}[0] is "
+                            f"{shape_text(items[0].shape)}: the images of a set must share one shape")
+        images = np.stack(items)
+        root = getattr(obj, "root", None)
+        where = f"{type(obj).__name__} of {n} items" + (f" (root {root})" if root else "")
+        return ImageSet(images, label, where, "dataset")
+    raise DataError(f"cannot read images from a {type(obj).__name__}: pass a uint8 array or tensor, a "
+                    f"torchvision-style dataset, or an ImageSet")
+
+
+def _is_tensor(obj: object) -> bool:
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+
+
+def _item_image(item: object, where: str) -> np.ndarray:
+    image = item[0] if isinstance(item, tuple | list) else item
+    if isinstance(image, Image.Image):
+        if image.mode not in _LOSSLESS_MODES:
+            raise DataError(f"{where}: Pillow mode {image.mode}; dgm-ood reads 8-bit grey or RGB images")
+        target = _LOSSLESS_MODES[image.mode]
+        pixels = np.asarray(image.convert(target) if target else image, dtype=np.uint8)
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if _is_tensor(image):  # torchvision's tensors are C×H×W
+        array = image.detach().cpu().numpy()  # type: ignore[union-attr]
+        return to_nchw(array[None], where, "nchw" if array.ndim == 3 else None)[0]
+    if isinstance(image, np.ndarray):  # PIL's convention: H×W or H×W×C
+        return to_nchw(image[None], where, "nhwc" if image.ndim == 3 else None)[0]
+    raise DataError(f"{where} is a {type(image).__name__}, not an image (PIL image, uint8 array or tensor)")

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from empirical.data import registry
+from empirical.data import registry, shifts
 from empirical.data.formats import check_npy_size
-from empirical.data.imageset import ImageSet, ShapeMap, map_to, shape_text
-from empirical.io.errors import DataError, arg
+from empirical.data.imageset import _LOSSLESS_MODES, ImageSet, ShapeMap, map_to, shape_text, to_nchw
+from empirical.io.errors import DataError
 from empirical.io.provenance import SourceFile, file_record, portable_path
 
 SPLIT_EVERY = 10
@@ -41,23 +41,13 @@ SPLIT_RULE = (f"every {SPLIT_EVERY}th image in order (positions {SPLIT_EVERY}, {
               f"the rest train")
 
 
-LAYOUTS = ("nchw", "nhwc")
 
 
-_LOSSLESS_MODES = {"L": None, "RGB": None, "1": "L", "P": "RGB"}  # Pillow mode → conversion (None: as it is)
 
 
 SYNTHETIC_NAMES = {"constant": "constant colour", "noise": "uniform noise"}
 
 
-SOURCE_HELP = (
-    "Data sources (IN, OUT, --dataset): a registry name (" + ", ".join(registry.DATASETS) + "; OUT also constant or "
-    "noise), or a path: anything containing '/' or ending in .npy/.npz ('./photos' names a folder here). X.npy or "
-    "X.npz: uint8 images N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3; --layout for ambiguous shapes); an .npz with "
-    "arrays 'train' and 'test' has two parts, one with several other arrays needs X.npz:KEY. A folder: image files "
-    "Pillow reads (PNG, JPEG, PPM, ...), flat or one sub-folder per class, sorted by path, hidden files skipped; "
-    "train/ and test/ sub-folders make two parts. An IN without parts is split: " + SPLIT_RULE + ". OUT uses a "
-    "source's test part, or all of it.")
 
 
 @dataclass(frozen=True)
@@ -97,48 +87,15 @@ def _source_text(source: str | os.PathLike) -> str:
 
 
 def check_name(text: str) -> None:
-    """A clear error now (before any work) for a registry name that does not exist."""
+    """A clear error now (before any work) for a registry name or a shift that does not exist."""
+    if text.startswith(shifts.PREFIX):
+        base = shifts.parse_source(text)[2]
+        return check_name(base) if base else None
     if not is_path(text) and text not in SYNTHETIC_NAMES:
         registry.dataset_info(text)
 
 
 # ------------------------------------------------------------------------------------------------ arrays
-def to_nchw(array: np.ndarray, where: str, layout: str | None = None) -> np.ndarray:
-    """uint8 N×C×H×W from N×H×W, N×H×W×C or N×C×H×W (C = 1 or 3). Integer arrays are accepted only when every value
-    is in 0..255 (converted exactly); floats, booleans and anything else are refused, never cast."""
-    if layout is not None and layout not in LAYOUTS:
-        raise DataError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
-    a = np.asarray(array)
-    if a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-            hint = " (values in [0, 1]? multiply by 255 and round them yourself)" if a.dtype.kind == "f" else ""
-            raise DataError(f"{where}: pixel values are {a.dtype}, expected uint8 (0..255); refusing to convert"
-                            + hint)
-        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        if lo < 0 or hi > 255:
-            raise DataError(f"{where}: pixel values {lo}..{hi} lie outside 0..255")
-        a = a.astype(np.uint8)
-    if a.ndim == 3:
-        if layout is not None:
-            raise DataError(f"{where}: layout {layout} names a channel axis, but the array is N×H×W {a.shape}")
-        return np.ascontiguousarray(a[:, None])
-    if a.ndim != 4:
-        raise DataError(f"{where}: expected images N×H×W, N×H×W×C or N×C×H×W, got {a.ndim} dimensions {a.shape}")
-    first, last = a.shape[1] in (1, 3), a.shape[3] in (1, 3)
-    if layout is None:
-        if first and last:
-            raise DataError(f"{where}: shape {a.shape} could be N×C×H×W or N×H×W×C; say which with "
-                            f"{arg('layout=', '--layout ')}nchw or {arg('layout=', '--layout ')}nhwc")
-        if not (first or last):
-            raise DataError(f"{where}: shape {a.shape} has no axis of 1 or 3 channels (grey or RGB) after N")
-        layout = "nchw" if first else "nhwc"
-    if layout == "nhwc":
-        if not last:
-            raise DataError(f"{where}: layout nhwc needs 1 or 3 channels last, got shape {a.shape}")
-        a = a.transpose(0, 3, 1, 2)
-    elif not first:
-        raise DataError(f"{where}: layout nchw needs 1 or 3 channels second, got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def _regular_file(path: Path) -> None:
@@ -315,10 +272,19 @@ def open_in(text: str | os.PathLike, options: DataOptions = DataOptions()) -> tu
 
 
 def open_out(text: str | os.PathLike, shape: tuple[int, int, int], mapping: ShapeMap = ShapeMap(),
-             options: DataOptions = DataOptions(), *, n_synthetic: int = 10_000, seed: int = 0) -> ImageSet:
+             options: DataOptions = DataOptions(), *, n_synthetic: int = 10_000, seed: int = 0,
+             in_test: ImageSet | None = None) -> ImageSet:
     """OUT's test images in ``shape``: a registry dataset's test split, a source's ``test`` part (or all of a
-    one-part source), or a synthetic set made in ``shape``; mapped to ``shape`` only as ``mapping`` allows."""
+    one-part source), a synthetic set made in ``shape``, or a shift (``shift:NAME:SEVERITY[:SOURCE]``) of
+    ``in_test`` or of SOURCE; mapped to ``shape`` only as ``mapping`` allows."""
     text = _source_text(text)
+    if text.startswith(shifts.PREFIX):
+        name, severity, base = shifts.parse_source(text)
+        if base is None and in_test is None:
+            raise DataError(f"{text} shifts IN-test, which was not given (in_test=); or name the images to shift as "
+                            f"{text}:SOURCE")
+        of = in_test if base is None else open_out(base, shape, mapping, options, n_synthetic=n_synthetic, seed=seed)
+        return shifts.shift_images(map_to(of, shape, mapping), name, severity, seed)
     if text in SYNTHETIC_NAMES:
         return synthetic(text, shape, n_synthetic, seed)
     if not is_path(text):
@@ -341,51 +307,3 @@ def synthetic(name: str, shape: tuple[int, int, int], n: int, seed: int) -> Imag
         raise DataError(f"unknown synthetic set {name!r}; known: {', '.join(SYNTHETIC_NAMES)}")
     return ImageSet(images, SYNTHETIC_NAMES[name], name, "synthetic",
                     transforms=(f"generated: {n} images of {shape_text(shape)}, numpy seed {seed}",))
-
-
-# ----------------------------------------------------------------------------------------- Python objects
-def as_image_set(obj: object, name: str | None = None, *, layout: str | None = None) -> ImageSet:
-    """An ImageSet from an ImageSet (as it is), a uint8 NumPy array or torch tensor (layouts as ``to_nchw``), or a
-    torchvision-style dataset (``len`` and ``[i]`` giving an image or an (image, label) pair; the image a PIL image,
-    a uint8 H×W(×C) array or a uint8 C×H×W tensor). Float images (e.g. after ``ToTensor``) are refused."""
-    if isinstance(obj, ImageSet):
-        return obj
-    label = name or type(obj).__name__
-    if isinstance(obj, np.ndarray) or _is_tensor(obj):
-        array = obj.detach().cpu().numpy() if _is_tensor(obj) else obj  # type: ignore[union-attr]
-        return ImageSet(to_nchw(array, label, layout), label, f"in-memory array {tuple(array.shape)}", "array")
-    if hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):
-        n = len(obj)  # type: ignore[arg-type]
-        if n == 0:
-            raise DataError(f"{label} holds no images")
-        items = [_item_image(obj[i], f"{label}[{i}]") for i in range(n)]  # type: ignore[index]
-        odd = next((i for i, x in enumerate(items) if x.shape != items[0].shape), None)
-        if odd is not None:
-            raise DataError(f"{label}[{odd}] is {shape_text(items[odd].shape)} but {label}[0] is "
-                            f"{shape_text(items[0].shape)}: the images of a set must share one shape")
-        images = np.stack(items)
-        root = getattr(obj, "root", None)
-        where = f"{type(obj).__name__} of {n} items" + (f" (root {root})" if root else "")
-        return ImageSet(images, label, where, "dataset")
-    raise DataError(f"cannot read images from a {type(obj).__name__}: pass a uint8 array or tensor, a "
-                    f"torchvision-style dataset, or an ImageSet")
-
-
-def _is_tensor(obj: object) -> bool:
-    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
-
-
-def _item_image(item: object, where: str) -> np.ndarray:
-    image = item[0] if isinstance(item, tuple | list) else item
-    if isinstance(image, Image.Image):
-        if image.mode not in _LOSSLESS_MODES:
-            raise DataError(f"{where}: Pillow mode {image.mode}; dgm-ood reads 8-bit grey or RGB images")
-        target = _LOSSLESS_MODES[image.mode]
-        pixels = np.asarray(image.convert(target) if target else image, dtype=np.uint8)
-        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    if _is_tensor(image):  # torchvision's tensors are C×H×W
-        array = image.detach().cpu().numpy()  # type: ignore[union-attr]
-        return to_nchw(array[None], where, "nchw" if array.ndim == 3 else None)[0]
-    if isinstance(image, np.ndarray):  # PIL's convention: H×W or H×W×C
-        return to_nchw(image[None], where, "nhwc" if image.ndim == 3 else None)[0]
-    raise DataError(f"{where} is a {type(image).__name__}, not an image (PIL image, uint8 array or tensor)")

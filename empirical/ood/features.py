@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from empirical.data.sources import as_image_set
+from empirical.data.imageset import as_image_set
 from empirical.models.contract import describe, model_device
 from empirical.models.evaluation import Evaluation, evaluate
 

@@ -149,7 +149,7 @@ class PixelMean(Detector):
 
 
 def test_a_new_score_is_one_class_and_joins_the_detection_table(sets):
-    from empirical.data.sources import as_image_set
+    from empirical.data.imageset import as_image_set
 
     in_test, out_test, heldout = (as_image_set(sets[k], k) for k in ("in_test", "out_test", "heldout"))
     dets = build(flow(0), in_test, heldout, choice=choose_scores("likelihood"))
@@ -161,7 +161,7 @@ def test_a_new_score_is_one_class_and_joins_the_detection_table(sets):
 
 
 def test_a_detection_of_one_score_alone_needs_no_other_detector(sets):
-    from empirical.data.sources import as_image_set
+    from empirical.data.imageset import as_image_set
 
     in_test, out_test = as_image_set(sets["in_test"], "in"), as_image_set(sets["out_test"], "out")
     det, _ = detection([WAIC([flow(0), flow(1)])], in_test, out_test, None)

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from empirical.data import sources
-from empirical.data.imageset import ShapeMap, map_to
-from empirical.data.sources import DataOptions, as_image_set, open_in, open_out, synthetic
+from empirical.data.imageset import ShapeMap, as_image_set, map_to, to_nchw
+from empirical.data.sources import DataOptions, open_in, open_out, synthetic
 from empirical.io.errors import DataError
 from tests import datafiles
 
@@ -52,7 +52,7 @@ def test_unknown_registry_names_list_what_is_known():
                                                    ((5, 3, 8, 3), "nchw", (5, 3, 8, 3))])
 def test_array_layouts(shape, layout, expected):
     a = np.arange(np.prod(shape), dtype=np.int64).reshape(shape) % 256
-    out = sources.to_nchw(a, "a", layout)
+    out = to_nchw(a, "a", layout)
     assert out.shape == expected and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
     if layout == "nhwc" or (layout is None and shape[-1] == 3 and shape[1] != 3):
         assert np.array_equal(out[1, 2], a[1, ..., 2])  # channel 2 of image 1
@@ -69,12 +69,12 @@ def test_array_layouts(shape, layout, expected):
 ])
 def test_bad_arrays_are_refused_with_the_reason(array, message):
     with pytest.raises(DataError, match=message):
-        sources.to_nchw(array, "scans.npy")
+        to_nchw(array, "scans.npy")
 
 
 def test_integer_arrays_within_range_are_read_exactly():
     a = np.array([[[0, 255], [17, 3]]], dtype=np.int64)
-    assert np.array_equal(sources.to_nchw(a, "a")[0, 0], a[0])
+    assert np.array_equal(to_nchw(a, "a")[0, 0], a[0])
 
 
 def test_npy_and_npz_sources(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from empirical.data import registry
-from empirical.data.sources import as_image_set, open_out
+from empirical.data.imageset import as_image_set
+from empirical.data.sources import open_out
 from empirical.io.errors import CheckpointError, DataError
 from empirical.models.contract import ModelContractError
 from empirical.models.evaluation import evaluate

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from empirical.data.sources import as_image_set
+from empirical.data.imageset import as_image_set
 from tests.empirical.test_contract import Gaussian
 from tests.faults.conftest import REPO
 from verify.api import compare
