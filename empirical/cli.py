@@ -26,7 +26,8 @@ SOURCE_HELP = (
     "arrays 'train' and 'test' has two parts, one with several other arrays needs X.npz:KEY. A folder: image files "
     "Pillow reads (PNG, JPEG, PPM, ...), flat or one sub-folder per class, sorted by path, hidden files skipped; "
     "train/ and test/ sub-folders make two parts. An IN without parts is split: " + SPLIT_RULE + ". OUT uses a "
-    "source's test part, or all of it.")
+    "source's test part, or all of it. OUT may also be shift:NAME:SEVERITY (IN-test shifted; 26 shifts, severity "
+    "0..5; see docs/data.md) or shift:NAME:SEVERITY:SOURCE.")
 
 
 NAME_MAX = 255 - 40  # bytes of a file name, leaving room for the atomic writer's temp name (.NAME.PID.xxxxxxxx.tmp)
