@@ -196,7 +196,9 @@ def as_image_set(obj: object, name: str | None = None, *, layout: str | None = N
     label = name or type(obj).__name__
     if isinstance(obj, np.ndarray) or _is_tensor(obj):
         array = obj.detach().cpu().numpy() if _is_tensor(obj) else obj  # type: ignore[union-attr]
-        return ImageSet(to_nchw(array, label, layout), label, f"in-memory array {tuple(array.shape)}", "array")
+        note = () if array.dtype == np.uint8 else (f"converted from {array.dtype} (every value in 0..255: exact)",)
+        return ImageSet(to_nchw(array, label, layout), label, f"in-memory array {tuple(array.shape)}", "array",
+                        transforms=note)
     if hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):
         n = len(obj)  # type: ignore[arg-type]
         if n == 0:

@@ -167,6 +167,8 @@ def _decode(path: Path) -> np.ndarray:
     _regular_file(path)
     try:
         with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise DataError(f"{path} holds {im.n_frames} frames (an animation); dgm-ood reads one image per file")
             im.load()
             if im.mode not in _LOSSLESS_MODES:
                 why = "an alpha channel" if "A" in im.mode else f"Pillow mode {im.mode}, not 8-bit grey or RGB"
@@ -218,7 +220,8 @@ def _split_path(text: str) -> tuple[Path, str | None]:
 
 
 def _read_path(text: str, options: DataOptions) -> tuple[dict[str, np.ndarray], str, dict[str, tuple], str]:
-    """(parts, kind, each part's files, display name) of a path source: parts are ``all`` or ``train`` and ``test``."""
+    """(parts, kind, each part's files, display name) of a path source: parts are ``all`` or ``train`` and ``test``;
+    an array of another integer type than uint8 is converted exactly, and the conversion is part of its name."""
     path, key = _split_path(text)
     if not path.exists():
         raise DataError(f"no such file or folder: {path}")
@@ -234,7 +237,9 @@ def _read_path(text: str, options: DataOptions) -> tuple[dict[str, np.ndarray], 
     arrays = _read_array_file(path, key)
     parts = {p: to_nchw(a, f"{path}" + (f" ({p})" if p != "all" else ""), options.layout) for p, a in arrays.items()}
     record = (file_record(path),)
-    return parts, path.suffix.lstrip("."), dict.fromkeys(parts, record), path.name + (f":{key}" if key else "")
+    converted = sorted({str(a.dtype) for a in arrays.values()} - {"uint8"})
+    display = path.name + (f":{key}" if key else "") + (f" ({'/'.join(converted)} → uint8)" if converted else "")
+    return parts, path.suffix.lstrip("."), dict.fromkeys(parts, record), display
 
 
 def _split_rule(images: np.ndarray, where: str) -> dict[str, np.ndarray]:

@@ -253,3 +253,20 @@ def test_a_list_of_images_of_mixed_shapes_names_the_odd_one():
     images = [np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), np.zeros((5, 5), np.uint8)]
     with pytest.raises(DataError, match=r"mixed\[2\] is 1×5×5 but mixed\[0\] is 1×4×4"):
         as_image_set(images, "mixed")
+
+
+def test_conversions_are_recorded_and_an_animation_is_refused(tmp_path):
+    from PIL import Image
+
+    from empirical.data.sources import open_in
+
+    wide = np.arange(20 * 28 * 28).reshape(20, 28, 28).astype(np.uint16) % 256
+    assert as_image_set(wide, "wide").transforms == ("converted from uint16 (every value in 0..255: exact)",)
+    np.save(tmp_path / "wide.npy", wide)
+    train, _ = open_in(str(tmp_path / "wide.npy"))
+    assert "uint16 → uint8" in train.name
+    frames = [Image.fromarray(np.full((28, 28), v, np.uint8)) for v in (0, 128, 255)]
+    (tmp_path / "gif").mkdir()
+    frames[0].save(tmp_path / "gif" / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match="holds 3 frames"):
+        open_out(str(tmp_path / "gif"), (1, 28, 28))
