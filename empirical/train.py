@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sources.check_name(args.dataset)
-    check_seed(args.seed)
+    if args.seed is not None:  # None: the preset's seed
+        check_seed(args.seed)
     if args.train_subset is not None and args.train_subset < 1:
         raise TrainingError(f"--train-subset must be ≥ 1, got {args.train_subset}")
     if args.time_limit is not None and not args.time_limit > 0:

@@ -24,8 +24,8 @@ def main(checkpoint: str, images: str, out: str) -> None:
     print(result.verdict, result.gap.bpd, result.ledger.summary, result.detection.table(), sep="\n")
     result.write(out)                                    # report.md, results.json, per_image.npz, figures
 
-    typicality = Typicality(trained.model).fit(trained.heldout(in_train))  # a detector on its own: fit, then score
-    print(typicality.score(mine)[:5])                                        # higher = more OOD
+    typicality = Typicality(trained.model).fit(in_test)  # a detector alone: fit on IN it never trained on,
+    print(typicality.score(mine)[:5])                     # then score anything; higher = more OOD
     # --- README example: end
 
 
