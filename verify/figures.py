@@ -260,3 +260,23 @@ def _detection(results: dict, per_image: dict, out_dir: Path) -> list[Path]:
     return [roc_curves(per_image, {k: v["auroc"] for k, v in det["scores"].items()}, title,
                                out_dir / "roc.png"),
             score_histograms(per_image, results["labels"], out_dir / "scores.png")]
+
+
+@styled
+def shift_heatmap(values: np.ndarray, shifts: list[str], severities: list[int], title: str, label: str, path: Path,
+                  *, centre: float = 0.0, fmt: str = "{:+.2f}") -> Path:
+    """One row per shift, one column per severity, each cell's value written in it; a diverging map centred on
+    ``centre`` (0 for a gap: red, the shifted images get the higher likelihood; 0.5 for an AUROC)."""
+    fig = _figure(figsize=(1.2 + 0.75 * len(severities), 0.9 + 0.28 * len(shifts)))
+    ax = fig.subplots()
+    span = float(np.nanmax(np.abs(values - centre))) or 1.0
+    image = ax.imshow(values, cmap="RdBu_r", vmin=centre - span, vmax=centre + span, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(severities)), [str(s) for s in severities])
+    ax.set_yticks(range(len(shifts)), shifts)
+    ax.set_xlabel("severity")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label, shrink=0.8)
+    return _save(fig, path)
