@@ -96,13 +96,29 @@ def _report(cells: list[Cell], severities: tuple[int, ...], head: str, facts: di
              f"{', '.join(inv) or 'none'}. **At every severity:** {', '.join(facts['inverts_everywhere']) or 'none'}. "
              f"The recommended score's worst AUROC per family: " + ", ".join(
                  f"{k} {v:.3f}" for k, v in facts["recommended_worst_auroc_by_family"].items()) + ".",
-             "", *rows, "", "![gap](gap.png)", "", f"![{RECOMMENDED}](auroc_recommended.png)", "",
+             "", *rows, "", *_family_table(facts), "", "![gap](gap.png)", "",
+             f"![{RECOMMENDED}](auroc_recommended.png)", "",
              "![likelihood](auroc_likelihood.png)", "", "## Provenance", "",
              f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
              f"- torch {prov['torch']}, started {prov['started']}, wall-clock {prov['seconds']:.0f} s",
              f"- model: {model_source}", "- each cell: the first images of IN-test under the shift, drawn with the "
              "seed of the command (empirical.data.shifts)"]
     return "\n".join(lines) + "\n"
+
+
+def _family_table(facts: dict) -> list[str]:
+    """Each score's mean AUROC per shift family and its worst; the best worst case marked (a rule that looks at
+    shifts of IN only)."""
+    table = facts["auroc_by_family"]
+    families = sorted({f for m in table.values() for f in m if f != "worst"})
+    best = facts["best_worst_case"]
+    return [f"Mean AUROC per shift family (over its shifts and severities); the best worst case, **{best}**, is what "
+            f"a rule fixed in advance would pick from shifts of IN alone (the recommended score stays "
+            f"{RECOMMENDED} until that rule is settled on more than one model):", "",
+            "| score | " + " | ".join(families) + " | worst |", "|---|" + "---:|" * (len(families) + 1),
+            *[f"| {'**' + s + '**' if s == best else s} | " + " | ".join(f"{m.get(f, float('nan')):.3f}"
+                                                                          for f in families)
+              + f" | {m['worst']:.3f} |" for s, m in table.items()]]
 
 
 def main(argv: list[str] | None = None) -> int:

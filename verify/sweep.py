@@ -70,9 +70,20 @@ def sweep(model: nn.Module, in_test: ImageSet, heldout: ImageSet | None, *, shif
     return cells
 
 
+def worst_case(cells: list[Cell]) -> dict[str, dict[str, float]]:
+    """Each score's mean AUROC per shift family (over its shifts and severities), and its worst family: the rule
+    that picks a score from shifts of IN alone, never from a real OOD set, is the best worst case."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for c in cells:
+        for score, value in c.auroc.items():
+            table.setdefault(score, {}).setdefault(c.family, []).append(value)
+    means = {s: {f: float(np.mean(v)) for f, v in fams.items()} for s, fams in table.items()}
+    return {s: {**m, "worst": min(m.values())} for s, m in means.items()}
+
+
 def summary(cells: list[Cell]) -> dict:
-    """Which shifts invert at some severity, which at every one, and the recommended score's worst AUROC per
-    family; all from the cells."""
+    """Which shifts invert at some severity, which at every one, the recommended score's worst AUROC per family,
+    and the score with the best worst family mean (``worst_case``); all from the cells."""
     by_shift: dict[str, list[Cell]] = {}
     for c in cells:
         by_shift.setdefault(c.shift, []).append(c)
@@ -80,7 +91,10 @@ def summary(cells: list[Cell]) -> dict:
     for c in cells:
         if RECOMMENDED in c.auroc:
             worst[c.family] = min(worst.get(c.family, 1.0), c.auroc[RECOMMENDED])
-    return {"inverts_somewhere": [s for s, cs in by_shift.items() if any(c.inverts for c in cs)],
+    per_family = worst_case(cells)
+    return {"best_worst_case": max(per_family, key=lambda s: per_family[s]["worst"]) if per_family else None,
+            "auroc_by_family": per_family,
+            "inverts_somewhere": [s for s, cs in by_shift.items() if any(c.inverts for c in cs)],
             "inverts_everywhere": [s for s, cs in by_shift.items() if all(c.inverts for c in cs)],
             "recommended": RECOMMENDED, "recommended_worst_auroc_by_family": worst}
 

@@ -62,3 +62,12 @@ def test_the_command_writes_the_report_and_refuses_bad_choices(world, tmp_path):
     assert "| contrast_scale | hypothesis |" in (tmp_path / "r" / "report.md").read_text()
     assert_one_line_error(cli(*args, "--shifts", "blurry", tmp=tmp_path), "--shifts: unknown blurry")
     assert_one_line_error(cli(*args, "--severities", "0,7", tmp=tmp_path), "--severities takes whole numbers")
+
+
+def test_the_best_worst_case_over_families_is_computed_from_the_cells():
+    cells = [Cell("a", "noise", 1, 0.0, 0.1, 3.0, {"x": 0.9, "y": 0.6}),
+             Cell("b", "blur", 1, 0.0, 0.1, 3.0, {"x": 0.3, "y": 0.7}),
+             Cell("b", "blur", 2, 0.0, 0.1, 3.0, {"x": 0.5, "y": 0.7})]
+    facts = summary(cells)
+    assert facts["auroc_by_family"]["x"] == {"noise": 0.9, "blur": 0.4, "worst": 0.4}
+    assert facts["best_worst_case"] == "y"  # worst 0.6 against x's 0.4
