@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,7 @@ class Detection:
                    d["ensemble"])
 
     def to_dict(self) -> dict:
-        return {"settings": self.settings, "scores": {k: vars(v) | {} for k, v in self.scores.items()},
+        return {"settings": self.settings, "scores": {k: asdict(v) for k, v in self.scores.items()},
                 "batch_typicality": self.batch_typicality, "ensemble": self.ensemble}
 
     def table(self) -> str:

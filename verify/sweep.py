@@ -14,7 +14,7 @@ from torch import nn
 
 from empirical.data.imageset import ImageSet
 from empirical.data.shifts import SEVERITIES, SHIFTS, shift_images
-from empirical.ood.detectors import RECOMMENDED, Likelihood
+from empirical.ood.detectors import RECOMMENDED, WAIC, Likelihood
 from empirical.ood.metrics import auroc
 from empirical.ood.suite import ScoreChoice
 from verify.detection import build
@@ -51,7 +51,8 @@ def sweep(model: nn.Module, in_test: ImageSet, heldout: ImageSet | None, *, shif
     """Every shift × severity of the first ``limit`` IN-test images (colour-only shifts skipped on grey images)."""
     base = in_test.head(limit)
     dets = build(model, base, heldout, choice=choice, seed=seed, device=device)
-    likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(dets[0].model)
+    shared = next(d.models[0] if isinstance(d, WAIC) else d.model for d in dets)  # the model's one ModelPass
+    likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(shared)
     in_bpd = likelihood.score(base)
     in_scores = {d.name: d.score(base) for d in dets}
     cells = []

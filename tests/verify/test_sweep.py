@@ -71,3 +71,11 @@ def test_the_best_worst_case_over_families_is_computed_from_the_cells():
     facts = summary(cells)
     assert facts["auroc_by_family"]["x"] == {"noise": 0.9, "blur": 0.4, "worst": 0.4}
     assert facts["best_worst_case"] == "y"  # worst 0.6 against x's 0.4
+
+
+def test_a_sweep_of_one_score_still_measures_the_gap(flow):
+    from empirical.ood.suite import choose_scores
+
+    cells = sweep(flow, _set(12, 0), None, shifts=("invert",), severities=(5,), limit=10,
+                  choice=choose_scores("complexity_png"))
+    assert list(cells[0].auroc) == ["complexity_png"] and cells[0].gap_bpd != 0
