@@ -12,13 +12,15 @@ from torch import nn
 from empirical.cli import data_options
 from empirical.data import sources
 from empirical.data.imageset import ImageSet, ShapeMap
+from empirical.io.distributed import resolve_device
 from empirical.io.errors import DgmOodError
 from empirical.models.contract import image_shape
 from empirical.models.factory import call_factory, load_weights
 from empirical.training.checkpoint import Checkpoint, check_trained_on
 from empirical.training.loading import model_from_checkpoint
+from empirical.training.presets import Preset
 from verify.api import check_heldout
-from verify.runs import origin_text
+from verify.runs import origin_text, trained_model
 
 
 @dataclass
@@ -73,6 +75,15 @@ def open_model(args: argparse.Namespace, in_train: ImageSet, in_test: ImageSet) 
         record = load_weights(module, args.weights)
         source += f" with weights {record['path']} (SHA-256 {record['sha256'][:16]}…)"
     return OpenedModel(module.eval(), args.model_factory, source, None, open_heldout(args, module, in_test))
+
+
+def trained(args: argparse.Namespace, model_name: str, preset: Preset, in_train: ImageSet, in_test: ImageSet,
+            command: str) -> OpenedModel:
+    """Our ``model_name`` trained with ``preset`` on IN, or reused (shipped weights, the runs cache), with the images
+    its preset held out of training."""
+    ckpt = trained_model(in_train, in_test, model_name, preset, resolve_device(args.device), args.runs_dir,
+                         command=command, retrain=getattr(args, "retrain", False))
+    return OpenedModel(ckpt.model, ckpt.name, origin_text(ckpt), ckpt, ckpt.heldout(in_train))
 
 
 def open_heldout(args: argparse.Namespace, model: nn.Module, in_test: ImageSet) -> ImageSet | None:

@@ -35,10 +35,10 @@ from empirical.ood.suite import choose_scores
 from empirical.training.loading import checkpoint_facts
 from empirical.training.presets import PRESETS, default_budget, get_preset
 from verify import api
-from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, open_model
+from verify.cli import OpenedModel, add_model_arguments, check_model_arguments, open_model, trained
 from verify.report import write_families
 from verify.results import Provenance
-from verify.runs import extra_models, origin_text, trained_model
+from verify.runs import extra_models, trained_model
 
 FAMILY_MODELS = ("pixelcnn", "vae")  # with the --model flow: the paper's three families, side by side
 
@@ -108,12 +108,9 @@ def _model(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_tes
     # --all-models applies --split-prior to its flow only; asked for one other family, get_preset refuses it
     split_prior = None if args.all_models and model_name not in FLOWS else args.split_prior
     preset = get_preset(preset_name(args), model_name, in_train.shape, seed=args.seed, split_prior=split_prior)
-    device = resolve_device(args.device)
     print(f"preset {preset.name}: {model_name} {preset.model}, {preset.train.steps} training steps of "
           f"{preset.train.batch_size}", file=sys.stderr)
-    ckpt = trained_model(in_train, in_test, model_name, preset, device, args.runs_dir, command=command,
-                         retrain=args.retrain)
-    return OpenedModel(ckpt.model, ckpt.name, origin_text(ckpt), ckpt, ckpt.heldout(in_train))
+    return trained(args, model_name, preset, in_train, in_test, command)
 
 
 def out_parts(args: argparse.Namespace, in_train: ImageSet, out_test: ImageSet) -> tuple[ImageSet, ImageSet]:

@@ -23,8 +23,8 @@ from empirical.ood.detectors import RECOMMENDED
 from empirical.ood.suite import choose_scores
 from empirical.training.presets import get_preset
 from verify import figures
-from verify.cli import OpenedModel, add_model_arguments, open_model
-from verify.runs import origin_text, provenance, trained_model
+from verify.cli import OpenedModel, add_model_arguments, open_model, trained
+from verify.runs import provenance
 from verify.sweep import Cell, summary, sweep, to_dict
 
 
@@ -64,10 +64,8 @@ def _choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[int, ...]
 def _model(args: argparse.Namespace, in_train, in_test, command: str) -> OpenedModel:
     if args.checkpoint or args.model_factory:
         return open_model(args, in_train, in_test)
-    preset = get_preset(args.preset, args.model, in_train.shape, seed=args.seed)
-    ckpt = trained_model(in_train, in_test, args.model, preset, resolve_device(args.device), args.runs_dir,
-                         command=command)
-    return OpenedModel(ckpt.model, ckpt.name, origin_text(ckpt), ckpt, ckpt.heldout(in_train))
+    return trained(args, args.model, get_preset(args.preset, args.model, in_train.shape, seed=args.seed), in_train,
+                   in_test, command)
 
 
 def _grid(cells: list[Cell], value, names: list[str], severities: tuple[int, ...]) -> np.ndarray:
