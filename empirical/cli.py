@@ -16,6 +16,7 @@ from pathlib import Path
 from empirical.data.imageset import LAYOUTS, RESIZE_FILTERS, ShapeMap
 from empirical.data.registry import DATASETS
 from empirical.data.sources import SPLIT_RULE, DataOptions
+from empirical.io import distributed
 from empirical.io.errors import DgmOodError
 from empirical.models.config import MAX_SEED
 
@@ -100,6 +101,13 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         return 2
     except OSError as err:
         print(f"error: {one_line(os_error_text(err))}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if not distributed.lost_peer(err):
+            raise
+        print(f"error: rank {os.environ.get('RANK', '?')}: another rank of this torchrun job stopped (killed or "
+              f"crashed), so a collective failed ({one_line(str(err).splitlines()[0], 160)}); every checkpoint "
+              f"written before is intact: run the same command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"

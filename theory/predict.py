@@ -93,6 +93,11 @@ def paper_coefficients(model: Glow) -> torch.Tensor:
     return prod**2 / model.config.prior_std**2
 
 
+def variance_gap(h_diag: np.ndarray, var_p: np.ndarray, var_q: np.ndarray) -> float:
+    """The closed form's gap ½ Σ_d H_dd (σ²_q,d − σ²_p,d) in nats/image, from per-dimension variances in model space."""
+    return 0.5 * float(np.ravel(h_diag) @ (np.ravel(var_q) - np.ravel(var_p)))
+
+
 def closed_form(model: torch.nn.Module, p: Moments, q: Moments, alphas: list[float] | None = None) -> dict:
     """The constant-volume closed form ½ Σ_d H_dd Δσ²_d (nats/image), and its graying curve
     ½(α²-1) Σ_d H_dd σ²_p*,d (x_α = α·x + (1-α)·grey changes the variances by α², means ignored)."""
@@ -101,7 +106,7 @@ def closed_form(model: torch.nn.Module, p: Moments, q: Moments, alphas: list[flo
         raise TheoryError("the closed form needs a constant-volume flow with a linear path (additive couplings, "
                           "--model cvglow); use the exact second-order prediction for other models")
     h_diag = linear_path_curvature(model)
-    gap = 0.5 * float(h_diag.ravel() @ (q.var - p.var))
+    gap = variance_gap(h_diag, p.var, q.var)
     out = {"gap_nats": gap, "gap_bpd": nats_gap_to_bpd(gap, info.dims),
            # -H_dd of the linear path averaged over the pixels of each image channel (all levels pooled); for a
            # one-level model it is ‖M_:,c‖²/σ_ψ² of the squeezed channels (derived_coefficients), averaged

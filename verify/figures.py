@@ -29,11 +29,11 @@ def styled(draw):
     return wrapper
 
 
-def _figure(**kwargs) -> Figure:
+def new_figure(**kwargs) -> Figure:
     return Figure(layout="constrained", **kwargs)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
     atomic_write(Path(path), lambda f: fig.savefig(f, format="png"))
     return path
 
@@ -41,7 +41,7 @@ def _save(fig: Figure, path: Path) -> Path:
 @styled
 def loglik_histograms(loglik: dict[str, np.ndarray], labels: dict[str, str], title: str, path: Path) -> Path:
     """Histograms of per-image log p(x) (discrete, nats), as the paper's Figure 1."""
-    fig = _figure(figsize=(5.5, 3.6))
+    fig = new_figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
     values = np.concatenate(list(loglik.values()))
     lo, hi = np.percentile(values, [0.5, 99.5])
@@ -52,14 +52,14 @@ def loglik_histograms(loglik: dict[str, np.ndarray], labels: dict[str, str], tit
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(frameon=False)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @styled
 def moment_histograms(stats: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str],
                       path: Path) -> Path:
     """Histograms of per-dimension means and variances (pixel units) of both datasets."""
-    fig = _figure(figsize=(8, 3.2))
+    fig = new_figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
     for i, name in enumerate(("mean", "variance")):
         data = [v[i].ravel() for v in stats.values()]
@@ -70,14 +70,14 @@ def moment_histograms(stats: dict[str, tuple[np.ndarray, np.ndarray]], labels: d
         axes[i].set_xlabel(f"per-dimension {name}  [pixel units]")
     axes[0].set_ylabel("density")
     axes[1].legend(frameon=False)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @styled
 def graying_curve(alphas: list[float], measured: list[float], predicted: dict[str, list[float]],
                   path: Path) -> Path:
     """E[log p(x_α)] - E[log p(x)] for x_α = α·x + (1-α)·128: measured vs predicted."""
-    fig = _figure(figsize=(5, 3.6))
+    fig = new_figure(figsize=(5, 3.6))
     ax = fig.subplots()
     ax.plot(alphas, measured, "o-", color="k", label="measured")
     for (name, curve), style in zip(predicted.items(), ("s--", "^:"), strict=False):
@@ -90,7 +90,7 @@ def graying_curve(alphas: list[float], measured: list[float], predicted: dict[st
     ax.set_ylabel("Δ log p  [nats per image]")
     ax.set_title("Graying: x_α = α·x + (1-α)·128")
     ax.legend(frameon=False, loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @styled
@@ -98,7 +98,7 @@ def contrast_curves(s: list[float], measured: dict[str, list[float]], predicted:
                     labels: dict[str, str], path: Path) -> Path:
     """E[log p(x_s)] − E[log p(x)] against the contrast s of x_s = μ + s·(x − μ), measured (solid) and the
     second-order prediction (dashed), one colour per set."""
-    fig = _figure(figsize=(5.2, 3.8))
+    fig = new_figure(figsize=(5.2, 3.8))
     ax = fig.subplots()
     for key, curve in measured.items():
         ax.plot(s, curve, "o-", color=COLOURS[key], label=f"{labels[key]}: measured")
@@ -113,13 +113,13 @@ def contrast_curves(s: list[float], measured: dict[str, list[float]], predicted:
     ax.set_ylabel("Δ log p  [nats per image]")
     ax.set_title("Contrast scaling: x_s = μ + s·(x − μ)")
     ax.legend(frameon=False, fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @styled
 def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: dict[str, str], path: Path) -> Path:
     """Per-image density log p_z(f(x)) and volume log|det ∂f/∂x| (nats) for each dataset, side by side."""
-    fig = _figure(figsize=(9, 3.4))
+    fig = new_figure(figsize=(9, 3.4))
     axes = fig.subplots(1, 2)
     for ax, (part, title) in zip(axes, (("density", "density  log p_z(f(x))"),
                                         ("volume", "volume  log|det ∂f/∂x|")), strict=True):
@@ -140,7 +140,7 @@ def decomposition_histograms(parts: dict[str, dict[str, np.ndarray]], labels: di
         ax.set_xlabel("nats per image")
     axes[0].set_ylabel("density")
     axes[0].legend(frameon=False, fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @styled
@@ -150,7 +150,7 @@ def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, d
     panel whose values span more than two orders of magnitude gets log-spaced bins, a log axis and counts."""
     nrows = -(-len(panels) // ncols)
     cols = min(ncols, len(panels))
-    fig = _figure(figsize=(4.2 * cols, 3.4 * nrows))
+    fig = new_figure(figsize=(4.2 * cols, 3.4 * nrows))
     axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, (title, sets) in zip(axes.flat, panels.items(), strict=False):  # spare axes are hidden below
         lo, hi = np.percentile(np.concatenate(list(sets.values())), [0.5, 99.5])
@@ -169,7 +169,7 @@ def histogram_grid(panels: dict[str, dict[str, np.ndarray]], labels: dict[str, d
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(ax.get_ylabel() or "density")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @styled
@@ -189,7 +189,7 @@ def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict
     """The ROC curve of every score in one panel (OUT-test positive), AUROC in the legend."""
     from sklearn.metrics import roc_curve
 
-    fig = _figure(figsize=(5.2, 4.4))
+    fig = new_figure(figsize=(5.2, 4.4))
     ax = fig.subplots()
     for name, (s_in, s_out) in per_image.items():
         y = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])
@@ -200,7 +200,7 @@ def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict
     ax.set_ylabel("true-positive rate (OUT-test flagged)")
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @styled
@@ -210,7 +210,7 @@ def score_histograms(per_image: dict[str, tuple[np.ndarray, np.ndarray]], labels
     n = len(per_image)
     cols = min(3, n)
     rows = -(-n // cols)
-    fig = _figure(figsize=(3.6 * cols, 2.8 * rows))
+    fig = new_figure(figsize=(3.6 * cols, 2.8 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, (s_in, s_out)) in zip(axes.ravel(), per_image.items(), strict=False):
         lo, hi = np.percentile(np.concatenate([s_in, s_out]), [0.5, 99.5])
@@ -222,7 +222,7 @@ def score_histograms(per_image: dict[str, tuple[np.ndarray, np.ndarray]], labels
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     axes[0, 0].legend(frameon=False, fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def comparison_figures(results: dict, m, per_image: dict, out_dir: Path) -> list[Path]:
@@ -260,23 +260,3 @@ def _detection(results: dict, per_image: dict, out_dir: Path) -> list[Path]:
     return [roc_curves(per_image, {k: v["auroc"] for k, v in det["scores"].items()}, title,
                                out_dir / "roc.png"),
             score_histograms(per_image, results["labels"], out_dir / "scores.png")]
-
-
-@styled
-def shift_heatmap(values: np.ndarray, shifts: list[str], severities: list[int], title: str, label: str, path: Path,
-                  *, centre: float = 0.0, fmt: str = "{:+.2f}") -> Path:
-    """One row per shift, one column per severity, each cell's value written in it; a diverging map centred on
-    ``centre`` (0 for a gap: red, the shifted images get the higher likelihood; 0.5 for an AUROC)."""
-    fig = _figure(figsize=(1.2 + 0.75 * len(severities), 0.9 + 0.28 * len(shifts)))
-    ax = fig.subplots()
-    span = float(np.nanmax(np.abs(values - centre))) or 1.0
-    image = ax.imshow(values, cmap="RdBu_r", vmin=centre - span, vmax=centre + span, aspect="auto")
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(severities)), [str(s) for s in severities])
-    ax.set_yticks(range(len(shifts)), shifts)
-    ax.set_xlabel("severity")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label=label, shrink=0.8)
-    return _save(fig, path)

@@ -1,6 +1,8 @@
-"""``python -m verify.shifts IN``: one model against IN-test moved along every shift at every severity. Which classes
-of shift invert (the shifted images get the higher likelihood), by how much, and which detection score notices,
-in one report with heat maps (``--shifts``, ``--severities`` and ``--limit`` choose the cells)."""
+"""``python -m verify.shifts IN``: IN-test moved along every shift at every severity, under our flow of IN (or yours),
+our PixelCNN and VAE of IN (``--all-models``) and our flow of another set. Which classes of shift invert (the
+shifted images get the higher likelihood), whether the models agree on it image by image (model or data), how
+well the closed form and the input-complexity fit predict the gap, and which detection score notices, in one
+report with figures (``--shifts``, ``--severities`` and ``--limit`` choose the cells)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,15 @@ from empirical.io.errors import DgmOodError
 from empirical.ood.detectors import RECOMMENDED
 from empirical.ood.suite import choose_scores
 from empirical.training.presets import get_preset
-from verify import figures
+from verify import shift_figures
+from verify.agreement import IN_TEST, complexity_r2, rank_agreement, verdicts
 from verify.cli import OpenedModel, add_model_arguments, open_model, trained
 from verify.runs import provenance
-from verify.sweep import Cell, summary, sweep, to_dict
+from verify.shift_report import gap_figure, render
+from verify.sweep import Sweep, shifted_sets, summary, sweep, to_dict
+
+# images per cell by default: the sweeps a user runs first finish in about 5 minutes on a 2-core machine
+DEFAULT_LIMIT = {("one", "grey"): 500, ("one", "colour"): 200, ("all", "grey"): 100, ("all", "colour"): 50}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,13 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--shifts", help=f"comma-separated (default all {len(SHIFTS)}): {', '.join(SHIFTS)}")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated, from 1 to 5 (default all)")
-    p.add_argument("--limit", type=int, default=500, metavar="N", help="IN-test images per cell (default 500)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="IN-test images per cell (default: " + ", ".join(
+                       f"{n} for {k[1]} images{' with --all-models' if k[0] == 'all' else ''}"
+                       for k, n in DEFAULT_LIMIT.items()) + ")")
+    p.add_argument("--all-models", action="store_true",
+                   help="also our PixelCNN and VAE of IN (shipped weights, or trained and cached)")
+    p.add_argument("--other-set", metavar="NAME",
+                   help="the set whose flow ranks the same images, for agreement across training sets (default: "
+                        + ", ".join(f"{a} → {b}" for a, b in OTHER_SET.items()) + "; none to skip)")
     p.add_argument("--scores", default="cheap", metavar="SET|NAMES", help="detection scores (default cheap)")
     add_data_arguments(p)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="the report's folder (default runs/shifts/IN-MODEL)")
+    p.add_argument("--out", type=Path, help="the report's folder (default runs/shifts/IN-MODEL, or IN-all)")
     return p
 
 
@@ -61,62 +76,68 @@ def _choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[int, ...]
     return names, severities
 
 
-def _model(args: argparse.Namespace, in_train, in_test, command: str) -> OpenedModel:
+OTHER_SET = {"fashionmnist": "mnist", "mnist": "fashionmnist", "cifar10": "cifar100", "cifar100": "cifar10"}
+FAMILIES = ("pixelcnn", "vae")  # what --all-models adds to the flow
+
+
+def _models(args: argparse.Namespace, in_train, in_test, command: str) -> list[OpenedModel]:
+    """The model named or trained on IN, and with --all-models our PixelCNN and VAE of the same IN and preset."""
     if args.checkpoint or args.model_factory:
-        return open_model(args, in_train, in_test)
-    return trained(args, args.model, get_preset(args.preset, args.model, in_train.shape, seed=args.seed), in_train,
-                   in_test, command)
+        if args.all_models:
+            raise DgmOodError("--all-models trains or reuses our three families; it does not take --checkpoint or "
+                              "--model-factory")
+        return [open_model(args, in_train, in_test)]
+    names = [args.model, *([f for f in FAMILIES if f != args.model] if args.all_models else [])]
+    return [trained(args, name, get_preset(args.preset, name, in_train.shape, seed=args.seed), in_train, in_test,
+                    command) for name in names]
 
 
-def _grid(cells: list[Cell], value, names: list[str], severities: tuple[int, ...]) -> np.ndarray:
-    grid = np.full((len(names), len(severities)), np.nan)
-    for c in cells:
-        grid[names.index(c.shift), severities.index(c.severity)] = value(c)
-    return grid
+def _other_set(args: argparse.Namespace, in_train, command: str) -> tuple[str, OpenedModel] | None:
+    """Our flow trained on the other set of the pair (``OTHER_SET``, or ``--other-set``), for rank agreement across
+    training sets; None for ``--other-set none`` or an IN with no partner."""
+    name = args.other_set or OTHER_SET.get(str(args.in_dataset).lower())
+    if name is None or name == "none" or args.checkpoint or args.model_factory:
+        return None
+    train, test = sources.open_in(name, data_options(args))
+    if train.shape != in_train.shape:
+        raise DgmOodError(f"--other-set {name}: its images are {train.shape}, IN's {in_train.shape}; the models must "
+                          f"read the same images")
+    flow = args.model if args.model not in FAMILIES else "cvglow"
+    opened = trained(args, flow, get_preset(args.preset, flow, train.shape, seed=args.seed), train, test, command)
+    return _set_name(train), opened
 
 
-def _report(cells: list[Cell], severities: tuple[int, ...], head: str, facts: dict, prov: dict,
-            model_source: str) -> str:
-    rows = ["| shift | family | " + " | ".join(f"gap @{s}" for s in severities) + " | "
-            + " | ".join(f"{RECOMMENDED} @{s}" for s in severities) + " |",
-            "|---|---|" + "---:|" * (2 * len(severities))]
-    for name in dict.fromkeys(c.shift for c in cells):
-        cs = [c for c in cells if c.shift == name]
-        rows.append(f"| {name} | {cs[0].family} | " + " | ".join(
-            f"{c.gap_bpd:+.3f} ± {c.gap_bpd_stderr:.3f}{' ▲' if c.inverts else ''}" for c in cs) + " | "
-            + " | ".join(f"{c.auroc.get(RECOMMENDED, float('nan')):.3f}" for c in cs) + " |")
-    inv = facts["inverts_somewhere"]
-    lines = [f"# Shift sweep: {head}", "",
-             "The gap is bpd(IN-test) − bpd(shifted IN-test): positive (▲ where beyond two standard errors) means the "
-             "shifted images get the HIGHER likelihood, the inversion. AUROC: the shifted images are the positive "
-             "class (0.5 = chance).", "",
-             f"**Invert at some severity** ({len(inv)} of {len({c.shift for c in cells})}): "
-             f"{', '.join(inv) or 'none'}. **At every severity:** {', '.join(facts['inverts_everywhere']) or 'none'}. "
-             f"The recommended score's worst AUROC per family: " + ", ".join(
-                 f"{k} {v:.3f}" for k, v in facts["recommended_worst_auroc_by_family"].items()) + ".",
-             "", *rows, "", *_family_table(facts), "", "![gap](gap.png)", "",
-             f"![{RECOMMENDED}](auroc_recommended.png)", "",
-             "![likelihood](auroc_likelihood.png)", "", "## Provenance", "",
-             f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`", f"- device: {prov['device']}",
-             f"- torch {prov['torch']}, started {prov['started']}, wall-clock {prov['seconds']:.0f} s",
-             f"- model: {model_source}", "- each cell: the first images of IN-test under the shift, drawn with the "
-             "seed of the command (empirical.data.shifts)"]
-    return "\n".join(lines) + "\n"
+def _set_name(train) -> str:
+    """A training set's name as reports show it: ``FashionMNIST`` for FashionMNIST-train."""
+    return train.name.removesuffix("-train")
 
 
-def _family_table(facts: dict) -> list[str]:
-    """Each score's mean AUROC per shift family and its worst; the best worst case marked (a rule that looks at
-    shifts of IN only)."""
-    table = facts["auroc_by_family"]
-    families = sorted({f for m in table.values() for f in m if f != "worst"})
-    best = facts["best_worst_case"]
-    return [f"Mean AUROC per shift family (over its shifts and severities); the best worst case, **{best}**, is what "
-            f"a rule fixed in advance would pick from shifts of IN alone (the recommended score stays "
-            f"{RECOMMENDED} until that rule is settled on more than one model):", "",
-            "| score | " + " | ".join(families) + " | worst |", "|---|" + "---:|" * (len(families) + 1),
-            *[f"| {'**' + s + '**' if s == best else s} | " + " | ".join(f"{m.get(f, float('nan')):.3f}"
-                                                                          for f in families)
-              + f" | {m['worst']:.3f} |" for s, m in table.items()]]
+def _limit(args: argparse.Namespace, shape: tuple[int, ...]) -> int:
+    """Images per cell: ``--limit``, else what keeps the default sweep within budget (``DEFAULT_LIMIT``)."""
+    if args.limit is not None:
+        check_limit(args.limit)
+        return args.limit
+    return DEFAULT_LIMIT[("all" if args.all_models else "one", "colour" if shape[0] == 3 else "grey")]
+
+
+def _figures(stage: Path, sweeps: list[Sweep], analysis: dict, severities: tuple[int, ...]) -> None:
+    main, sev = sweeps[0], list(severities)
+    rows = list(dict.fromkeys(c.shift for c in main.cells))
+    for s in sweeps:
+        shift_figures.heatmap(shift_figures.grid(s.cells, lambda c: c.gap_bpd, rows, sev), rows, sev,
+                              f"gap (bits/dim): {s.label}", "bpd(IN-test) − bpd(shifted)", stage / gap_figure(s.label))
+    for key, score in (("recommended", RECOMMENDED), ("likelihood", "likelihood")):
+        shift_figures.heatmap(shift_figures.grid(main.cells, lambda c, s=score: c.auroc.get(s, np.nan), rows, sev),
+                              rows, sev, f"AUROC of {score}: {main.label}", "AUROC", stage / f"auroc_{key}.png",
+                              centre=0.5, fmt="{:.2f}")
+    shift_figures.gap_curves(sweeps, stage / "gap_curves.png")
+    shift_figures.auroc_curves(main.cells, RECOMMENDED, stage / "auroc_curves.png")
+    pairs = list(next(iter(analysis["agreement"].values()), {}))
+    if pairs:
+        keys = [IN_TEST, *rows]
+        values = np.array([[analysis["agreement"][k][p] for p in pairs] for k in keys])
+        shift_figures.heatmap(values, keys, pairs, "per-image rank agreement of log p (Spearman ρ)", "ρ",
+                              stage / "agreement.png", fmt="{:.2f}", xlabel="models", limits=(-1.0, 1.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,32 +146,37 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "verify.shifts", *(sys.argv[1:] if argv is None else argv)])
     sources.check_name(args.in_dataset)
     check_seed(args.seed)
-    check_limit(args.limit)
     names, severities = _choices(args)
     choice = choose_scores(args.scores)
-    out = args.out or Path("runs/shifts") / f"{sources.slug(args.in_dataset)}-{args.model}"
+    which = "all" if args.all_models else args.model
+    out = args.out or Path("runs/shifts") / f"{sources.slug(args.in_dataset)}-{which}"
     writable_dir(out, "--out")
     device = resolve_device(args.device)
     in_train, in_test = sources.open_in(args.in_dataset, data_options(args))
-    opened = _model(args, in_train, in_test, command)
-    model = opened.module.to(device).eval()
-    cells = sweep(model, in_test, opened.heldout, shifts=names, severities=severities, limit=args.limit,
-                  choice=choice, seed=args.seed, device=device)
-    facts, prov = summary(cells), provenance(command, device, started, t0)
-    shown = list(dict.fromkeys(c.shift for c in cells))
-    head = f"{opened.name} trained on {in_train.source}, {min(args.limit, len(in_test))} images a cell"
+    limit = _limit(args, in_train.shape)
+    opened = _models(args, in_train, in_test, command)
+    other = _other_set(args, in_train, command)
+    shifted = shifted_sets(in_test, shifts=names, severities=severities, limit=limit, seed=args.seed)
+    sweeps = [sweep(m.module.to(device).eval(), shifted, m.heldout, label=f"{m.name} ({_set_name(in_train)})",
+                    choice=choice, seed=args.seed, device=device) for m in opened]
+    if other:
+        sweeps.append(sweep(other[1].module.to(device).eval(), shifted, None, label=f"{other[1].name} ({other[0]})",
+                            choice=choose_scores("likelihood"), seed=args.seed, device=device))
+    analysis = {"verdicts": verdicts(sweeps), "agreement": rank_agreement(sweeps),
+                "r2": {s.label: complexity_r2(s, shifted) for s in sweeps}}
+    facts, prov = summary(sweeps[0].cells), provenance(command, device, started, t0)
+    head = f"trained on {_set_name(in_train)}, {len(shifted.base)} images a cell"
+    model_sources = {s.label: m.source for s, m in zip(sweeps, [*opened, *([other[1]] if other else [])], strict=True)}
     with staged(out) as stage:
-        figures.shift_heatmap(_grid(cells, lambda c: c.gap_bpd, shown, severities), shown, list(severities),
-                              f"gap (bits/dim): {in_train.source}", "bpd(IN-test) − bpd(shifted)", stage / "gap.png")
-        for key, score in (("recommended", RECOMMENDED), ("likelihood", "likelihood")):
-            figures.shift_heatmap(_grid(cells, lambda c, s=score: c.auroc.get(s, np.nan), shown, severities), shown,
-                                  list(severities), f"AUROC of {score}", "AUROC", stage / f"auroc_{key}.png",
-                                  centre=0.5, fmt="{:.2f}")
-        write_json(stage / "results.json", {"in": in_train.source, "model": opened.source, "limit": args.limit,
-                                            "cells": to_dict(cells), "summary": facts, "provenance": prov})
-        report = _report(cells, severities, head, facts, prov, opened.source)
+        _figures(stage, sweeps, analysis, severities)
+        write_json(stage / "results.json", {
+            "in": in_train.source, "limit": len(shifted.base), "models": model_sources,
+            "cells": {s.label: to_dict(s.cells) for s in sweeps}, "summary": facts, **analysis, "provenance": prov})
+        report = render(sweeps, facts, analysis, severities, head, prov, model_sources)
         atomic_write(stage / "report.md", lambda f: f.write(report.encode()))
-    print(f"{head}: invert at some severity: {', '.join(facts['inverts_somewhere']) or 'none'}")
+    data = [s for s, v in analysis["verdicts"].items() if v["driver"] == "data"]
+    print(f"{head}: invert at some severity ({sweeps[0].label}): {', '.join(facts['inverts_somewhere']) or 'none'}"
+          + (f"; data-driven: {', '.join(data) or 'none'}" if len(sweeps) > 1 else ""))
     print(f"report: {out}/report.md")
     return 0
 

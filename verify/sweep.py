@@ -1,7 +1,8 @@
-"""The shift sweep: one model against IN-test moved along every shift at every severity (empirical.data.shifts):
-the gap bpd(IN-test) − bpd(shifted) with its standard error and every detection score's AUROC per cell, the
-detectors fitted once on held-out IN images. Which shifts invert (the shifted images get the higher likelihood) is
-computed from the cells, never written by hand."""
+"""The shift sweep: a model against IN-test moved along every shift at every severity (empirical.data.shifts): the
+gap bpd(IN-test) − bpd(shifted) with its standard error, two predictions of it (the constant-volume closed form and
+the input-complexity fit) and every detection score's AUROC per cell, the detectors fitted once on held-out IN
+images. Which shifts invert (the shifted images get the higher likelihood) is computed from the cells, never
+written by hand."""
 
 from __future__ import annotations
 
@@ -14,18 +15,26 @@ from torch import nn
 
 from empirical.data.imageset import ImageSet
 from empirical.data.shifts import SEVERITIES, SHIFTS, shift_images
+from empirical.models.contract import describe
+from empirical.models.likelihood import LEVELS, nats_gap_to_bpd
 from empirical.ood.detectors import RECOMMENDED, WAIC, Likelihood
 from empirical.ood.metrics import auroc
+from empirical.ood.scores import compressed_bits
 from empirical.ood.suite import ScoreChoice
+from theory.predict import linear_path_curvature, variance_gap
 from verify.detection import build
 
 log = logging.getLogger(__name__)
+Key = tuple[str, int]  # (shift, severity)
+CODEC = "png"  # L(x) of the input-complexity fit and its R² (Serrà et al.'s main codec)
 
 
 @dataclass(frozen=True)
 class Cell:
     """One shift at one severity: the gap in bits/dim (positive: the shifted images get the higher likelihood), its
-    standard error, the shifted images' mean bits/dim and each score's AUROC (shifted images positive)."""
+    standard error, the shifted images' mean bits/dim, each score's AUROC (shifted images positive) and the gap's
+    predictions (``closed_form``: ½ Σ_d H_dd Δσ²_d of a constant-volume flow; ``complexity``: b·ΔL̄ of the line
+    bpd ≈ a + b·L(x)/D fitted on held-out IN images)."""
 
     shift: str
     family: str
@@ -34,6 +43,7 @@ class Cell:
     gap_bpd_stderr: float
     out_bpd: float
     auroc: dict[str, float]
+    predicted: dict[str, float]
 
     @property
     def inverts(self) -> bool:
@@ -41,34 +51,87 @@ class Cell:
         return self.gap_bpd > 2 * self.gap_bpd_stderr
 
 
+@dataclass
+class Sweep:
+    """One model's cells, with the per-image bits/dim behind them (IN-test, and each cell's shifted images)."""
+
+    label: str
+    cells: list[Cell]
+    in_bpd: np.ndarray
+    bpd: dict[Key, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Shifted:
+    """IN-test's first images and every shifted copy of them, made once and shared by every model of a sweep, with
+    each set's compressed length per dimension (``CODEC``)."""
+
+    base: ImageSet
+    sets: dict[Key, ImageSet]
+    bits: dict[Key, np.ndarray]  # per image, bits/dim; the base under ("", 0)
+
+
+def shifted_sets(in_test: ImageSet, *, shifts: tuple[str, ...] = tuple(SHIFTS),
+                 severities: tuple[int, ...] = SEVERITIES, limit: int | None = 500, seed: int = 0) -> Shifted:
+    """Every shift × severity of the first ``limit`` IN-test images (colour-only shifts skipped on grey images)."""
+    base = in_test.head(limit)
+    dims = int(np.prod(base.shape))
+    sets = {(name, s): shift_images(base, name, s, seed) for name in shifts
+            if not (SHIFTS[name].colour_only and base.shape[0] != 3) for s in severities}
+    bits = {key: compressed_bits(images.images, CODEC) / dims for key, images in [(("", 0), base), *sets.items()]}
+    return Shifted(base, sets, bits)
+
+
 def _stderr(v: np.ndarray) -> float:
     return float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def sweep(model: nn.Module, in_test: ImageSet, heldout: ImageSet | None, *, shifts: tuple[str, ...] = tuple(SHIFTS),
-          severities: tuple[int, ...] = SEVERITIES, limit: int | None = 500, choice: ScoreChoice | None = None,
-          seed: int = 0, device: torch.device | None = None) -> list[Cell]:
-    """Every shift × severity of the first ``limit`` IN-test images (colour-only shifts skipped on grey images)."""
-    base = in_test.head(limit)
+def _predictors(model: nn.Module, likelihood: Likelihood, heldout: ImageSet | None, shifted: Shifted):
+    """The two predictions of a cell's gap available for this model, as functions of the cell's images."""
+    info = describe(model)
+    found = {}
+    if info.constant_volume and info.linear_path:
+        h_diag = linear_path_curvature(model)
+        var_p = shifted.base.images.astype(np.float64).var(0) / LEVELS**2
+        found["closed_form"] = lambda key, imgs: nats_gap_to_bpd(
+            variance_gap(h_diag, var_p, imgs.images.astype(np.float64).var(0) / LEVELS**2), info.dims)
+    if heldout is not None and len(heldout) > 1:
+        held = (compressed_bits(heldout.images, CODEC) / info.dims, likelihood.score(heldout))
+        found["complexity"] = lambda key, imgs: complexity_prediction(*held, shifted.bits[("", 0)], shifted.bits[key])
+    return found
+
+
+def complexity_prediction(held_bits: np.ndarray, held_bpd: np.ndarray, in_bits: np.ndarray,
+                          out_bits: np.ndarray) -> float:
+    """The gap bpd(IN) − bpd(OUT) that input complexity alone predicts (Serrà et al., ICLR 2020): b·(L̄_IN − L̄_OUT),
+    b the slope of the least-squares line bpd ≈ a + b·L(x)/D fitted on held-out IN images (all in bits/dim)."""
+    x, y = np.asarray(held_bits, float), np.asarray(held_bpd, float)
+    slope = float(np.cov(x, y)[0, 1] / x.var(ddof=1)) if np.ptp(x) > 0 else float("nan")
+    return slope * float(np.mean(in_bits) - np.mean(out_bits))
+
+
+def sweep(model: nn.Module, shifted: Shifted, heldout: ImageSet | None, *, label: str = "model",
+          choice: ScoreChoice | None = None, seed: int = 0, device: torch.device | None = None) -> Sweep:
+    """``model`` on every set of ``shifted``: gap, predictions and AUROC per cell (the detectors fitted on
+    ``heldout``; those that need it are left out without it)."""
+    base = shifted.base
     dets = build(model, base, heldout, choice=choice, seed=seed, device=device)
     shared = next(d.models[0] if isinstance(d, WAIC) else d.model for d in dets)  # the model's one ModelPass
     likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(shared)
     in_bpd = likelihood.score(base)
     in_scores = {d.name: d.score(base) for d in dets}
-    cells = []
-    for name in shifts:
-        shift = SHIFTS[name]
-        if shift.colour_only and base.shape[0] != 3:
-            continue
-        for severity in severities:
-            out = shift_images(base, name, severity, seed)
-            out_bpd = likelihood.score(out)
-            cells.append(Cell(name, shift.family, severity, float(in_bpd.mean() - out_bpd.mean()),
-                              float(np.hypot(_stderr(in_bpd), _stderr(out_bpd))), float(out_bpd.mean()),
-                              {d.name: auroc(in_scores[d.name], d.score(out)) for d in dets}))
-        log.info("%s: gap %s bits/dim at severities %s", name,
-                 " ".join(f"{c.gap_bpd:+.3f}" for c in cells[-len(severities):]), list(severities))
-    return cells
+    predictors = _predictors(model, likelihood, heldout, shifted)
+    cells, per_image = [], {}
+    for (name, severity), out in shifted.sets.items():
+        out_bpd = per_image[(name, severity)] = likelihood.score(out)
+        cells.append(Cell(name, SHIFTS[name].family, severity, float(in_bpd.mean() - out_bpd.mean()),
+                          float(np.hypot(_stderr(in_bpd), _stderr(out_bpd))), float(out_bpd.mean()),
+                          {d.name: auroc(in_scores[d.name], d.score(out)) for d in dets},
+                          {k: float(f((name, severity), out)) for k, f in predictors.items()}))
+        if severity == max(s for n, s in shifted.sets if n == name):
+            log.info("%s (%s): gap %s bits/dim", name, label,
+                     " ".join(f"{c.gap_bpd:+.3f}" for c in cells if c.shift == name))
+    return Sweep(label, cells, in_bpd, per_image)
 
 
 def worst_case(cells: list[Cell]) -> dict[str, dict[str, float]]:

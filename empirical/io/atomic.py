@@ -9,6 +9,7 @@ is complete, so a full disk or an interruption never mixes a new report's files 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,10 +58,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        f = os.fdopen(fd, "wb")
+        try:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):  # closing flushes again: on a full disk that fails too; keep the cause
+                f.close()
+            raise
+        f.close()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

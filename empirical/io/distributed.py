@@ -114,6 +114,19 @@ def init_from_env(device: str = "auto") -> torch.device:
     return dev
 
 
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",
+             "socket closed")  # what gloo and NCCL say when another rank is gone
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank of this torchrun job is gone (killed,
+    crashed); the group may have been left already."""
+    backend = getattr(dist, "DistBackendError", ())
+    in_job = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    return in_job and (isinstance(err, backend) or (isinstance(err, RuntimeError)
+                                                    and any(s in str(err) for s in PEER_GONE)))
+
+
 def shutdown() -> None:
     """Leave the group (a no-op without one)."""
     if dist.is_available() and dist.is_initialized():

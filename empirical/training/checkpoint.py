@@ -10,7 +10,7 @@ import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import torch
 
@@ -64,7 +64,18 @@ def _code_only(source: str) -> str:
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """torch.save to a temp file in the same folder, fsync, rename: a crash never leaves half a file."""
-    atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **payload}, f))
+    atomic_write(Path(path), lambda f: write_payload(f, {"format": FORMAT, **payload}, Path(path)))
+
+
+def write_payload(f: BinaryIO, obj: dict, path: Path) -> None:
+    """torch.save ``obj`` into the open file ``f``; a write that fails part-way (torch says "unexpected pos" when
+    the disk fills) is a CheckpointError naming ``path``."""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as err:
+        raise CheckpointError(f"could not write the checkpoint {path}: the write failed part-way (is the disk full?); "
+                              f"an earlier {path.name} is left as it was (torch: {str(err).splitlines()[0][:160]})") \
+            from err
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
-MAX_BYTES = 8 * 2**20  # shipped weights are at most 8 MiB each: the 28×28 CV-Glows (0.5 MiB) and CIFAR-10's (2.3 MiB) ship
+MAX_BYTES = 8 * 2**20  # shipped weights are at most 8 MiB each (the CV-Glows: 0.5 MiB for 28×28, 2.3 MiB for CIFAR-10)
 
 
 BPD_TOLERANCE = 0.01  # retrained on another torch or machine: test bits/dim within this of the shipped model's

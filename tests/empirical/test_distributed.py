@@ -191,6 +191,9 @@ def test_a_killed_rank_stops_the_job_and_one_process_resumes_it(tiny, tmp_path):
             launcher.kill()
     assert launcher.returncode != 0
     assert "empirical.train" in err and "FAILED" in err and "rank" in err, err[-3000:]
+    # the surviving rank says what happened in one line (or, stopped first by torchrun, that it was terminated)
+    assert "[rank0]: Traceback" not in err, err[-3000:]
+    assert "error: rank 0: another rank of this torchrun job stopped" in err or "terminated:" in err, err[-3000:]
     step = load_checkpoint(out / "last.pt")["step"]  # intact: loads, and at a checkpoint boundary
     assert step > 0 and step % 20 == 0
     resumed = subprocess.run([sys.executable, *args, "--steps", str(step + 20), "--resume"], cwd=REPO, env=env,

@@ -4,9 +4,12 @@ a missing home folder costs only the cache, and retrain verifies only what it tr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +273,50 @@ def test_conversions_are_recorded_and_an_animation_is_refused(tmp_path):
     frames[0].save(tmp_path / "gif" / "anim.gif", save_all=True, append_images=frames[1:])
     with pytest.raises(DataError, match="holds 3 frames"):
         open_out(str(tmp_path / "gif"), (1, 28, 28))
+
+
+# a disk that fills while a checkpoint is written: one line, the earlier checkpoint kept ----------------------------
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_during_a_checkpoint_save_is_one_error_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    from empirical.training import checkpoint
+
+    target = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(target, {"step": 1, "model_state": {}})
+    before = target.read_bytes()
+
+    def onto_a_full_disk(path, write):  # a buffered file whose writes fail with ENOSPC, as atomic_write's temp file
+        f = open("/dev/full", "wb")  # noqa: SIM115
+        try:
+            write(f)
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()
+
+    monkeypatch.setattr(checkpoint, "atomic_write", onto_a_full_disk)
+    with pytest.raises(CheckpointError, match=r"could not write the checkpoint .*last.pt: .*is the disk full") as err:
+        checkpoint.save_checkpoint(target, {"step": 2, "model_state": {"w": torch.zeros(10**5)}})
+    assert "\n" not in str(err.value) and "unexpected pos" in str(err.value)
+    assert target.read_bytes() == before
+
+
+def test_a_write_that_fails_keeps_its_own_error_when_closing_fails_too(tmp_path, monkeypatch):
+    import errno
+    import io
+
+    from empirical.io import atomic
+
+    class FullOnClose(io.BytesIO):
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    opened = []
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: opened.append(fd) or FullOnClose())
+
+    def fails(f):
+        f.write(b"half")
+        raise ValueError("the writer's own error")
+
+    with pytest.raises(ValueError, match="the writer's own error"):
+        atomic.atomic_write(tmp_path / "x.bin", fails)
+    os.close(opened[0])
+    assert list(tmp_path.iterdir()) == []  # the temp file removed, nothing written
