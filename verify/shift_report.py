@@ -67,23 +67,32 @@ def model_or_data(verdicts: dict, agreement: dict, r2: dict[str, dict[str, float
     return lines
 
 
-def family_table(facts: dict) -> list[str]:
-    """Each score's mean AUROC per shift family and its worst; the best worst case marked (a rule that looks at
-    shifts of IN only)."""
-    table = facts["auroc_by_family"]
+def family_table(label: str, table: dict[str, dict[str, float]]) -> list[str]:
+    """One model's mean AUROC of each score per shift family (over its shifts and severities), and the worst."""
     families = sorted({f for m in table.values() for f in m if f != "worst"})
-    best = facts["best_worst_case"]
-    return [f"Mean AUROC per shift family (over its shifts and severities); the best worst case, **{best}**, is what "
-            f"the rule fixed in advance picks from shifts of IN alone:", "",
+    best = max(table, key=lambda s: table[s]["worst"]) if table else None
+    return [f"**{label}** (best worst case: {best})", "",
             "| score | " + " | ".join(families) + " | worst |", "|---|" + "---:|" * (len(families) + 1),
             *[f"| {'**' + s + '**' if s == best else s}{' (recommended)' if s == RECOMMENDED else ''} | "
               + " | ".join(f"{m.get(f, float('nan')):.3f}" for f in families) + f" | {m['worst']:.3f} |"
               for s, m in table.items()]]
 
 
-def render(sweeps: list[Sweep], facts: dict, analysis: dict, severities: tuple[int, ...], head: str,
+def detection(analysis: dict) -> list[str]:
+    """The detection section: each model's per-family table and what the rule picks over all of them."""
+    lines = ["## Detection", "",
+             f"Each score's mean AUROC per shift family (shifted images positive). The recommendation rule, fixed in "
+             f"advance, takes the score with the best worst case over every model and shift family (among the scores "
+             f"every model has); over this sweep's models it picks **{analysis['best_worst_case']}** (the recommended "
+             f"score today: {RECOMMENDED}; docs/detection.md applies the rule over the committed sweeps).", ""]
+    for label, table in analysis["auroc_by_family"].items():
+        lines += [*family_table(label, table), ""]
+    return lines
+
+
+def render(sweeps: list[Sweep], analysis: dict, severities: tuple[int, ...], head: str,
            prov: dict, sources: dict[str, str]) -> str:
-    """The whole report; ``facts``: the first model's ``summary``; ``analysis``: verdicts, agreement and R²."""
+    """The whole report; ``analysis``: verdicts, agreement, R², each model's per-family AUROC and the rule's pick."""
     main = sweeps[0]
     inverting = [f"{s.label}: {', '.join(dict.fromkeys(c.shift for c in s.cells if c.inverts)) or 'none'}"
                  for s in sweeps]
@@ -97,7 +106,8 @@ def render(sweeps: list[Sweep], facts: dict, analysis: dict, severities: tuple[i
              "![gap curves](gap_curves.png)", ""]
     for s in sweeps:
         lines += [*gap_table(s, severities), "", f"![gap {s.label}]({gap_figure(s.label)})", ""]
-    lines += [f"## Detection ({main.label})", "", *family_table(facts), "", "![AUROC curves](auroc_curves.png)", "",
+    lines += [*detection(analysis), f"AUROC against severity, {main.label}:", "",
+              "![AUROC curves](auroc_curves.png)", "",
               f"![{RECOMMENDED}](auroc_recommended.png)", "", "![likelihood](auroc_likelihood.png)", "",
               "## Provenance", "", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
               f"- device: {prov['device']}",

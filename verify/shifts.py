@@ -29,7 +29,7 @@ from verify.agreement import IN_TEST, complexity_r2, rank_agreement, verdicts
 from verify.cli import OpenedModel, add_model_arguments, open_model, trained
 from verify.runs import provenance
 from verify.shift_report import gap_figure, render
-from verify.sweep import Sweep, shifted_sets, summary, sweep, to_dict
+from verify.sweep import Sweep, best_worst_case, shifted_sets, summary, sweep, to_dict, worst_case
 
 # images per cell by default: the sweeps a user runs first finish in about 5 minutes on a 2-core machine
 DEFAULT_LIMIT = {("one", "grey"): 500, ("one", "colour"): 200, ("all", "grey"): 100, ("all", "colour"): 50}
@@ -162,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if other:
         sweeps.append(sweep(other[1].module.to(device).eval(), shifted, None, label=f"{other[1].name} ({other[0]})",
                             choice=choose_scores("likelihood"), seed=args.seed, device=device))
+    by_model = {s.label: worst_case(s.cells) for s in sweeps[:len(opened)]}  # IN's models, not the other set's
     analysis = {"verdicts": verdicts(sweeps), "agreement": rank_agreement(sweeps),
-                "r2": {s.label: complexity_r2(s, shifted) for s in sweeps}}
+                "r2": {s.label: complexity_r2(s, shifted) for s in sweeps}, "auroc_by_family": by_model,
+                "best_worst_case": best_worst_case(list(by_model.values()))}
     facts, prov = summary(sweeps[0].cells), provenance(command, device, started, t0)
     head = f"trained on {_set_name(in_train)}, {len(shifted.base)} images a cell"
     model_sources = {s.label: m.source for s, m in zip(sweeps, [*opened, *([other[1]] if other else [])], strict=True)}
@@ -171,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         _figures(stage, sweeps, analysis, severities)
         write_json(stage / "results.json", {
             "in": in_train.source, "limit": len(shifted.base), "models": model_sources,
-            "cells": {s.label: to_dict(s.cells) for s in sweeps}, "summary": facts, **analysis, "provenance": prov})
-        report = render(sweeps, facts, analysis, severities, head, prov, model_sources)
+            "cells": {s.label: to_dict(s.cells) for s in sweeps}, "summary": facts, **analysis,
+            "recommended": RECOMMENDED, "provenance": prov})
+        report = render(sweeps, analysis, severities, head, prov, model_sources)
         atomic_write(stage / "report.md", lambda f: f.write(report.encode()))
     data = [s for s, v in analysis["verdicts"].items() if v["driver"] == "data"]
     print(f"{head}: invert at some severity ({sweeps[0].label}): {', '.join(facts['inverts_somewhere']) or 'none'}"

@@ -145,6 +145,15 @@ def worst_case(cells: list[Cell]) -> dict[str, dict[str, float]]:
     return {s: {**m, "worst": min(m.values())} for s, m in means.items()}
 
 
+def best_worst_case(tables: list[dict[str, dict[str, float]]]) -> str | None:
+    """The recommendation rule, fixed before anything was measured: among the scores that every table has
+    (``worst_case`` of each model's sweep: every IN set, every family), the one whose worst shift-family mean AUROC
+    over all the tables is highest. It looks at shifts of IN alone, never at a real OOD set."""
+    common = set.intersection(*(set(t) for t in tables)) if tables else set()
+    worst = {s: min(t[s]["worst"] for t in tables) for s in sorted(common)}
+    return max(worst, key=worst.get) if worst else None
+
+
 def summary(cells: list[Cell]) -> dict:
     """Which shifts invert at some severity, which at every one, the recommended score's worst AUROC per family,
     and the score with the best worst family mean (``worst_case``); all from the cells."""
@@ -156,7 +165,7 @@ def summary(cells: list[Cell]) -> dict:
         if RECOMMENDED in c.auroc:
             worst[c.family] = min(worst.get(c.family, 1.0), c.auroc[RECOMMENDED])
     per_family = worst_case(cells)
-    return {"best_worst_case": max(per_family, key=lambda s: per_family[s]["worst"]) if per_family else None,
+    return {"best_worst_case": best_worst_case([per_family]),
             "auroc_by_family": per_family,
             "inverts_somewhere": [s for s, cs in by_shift.items() if any(c.inverts for c in cs)],
             "inverts_everywhere": [s for s, cs in by_shift.items() if all(c.inverts for c in cs)],

@@ -19,7 +19,7 @@ from tests.helpers import randomize
 from theory.predict import closed_form
 from theory.quadratic import Moments
 from verify.agreement import IN_TEST, RANK_AGREEMENT, complexity_r2, r_squared, rank_agreement, spearman, verdicts
-from verify.sweep import Cell, Shifted, Sweep, complexity_prediction, shifted_sets, summary, sweep
+from verify.sweep import Cell, Shifted, Sweep, best_worst_case, complexity_prediction, shifted_sets, summary, sweep
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,12 @@ def test_a_sweep_of_one_score_still_measures_the_gap(flow):
     shifted = shifted_sets(_set(12, 0), shifts=("invert",), severities=(5,), limit=10)
     cells = sweep(flow, shifted, None, choice=choose_scores("complexity_png")).cells
     assert list(cells[0].auroc) == ["complexity_png"] and cells[0].gap_bpd != 0
+
+
+def test_the_rule_takes_the_best_worst_case_over_every_model_among_the_scores_all_have():
+    flow = {"x": {"noise": 0.9, "worst": 0.9}, "y": {"noise": 0.7, "worst": 0.7},
+            "latent": {"noise": 1.0, "worst": 1.0}}
+    other = {"x": {"blur": 0.5, "worst": 0.5}, "y": {"blur": 0.6, "worst": 0.6}}
+    assert best_worst_case([flow]) == "latent"
+    assert best_worst_case([flow, other]) == "y"  # x's worst over both is 0.5; latent is not every model's
+    assert best_worst_case([]) is None
