@@ -18,7 +18,7 @@ from empirical.models.contract import image_shape
 from empirical.models.factory import call_factory, load_weights
 from empirical.training.checkpoint import Checkpoint, check_trained_on
 from empirical.training.loading import model_from_checkpoint
-from empirical.training.presets import Preset
+from empirical.training.presets import Preset, get_preset
 from verify.api import check_heldout
 from verify.runs import origin_text, trained_model
 
@@ -84,6 +84,22 @@ def trained(args: argparse.Namespace, model_name: str, preset: Preset, in_train:
     ckpt = trained_model(in_train, in_test, model_name, preset, resolve_device(args.device), args.runs_dir,
                          command=command, retrain=getattr(args, "retrain", False))
     return OpenedModel(ckpt.model, ckpt.name, origin_text(ckpt), ckpt, ckpt.heldout(in_train))
+
+
+OTHER_SET = {"fashionmnist": "mnist", "mnist": "fashionmnist", "cifar10": "cifar100", "cifar100": "cifar10"}
+FAMILIES = ("pixelcnn", "vae")  # what --all-models adds to the flow
+
+
+def our_models(args: argparse.Namespace, in_train, in_test, command: str) -> list[OpenedModel]:
+    """The model named or trained on IN, and with --all-models our PixelCNN and VAE of the same IN and preset."""
+    if args.checkpoint or args.model_factory:
+        if args.all_models:
+            raise DgmOodError("--all-models trains or reuses our three families; it does not take --checkpoint or "
+                              "--model-factory")
+        return [open_model(args, in_train, in_test)]
+    names = [args.model, *([f for f in FAMILIES if f != args.model] if args.all_models else [])]
+    return [trained(args, name, get_preset(args.preset, name, in_train.shape, seed=args.seed), in_train, in_test,
+                    command) for name in names]
 
 
 def open_heldout(args: argparse.Namespace, model: nn.Module, in_test: ImageSet) -> ImageSet | None:

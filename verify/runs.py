@@ -4,7 +4,6 @@ the provenance every result names: command, commit, device, torch, start and wal
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import time
@@ -16,7 +15,7 @@ from empirical.data.imageset import ImageSet, training_digest
 from empirical.data.sources import slug
 from empirical.io import distributed
 from empirical.io.atomic import atomic_write
-from empirical.io.provenance import device_description, git_commit, portable_path
+from empirical.io.provenance import device_description, file_sha256, git_commit, portable_path
 from empirical.training.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint
 from empirical.training.loading import model_from_checkpoint
 from empirical.training.presets import Preset
@@ -66,15 +65,6 @@ def cached_model(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     if distributed.world().main:
         atomic_write(seal, lambda f: f.write(file_sha256(ckpt).encode()))
     return ckpt
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def provenance(command: str, device: torch.device, started: str, t0: float) -> dict:

@@ -26,7 +26,7 @@ from empirical.ood.suite import choose_scores
 from empirical.training.presets import get_preset
 from verify import shift_figures
 from verify.agreement import IN_TEST, complexity_r2, rank_agreement, verdicts
-from verify.cli import OpenedModel, add_model_arguments, open_model, trained
+from verify.cli import FAMILIES, OTHER_SET, OpenedModel, add_model_arguments, our_models, trained
 from verify.runs import provenance
 from verify.shift_report import gap_figure, render
 from verify.sweep import Sweep, best_worst_case, shifted_sets, summary, sweep, to_dict, worst_case
@@ -74,22 +74,6 @@ def _choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[int, ...]
     if not severities or any(s not in SEVERITIES for s in severities):
         raise DgmOodError(f"--severities takes whole numbers from 1 to 5, got {args.severities!r}")
     return names, severities
-
-
-OTHER_SET = {"fashionmnist": "mnist", "mnist": "fashionmnist", "cifar10": "cifar100", "cifar100": "cifar10"}
-FAMILIES = ("pixelcnn", "vae")  # what --all-models adds to the flow
-
-
-def _models(args: argparse.Namespace, in_train, in_test, command: str) -> list[OpenedModel]:
-    """The model named or trained on IN, and with --all-models our PixelCNN and VAE of the same IN and preset."""
-    if args.checkpoint or args.model_factory:
-        if args.all_models:
-            raise DgmOodError("--all-models trains or reuses our three families; it does not take --checkpoint or "
-                              "--model-factory")
-        return [open_model(args, in_train, in_test)]
-    names = [args.model, *([f for f in FAMILIES if f != args.model] if args.all_models else [])]
-    return [trained(args, name, get_preset(args.preset, name, in_train.shape, seed=args.seed), in_train, in_test,
-                    command) for name in names]
 
 
 def _other_set(args: argparse.Namespace, in_train, command: str) -> tuple[str, OpenedModel] | None:
@@ -154,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     in_train, in_test = sources.open_in(args.in_dataset, data_options(args))
     limit = _limit(args, in_train.shape)
-    opened = _models(args, in_train, in_test, command)
+    opened = our_models(args, in_train, in_test, command)
     other = _other_set(args, in_train, command)
     shifted = shifted_sets(in_test, shifts=names, severities=severities, limit=limit, seed=args.seed)
     sweeps = [sweep(m.module.to(device).eval(), shifted, m.heldout, label=f"{m.name} ({_set_name(in_train)})",

@@ -63,6 +63,10 @@ class ImageSet:
         """The images ``rows``, with ``note`` (what they are) recorded among the transforms."""
         return replace(self, images=self.images[rows], transforms=(*self.transforms, note))
 
+    def derived(self, images: np.ndarray, name: str, note: str) -> ImageSet:
+        """Other images made from these (an attack, a shift), named ``name``, with ``note`` among the transforms."""
+        return replace(self, images=images, name=name, transforms=(*self.transforms, note))
+
     def head(self, n: int | None) -> ImageSet:
         """The first ``n`` images (all when ``n`` is None or at least their number), the choice recorded."""
         if n is None or n >= len(self):

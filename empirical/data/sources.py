@@ -259,6 +259,16 @@ def _registry(name: str, part: str, options: DataOptions) -> ImageSet:
                     part=part)
 
 
+def labels_of(name: str, part: str, options: DataOptions = DataOptions()) -> np.ndarray:
+    """The class labels (int64, in the images' order) of a registry dataset's ``part``; a DataError for any other
+    source, which carries images only."""
+    if not isinstance(name, str) or is_path(name) or name not in registry.DATASETS:
+        raise DataError(f"{name!r} has no class labels here: labels come with the registry's datasets "
+                        f"({', '.join(registry.DATASETS)})")
+    return registry.load(name, part, options.data_dir, download=options.download,
+                         allow_nonstandard=options.allow_nonstandard).labels
+
+
 def open_in(text: str | os.PathLike, options: DataOptions = DataOptions()) -> tuple[ImageSet, ImageSet]:
     """IN's training and test parts: a registry dataset's splits, a source's own ``train``/``test`` parts, or one
     part split by ``SPLIT_RULE`` (recorded in both sets' transforms). A ``Path`` is a path."""

@@ -78,6 +78,15 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(argv)
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_record(path: Path, data_roots: tuple[Path, ...] = ()) -> SourceFile:
     """A file as it is on disk: its portable name (``portable_path``), size and SHA-256 (streamed)."""
     h, size = hashlib.sha256(), 0

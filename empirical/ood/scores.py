@@ -139,3 +139,11 @@ def fisher_combination(heldout: dict[str, np.ndarray], values: dict[str, np.ndar
         z = (np.asarray(values[name], dtype=np.float64) - ref.mean()) / sd
         total -= 2 * (np.log(2.0) + log_ndtr(-np.abs(z)))  # log p = log(2·Φ(−|z|))
     return total
+
+
+def pixeldefend_pvalue(heldout_bpd: np.ndarray, bpd: np.ndarray) -> np.ndarray:
+    """Song et al. (ICLR 2018), PixelDefend: the p-value of each image's bits/dim among held-out clean images',
+    p(x) = (1 + #{j: bpd_j ≥ bpd(x)}) / (n + 1); a small p (unusually unlikely) is flagged at p < α."""
+    held = np.sort(np.asarray(heldout_bpd, dtype=np.float64))
+    at_least = len(held) - np.searchsorted(held, np.asarray(bpd, dtype=np.float64), side="left")
+    return (1 + at_least) / (len(held) + 1)

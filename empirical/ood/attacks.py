@@ -1,0 +1,111 @@
+"""Adversarial examples, in pixel units x ∈ [0, 255] (an ε of 8/255 is 8 grey levels), returned as 8-bit images:
+the generative models are models of discrete data, so every adversarial image is rounded back to 0..255 (which
+keeps it inside its ε-ball, ε being whole grey levels).
+
+- FGSM (Goodfellow et al., ICLR 2015): x + ε·sign ∇ₓ CE(f(x), y).
+- PGD-ℓ∞ (Madry et al., ICLR 2018): a uniform random start in the ε-ball, then ``steps`` signed-gradient steps of
+  ``step`` levels, each projected back onto the ε-ball ∩ [0, 255].
+- The adaptive attacker (Athalye et al., ICML 2018, against a density defence): PGD on CE(f(x), y) + λ·log p(x̃)/D,
+  so the perturbation also raises the likelihood the defence checks (log p of a smooth model, at bin centres).
+- Toward typical (Pope et al., 2020, the other direction): PGD that moves an image's bits/dim toward a target
+  (typicality's Ĥ), making an OOD image look typical.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from empirical.io.errors import DgmOodError
+from empirical.models.contract import describe, model_device
+from empirical.models.likelihood import LEVELS
+
+EPSILONS = (2, 8)  # grey levels: 2/255 and 8/255
+PGD_STEPS = 10
+LAMBDAS = (0.0, 1.0, 10.0, 100.0)  # the adaptive attacker's weight on log p in nats per dimension
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round pixel values to the nearest grey level in 0..255 (uint8)."""
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 255)
+
+
+def log_density_per_dim(density: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """log p(x̃)/D in nats of pixel-scale images x (float, 0..255) at their bin centres x̃ = (x + ½)/256, with its
+    gradient: only for a model whose log p is smooth in x̃ (empirical.models.contract)."""
+    info = describe(density)
+    if not info.smooth:
+        raise DgmOodError(f"{info.name}'s log p is not differentiable in x̃ (discrete or stochastic): the adaptive "
+                          f"attack needs a smooth density, e.g. a flow")
+    return density.log_prob((x + 0.5) / LEVELS) / info.dims
+
+
+def _gradient_sign(objective, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(x).sum(), x)
+    return grad.sign()
+
+
+def fgsm(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """One signed-gradient step of ε grey levels up the classifier's loss; uint8 N×C×H×W in and out."""
+    dev = model_device(classifier)
+    x, y = images.to(dev).float(), labels.to(dev)
+    step = _gradient_sign(lambda v: F.cross_entropy(classifier(v), y, reduction="none"), x)
+    return quantise(_project(x + eps * step, x, eps)).cpu()
+
+
+def pgd(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, *, steps: int = PGD_STEPS,
+        step: float | None = None, generator: torch.Generator | None = None, density: nn.Module | None = None,
+        lam: float = 0.0) -> torch.Tensor:
+    """PGD-ℓ∞ with a random start: maximise CE(f(x), y) + λ·log p(x̃)/D (λ = 0: the plain attack) inside the
+    ε-ball ∩ [0, 255], ``steps`` steps of ``step`` grey levels (default ε/4); uint8 in and out."""
+    dev = model_device(classifier)
+    x, y = images.to(dev).float(), labels.to(dev)
+    step = eps / 4 if step is None else step
+    start = torch.rand(x.shape, generator=generator, device=generator.device if generator else "cpu").to(dev)
+    x_adv = _project(x + eps * (2 * start - 1), x, eps)
+
+    def objective(v: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(classifier(v), y, reduction="none")
+        return loss + lam * log_density_per_dim(density, v) if lam else loss
+
+    for _ in range(steps):
+        x_adv = _project(x_adv + step * _gradient_sign(objective, x_adv), x, eps)
+    return quantise(x_adv).cpu()
+
+
+def toward_typical(density: nn.Module, images: torch.Tensor, target_bpd: float, eps: float, *,
+                   steps: int = PGD_STEPS, step: float | None = None) -> torch.Tensor:
+    """PGD inside the ε-ball that minimises |bpd(x) − target| (typicality's score), bpd from log p at bin centres
+    (Pope et al.: how little it takes to make an OOD image look typical); uint8 in and out."""
+    dev = model_device(density)
+    x = images.to(dev).float()
+    step = eps / 4 if step is None else step
+    def distance(v: torch.Tensor) -> torch.Tensor:  # bits/dim = (−log p(x̃)/D + log 256) / log 2
+        return ((math.log(LEVELS) - log_density_per_dim(density, v)) / math.log(2) - target_bpd).abs()
+
+    x_adv = best = x.clone()
+    with torch.no_grad():
+        best_distance = distance(best)
+    for _ in range(steps):  # signed steps overshoot near the target: keep each image's closest iterate
+        x_adv = _project(x_adv - step * _gradient_sign(distance, x_adv), x, eps)
+        with torch.no_grad():
+            d = distance(x_adv)
+        closer = d < best_distance
+        best = torch.where(closer[:, None, None, None], x_adv, best)
+        best_distance = torch.minimum(d, best_distance)
+    return quantise(best).cpu()
+
+
+def perturbation_size(clean: torch.Tensor, adversarial: torch.Tensor) -> dict[str, float]:
+    """The perturbation actually made, on the [0, 1] scale: the largest ℓ∞ and the mean ℓ2 per image."""
+    d = (adversarial.double() - clean.double()) / 255.0
+    return {"linf_max": float(d.abs().amax()) if d.numel() else 0.0,
+            "l2_mean": float(d.flatten(1).norm(dim=1).mean()) if d.numel() else 0.0}

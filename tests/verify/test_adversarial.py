@@ -1,0 +1,157 @@
+"""Adversarial examples: every attack stays inside its ε-ball and in 0..255, the adaptive loss raises log p, the
+detection thresholds come from clean held-out images only, PixelDefend's p-value is the rank it should be, the
+classifier resumes bit for bit and its cache is sealed, and the command writes its report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from empirical.data.imageset import ImageSet
+from empirical.models.classifier import ClassifierConfig, SmallCNN
+from empirical.models.registry import build_model
+from empirical.ood import attacks
+from empirical.ood.scores import pixeldefend_pvalue
+from empirical.training.classifier import cached_classifier, classifier_preset, train_classifier
+from empirical.training.presets import get_preset
+from tests.faults.conftest import cli
+from tests.helpers import randomize
+from verify.attacking import Attacked, detect
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def flow():
+    return randomize(build_model("cvglow", get_preset("smoke", "cvglow", SHAPE).model), 0).eval()
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return randomize(SmallCNN(ClassifierConfig(SHAPE, width=4, hidden=8)), 1, scale=0.05).eval()
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8))
+
+
+def _inside(clean: torch.Tensor, adv: torch.Tensor, eps: float) -> None:
+    assert adv.dtype == torch.uint8 and adv.shape == clean.shape
+    assert (adv.int() - clean.int()).abs().max() <= eps
+
+
+@settings(max_examples=8, deadline=None)
+@given(eps=st.integers(1, 16), seed=st.integers(0, 2**16))
+def test_every_attack_stays_in_its_eps_ball_and_in_0_to_255(classifier, flow, eps, seed):
+    x, y = _images(4, seed), torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    _inside(x, attacks.fgsm(classifier, x, y, eps), eps)
+    _inside(x, attacks.pgd(classifier, x, y, eps, steps=3, generator=gen), eps)
+    _inside(x, attacks.pgd(classifier, x, y, eps, steps=2, generator=gen, density=flow, lam=10.0), eps)
+    _inside(x, attacks.toward_typical(flow, x, 5.0, eps, steps=2), eps)
+
+
+def test_the_adaptive_loss_raises_log_p(classifier, flow):
+    x, y = _images(16, 3), torch.zeros(16, dtype=torch.long)
+
+    def log_p(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(attacks.log_density_per_dim(flow, images.float()).mean())
+
+    plain = attacks.pgd(classifier, x, y, 8, generator=torch.Generator().manual_seed(0))
+    adaptive = attacks.pgd(classifier, x, y, 8, generator=torch.Generator().manual_seed(0), density=flow, lam=100.0)
+    assert log_p(adaptive) > log_p(plain) and log_p(adaptive) > log_p(x)
+
+
+def test_a_density_that_is_not_smooth_is_refused_by_the_adaptive_attack(classifier):
+    pixelcnn = build_model("pixelcnn", get_preset("smoke", "pixelcnn", SHAPE).model).eval()
+    with pytest.raises(Exception, match="not differentiable"):
+        attacks.pgd(classifier, _images(2, 0), torch.zeros(2, dtype=torch.long), 2, density=pixelcnn, lam=1.0)
+
+
+def test_pixeldefend_p_values_are_ranks_among_held_out_images():
+    held = np.array([1.0, 2.0, 3.0, 4.0])
+    assert pixeldefend_pvalue(held, np.array([0.5, 2.0, 3.5, 9.0])).tolist() == [1.0, 4 / 5, 2 / 5, 1 / 5]
+
+
+def test_thresholds_come_from_clean_held_out_images_only(flow):
+    def image_set(seed: int, n: int = 12) -> ImageSet:
+        return ImageSet(_images(n, seed).numpy(), f"s{seed}", "test", "array")
+
+    heldout, clean = image_set(1, 20), image_set(2)
+    one = [Attacked("a", image_set(3), 0.5, {})]
+    other = [Attacked("b", image_set(4), 0.5, {}), Attacked("c", image_set(5), 0.5, {})]
+    first, second = detect(flow, heldout, clean, one), detect(flow, heldout, clean, other)
+    assert first["thresholds"] == second["thresholds"]  # the adversarial images never move a threshold
+    for name, cut in first["thresholds"].items():
+        held_scores = next(v for k, v in _scores(flow, heldout).items() if k == name)
+        assert cut == pytest.approx(np.quantile(held_scores, 0.95))
+    assert all(0 <= r <= 1 for r in first["attacks"]["a"]["detection_rate"].values())
+
+
+def _scores(model, images: ImageSet) -> dict:
+    from verify.detection import build
+
+    return {d.name: d.score(images) for d in build(model, images, images)}
+
+
+def test_the_classifier_resumes_bit_for_bit_and_its_cache_is_sealed(tmp_path):
+    rng = np.random.default_rng(0)
+    train = ImageSet(rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8), "tr", "train", "array")
+    test = ImageSet(rng.integers(0, 256, (16, *SHAPE), dtype=np.uint8), "te", "test", "array")
+    y_train, y_test = rng.integers(0, 10, 64), rng.integers(0, 10, 16)
+    preset = classifier_preset("smoke", SHAPE)
+    whole, _ = train_classifier(train, y_train, test, y_test, preset, tmp_path / "whole")
+    often = replace(preset, checkpoint_every=10)
+    _interrupted(train, y_train, test, y_test, often, tmp_path / "resumed", stop=10)
+    resumed, payload = train_classifier(train, y_train, test, y_test, often, tmp_path / "resumed")
+    assert payload["step"] == preset.steps and [h["step"] for h in payload["history"]] == [10, 20, 30]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    model, ckpt = cached_classifier(train, y_train, test, y_test, preset, tmp_path / "runs")
+    again, same = cached_classifier(train, y_train, test, y_test, preset, tmp_path / "runs")
+    assert same == ckpt and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                                   again.state_dict().values(), strict=True))
+    ckpt.write_bytes(ckpt.read_bytes()[:-8] + b"\0" * 8)  # damaged after it was sealed
+    cached_classifier(train, y_train, test, y_test, preset, tmp_path / "runs")
+    assert list(ckpt.parent.glob("last.pt.corrupt-*"))
+
+
+def _interrupted(train, y_train, test, y_test, preset, out, stop: int):
+    """Train ``preset`` but stop (as Ctrl-C would) right after the checkpoint at step ``stop``."""
+    from empirical.training import classifier as module
+
+    real = module.save_checkpoint
+
+    def save_then_stop(path, payload):
+        real(path, payload)
+        if payload["step"] == stop:
+            raise KeyboardInterrupt
+
+    module.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_classifier(train, y_train, test, y_test, preset, out)
+    finally:
+        module.save_checkpoint = real
+
+
+@pytest.mark.slow
+def test_the_command_writes_its_report(world, tmp_path):
+    proc = cli("verify.adversarial", "fashionmnist", "--checkpoint", world["ckpt"]["cvglow"], "--preset", "smoke",
+               "--data-dir", world["data"], "--allow-nonstandard-data", "--runs-dir", tmp_path / "runs", "--limit", "8",
+               "--scores", "likelihood,typicality,complexity_png", "--out", tmp_path / "r", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert list(written["attacks"]) == ["fgsm ε=2/255", "fgsm ε=8/255", "pgd ε=2/255", "pgd ε=8/255",
+                                        "adaptive ε=8/255 λ=1", "adaptive ε=8/255 λ=10", "adaptive ε=8/255 λ=100"]
+    assert all(v["linf_max"] <= 8 / 255 + 1e-9 for v in written["attacks"].values())
+    assert written["toward_typical"] and written["provenance"]["command"].startswith("python -m verify.adversarial")
+    written_files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"report.md", "examples.png", "roc_pgd.png", "roc_adaptive.png"} <= written_files

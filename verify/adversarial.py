@@ -1,0 +1,126 @@
+"""``python -m verify.adversarial IN``: can our generative models (or yours) tell adversarial examples from clean
+images? Attacks a classifier of IN (ours, trained or reused, or ``--classifier-factory``) with FGSM, PGD and an
+adaptive PGD that also raises log p, scores every detection score on the adversarial images, and moves OOD images
+toward typicality (the other direction); one report with tables, ROC curves and example images."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from empirical.cli import SOURCE_HELP, add_data_arguments, check_limit, check_seed, data_options, run_cli, writable_dir
+from empirical.data import sources
+from empirical.data.imageset import ShapeMap
+from empirical.io.atomic import atomic_write, staged, write_json
+from empirical.io.distributed import resolve_device
+from empirical.io.errors import DgmOodError
+from empirical.io.provenance import portable_path
+from empirical.models.contract import describe
+from empirical.models.factory import call_factory, load_weights
+from empirical.ood.suite import choose_scores
+from empirical.training.classifier import accuracy, cached_classifier, classifier_preset
+from verify import attack_report
+from verify.attacking import attack_all, detect, toward_typical
+from verify.cli import OTHER_SET, add_model_arguments, our_models
+from verify.runs import provenance
+
+DEFAULT_LIMIT = 500  # clean IN-test images attacked
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m verify.adversarial", description=__doc__.splitlines()[0],
+                                epilog=SOURCE_HELP)
+    p.add_argument("in_dataset", metavar="IN", help="a registry dataset with class labels (fashionmnist, cifar10, …)")
+    add_model_arguments(p)
+    p.add_argument("--model", default="cvglow", help="our family to train or reuse when no model is named")
+    p.add_argument("--all-models", action="store_true", help="also our PixelCNN and VAE of IN")
+    p.add_argument("--preset", default="cpu", help="the preset of our generative models and classifier")
+    p.add_argument("--classifier-factory", metavar="MODULE:FUNCTION",
+                   help="your classifier: FUNCTION() returns an nn.Module giving logits of pixel values in [0, 255]")
+    p.add_argument("--classifier-weights", type=Path, help="a state dict for --classifier-factory")
+    p.add_argument("--ood", help="the OOD set moved toward typicality (default: " +
+                   ", ".join(f"{a} → {b}" for a, b in OTHER_SET.items()) + "; none to skip)")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
+                   help=f"clean IN-test images attacked, and OOD images moved (default {DEFAULT_LIMIT})")
+    p.add_argument("--scores", default="cheap", metavar="SET|NAMES", help="detection scores (default cheap)")
+    add_data_arguments(p)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="the report's folder (default runs/adversarial/IN-MODEL, or IN-all)")
+    return p
+
+
+def _classifier(args: argparse.Namespace, in_train, in_test, options, device):
+    """Ours (trained or reused from the runs cache) or the user's, with where it came from."""
+    if args.classifier_factory:
+        module = call_factory(args.classifier_factory)
+        source = args.classifier_factory
+        if args.classifier_weights:
+            record = load_weights(module, args.classifier_weights)
+            source += f" with weights {record['path']} (SHA-256 {record['sha256'][:16]}…)"
+        return module.to(device).eval(), source
+    if args.classifier_weights:
+        raise DgmOodError("--classifier-weights loads into a --classifier-factory classifier")
+    labels = sources.labels_of(args.in_dataset, "train", options), sources.labels_of(args.in_dataset, "test", options)
+    preset = classifier_preset(args.preset if args.preset == "smoke" else "cpu", in_train.shape, seed=args.seed,
+                               hflip=in_train.mirror_symmetric)
+    model, path = cached_classifier(in_train, labels[0], in_test, labels[1], preset, args.runs_dir,
+                                    device=str(device))
+    return model, f"SmallCNN ({preset.name} preset), {portable_path(path)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
+    command = shlex.join(["python", "-m", "verify.adversarial", *(sys.argv[1:] if argv is None else argv)])
+    sources.check_name(args.in_dataset)
+    check_seed(args.seed)
+    check_limit(args.limit)
+    choice = choose_scores(args.scores)
+    out = args.out or Path("runs/adversarial") / (f"{sources.slug(args.in_dataset)}-"
+                                                  f"{'all' if args.all_models else args.model}")
+    writable_dir(out, "--out")
+    device, options = resolve_device(args.device), data_options(args)
+    in_train, in_test = sources.open_in(args.in_dataset, options)
+    labels = sources.labels_of(args.in_dataset, "test", options)[:args.limit]
+    classifier, classifier_source = _classifier(args, in_train, in_test, options, device)
+    opened = our_models(args, in_train, in_test, command)
+    clean = in_test.head(args.limit)
+    smooth = next((m for m in opened if describe(m.module).smooth), None)
+    clean_acc, attacked = attack_all(classifier, clean, labels, seed=args.seed,
+                                     density=smooth.module.to(device).eval() if smooth else None)
+    detection = {m.name: detect(m.module.to(device).eval(), m.heldout, clean, attacked, choice=choice,
+                                seed=args.seed, device=device) for m in opened}
+    ood_name = args.ood or OTHER_SET.get(str(args.in_dataset).lower())
+    typical = ood = None
+    if smooth and ood_name and ood_name != "none":
+        ood = sources.open_out(ood_name, in_train.shape, ShapeMap(), options).head(args.limit)
+        typical = toward_typical(smooth.module, smooth.heldout, clean, ood, seed=args.seed, choice=choice,
+                                 device=device)
+    prov = provenance(command, device, started, t0)
+    facts = {"in": in_test.name, "limit": len(clean), "classifier": classifier_source,
+             "classifier_accuracy": {"attacked_images": clean_acc, "test_2000": accuracy(
+                 classifier, in_test.images[:2000], sources.labels_of(args.in_dataset, "test", options)[:2000])
+                 if not args.classifier_factory else None},
+             "models": {m.name: m.source for m in opened}, "adaptive_against": smooth.name if smooth else None,
+             "attacks": {a.name: {"success_rate": a.success_rate, **a.size, "adaptive": a.adaptive}
+                         for a in attacked},
+             "detection": {k: {kk: vv for kk, vv in v.items() if kk != "per_image"} for k, v in detection.items()},
+             "toward_typical": typical, "ood": ood.name if typical else None, "provenance": prov}
+    with staged(out) as stage:
+        attack_report.figures(stage, clean, attacked, detection, opened[0].name)
+        write_json(stage / "results.json", facts)
+        text = attack_report.render(facts)
+        atomic_write(stage / "report.md", lambda f: f.write(text.encode()))
+    print(attack_report.headline(facts))
+    print(f"report: {out}/report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

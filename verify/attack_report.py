@@ -1,0 +1,114 @@
+"""The adversarial report: the attacks (success, perturbation size), each model's detection of them (gap, AUROC,
+detection rate at 5% false alarms, PixelDefend), the adaptive attacker, the other direction, and the figures (ROC
+curves, clean / adversarial / difference images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from empirical.data.imageset import ImageSet
+from empirical.ood.detectors import RECOMMENDED
+from verify.attacking import FALSE_ALARMS, Attacked
+from verify.figures import new_figure, roc_curves, save_png, styled
+
+
+def _strongest(names: list[str], adaptive: bool) -> str | None:
+    chosen = [n for n in names if n.startswith("adaptive") == adaptive and not n.startswith("fgsm")]
+    return chosen[-1] if chosen else None
+
+
+def figures(stage: Path, clean: ImageSet, attacked: list[Attacked], detection: dict, first: str) -> None:
+    """ROC curves of the first model's scores against the strongest plain and adaptive attacks, and examples."""
+    per_image = detection[first]["per_image"]
+    names = [a.name for a in attacked]
+    for key, name in (("roc_pgd.png", _strongest(names, False)), ("roc_adaptive.png", _strongest(names, True))):
+        if name:
+            aurocs = detection[first]["attacks"][name]["auroc"]
+            roc_curves({k: (per_image["clean"][k], v) for k, v in per_image[name].items()}, aurocs,
+                       f"{first}: {name} vs clean", stage / key)
+    examples(clean.images[:6], {a.name: a.images.images[:6] for a in attacked}, stage / "examples.png")
+
+
+@styled
+def examples(clean: np.ndarray, adversarial: dict[str, np.ndarray], path: Path) -> Path:
+    """Rows: clean, then each attack's images and their difference from clean (×10, grey = 0)."""
+    rows = [("clean", clean)]
+    for name, images in adversarial.items():
+        diff = np.clip(128 + 10 * (images.astype(np.int16) - clean.astype(np.int16)), 0, 255).astype(np.uint8)
+        rows += [(name, images), ("difference ×10", diff)]
+    fig = new_figure(figsize=(1.1 * len(clean) + 1.8, 1.05 * len(rows)))
+    axes = fig.subplots(len(rows), len(clean), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    return save_png(fig, path)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _detection_table(name: str, d: dict) -> list[str]:
+    scores = list(next(iter(d["attacks"].values()))["auroc"])
+    lines = [f"**{name}**: AUROC (adversarial positive) / detection rate at {100 * FALSE_ALARMS:.0f}% false alarms "
+             f"on held-out clean images; PixelDefend: share with p < {FALSE_ALARMS}", "",
+             "| attack | gap (bpd) | " + " | ".join(s + (" (recommended)" if s == RECOMMENDED else "") for s in scores)
+             + " | PixelDefend |", "|---|---:|" + "---:|" * (len(scores) + 1)]
+    for attack, row in d["attacks"].items():
+        lines.append(f"| {attack} | {row['gap_bpd']:+.3f} | " + " | ".join(
+            f"{row['auroc'][s]:.3f} / {_pct(row['detection_rate'][s])}" for s in scores)
+            + f" | {_pct(row['detection_rate']['pixeldefend'])} |")
+    return lines
+
+
+def render(facts: dict) -> str:
+    """The whole report from results.json's content."""
+    acc = facts["classifier_accuracy"]
+    lines = [f"# Adversarial examples: the first {facts['limit']} images of {facts['in']} attacked", "",
+             f"Classifier: {facts['classifier']}; accuracy {_pct(acc['attacked_images'])} on the attacked images"
+             + (f", {_pct(acc['test_2000'])} on the first 2,000 test images" if acc["test_2000"] is not None else "")
+             + ". Adversarial images are rounded to 8 bits (the generative models are discrete-data models), which "
+             "keeps them in their ε-ball. A positive gap: the adversarial images get the HIGHER likelihood.", "",
+             "| attack | success rate | ℓ∞ (max) | ℓ2 (mean) |", "|---|---:|---:|---:|",
+             *[f"| {k} | {_pct(v['success_rate'])} | {v['linf_max']:.4f} | {v['l2_mean']:.3f} |"
+               for k, v in facts["attacks"].items()], "", "## Detection", ""]
+    for name, d in facts["detection"].items():
+        lines += [*_detection_table(name, d), ""]
+    against = facts["adaptive_against"]
+    lines += ["The adaptive attacker maximises the classifier's loss + λ·log p(x̃)/D under "
+              + (f"{against} (a smooth density); the other models and every score built on them face it as a "
+                 f"transfer attack. The compressed length of the complexity scores is not differentiable: the "
+                 f"attacker does not target it, only the likelihood inside it. A detection claim that holds only "
+                 f"against the plain attacks (FGSM, PGD) holds only against a non-adaptive attacker."
+                 if against else "none of the models (no smooth density): only the plain attacks ran."), "",
+              "![ROC, PGD](roc_pgd.png)", "", "![ROC, adaptive](roc_adaptive.png)" if against else "", "",
+              "![examples](examples.png)", ""]
+    if facts["toward_typical"]:
+        tt = facts["toward_typical"]
+        scores = list(next(iter(tt.values()))["auroc"])
+        lines += [f"## The other direction: {facts['ood']} moved toward typical", "",
+                  f"PGD inside ε moves each {facts['ood']} image's bits/dim toward typicality's Ĥ under {against}; "
+                  f"AUROC of each score ({facts['ood']} positive, against the clean IN images) and the share more "
+                  f"typical than the median IN image:", "",
+                  "| ε | " + " | ".join(scores) + " | more typical |", "|---|" + "---:|" * (len(scores) + 1),
+                  *[f"| {eps} | " + " | ".join(f"{r['auroc'][s]:.3f}" for s in scores)
+                    + f" | {_pct(r['more_typical'])} |" for eps, r in tt.items()], ""]
+    prov = facts["provenance"]
+    lines += ["## Provenance", "", f"- command: `{prov['command']}`", f"- commit: `{prov['commit']}`",
+              f"- device: {prov['device']}",
+              f"- torch {prov['torch']}, started {prov['started']}, wall-clock {prov['seconds']:.0f} s",
+              *[f"- {k}: {v}" for k, v in facts["models"].items()]]
+    return "\n".join(lines) + "\n"
+
+
+def headline(facts: dict) -> str:
+    """One line for the terminal: each attack's success and the first model's recommended-score AUROC."""
+    first = next(iter(facts["detection"].values()))["attacks"]
+    return "; ".join(f"{k}: success {_pct(v['success_rate'])}, {RECOMMENDED} AUROC "
+                     f"{first[k]['auroc'].get(RECOMMENDED, float('nan')):.3f}" for k, v in facts["attacks"].items())

@@ -1,0 +1,117 @@
+"""Can a generative model detect adversarial examples? The experiment behind ``python -m verify.adversarial``:
+attack a classifier on IN-test (empirical.ood.attacks), then ask each generative model and every detection score
+to tell the adversarial images from clean ones; and the other direction, OOD images nudged to look typical.
+
+Every detector is fitted, and every threshold set, on held-out clean IN images only: the threshold of a score is
+the 95th percentile of its values there (5% false alarms), and PixelDefend flags p < 0.05 of the bits/dim among
+them. The ε, the PGD steps and the λ grid are fixed in empirical.ood.attacks, before anything is measured."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from empirical.data.imageset import ImageSet
+from empirical.models.classifier import predict
+from empirical.ood import attacks
+from empirical.ood.detectors import Detector, Likelihood
+from empirical.ood.metrics import auroc
+from empirical.ood.scores import pixeldefend_pvalue
+from empirical.ood.suite import ScoreChoice
+from verify.detection import build
+
+log = logging.getLogger(__name__)
+FALSE_ALARMS = 0.05  # the detection threshold's rate of flagged clean held-out images
+TOWARD_TYPICAL_EPS = (1, 2, 4, 8)  # grey levels, for the other direction
+
+
+@dataclass(frozen=True)
+class Attacked:
+    """One attack's adversarial images (uint8, in the order of the clean ones), how often it changed a correct
+    prediction, and the perturbation's size."""
+
+    name: str
+    images: ImageSet
+    success_rate: float
+    size: dict[str, float]
+    adaptive: bool = False
+
+
+def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, density: nn.Module | None = None,
+               seed: int = 0) -> tuple[float, list[Attacked]]:
+    """The clean accuracy and every attack of the fixed grid: FGSM and PGD at each ε of ``attacks.EPSILONS``, and
+    with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``."""
+    x, y = torch.from_numpy(clean.images), torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    correct = predict(classifier, x) == y
+    runs = [(f"fgsm ε={e}/255", lambda e=e: attacks.fgsm(classifier, x, y, e), False) for e in attacks.EPSILONS]
+    runs += [(f"pgd ε={e}/255", lambda e=e: attacks.pgd(classifier, x, y, e, generator=_gen(seed)), False)
+             for e in attacks.EPSILONS]
+    eps = max(attacks.EPSILONS)
+    if density is not None:
+        runs += [(f"adaptive ε={eps}/255 λ={lam:g}", lambda lam=lam: attacks.pgd(
+            classifier, x, y, eps, generator=_gen(seed), density=density, lam=lam), True)
+            for lam in attacks.LAMBDAS if lam > 0]
+    done = []
+    for name, run, adaptive in runs:
+        adv = run()
+        fooled = (predict(classifier, adv) != y) & correct
+        rate = float(fooled.sum() / max(int(correct.sum()), 1))
+        done.append(Attacked(name, clean.derived(adv.numpy(), f"{clean.name} ({name})", f"adversarial: {name}"),
+                             rate, attacks.perturbation_size(x, adv), adaptive))
+        log.info("%s: success %.3f, ℓ∞ %.4f", name, rate, done[-1].size["linf_max"])
+    return float(correct.float().mean()), done
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def thresholds(dets: list[Detector], heldout: ImageSet) -> dict[str, float]:
+    """Each score's threshold: the (1 − FALSE_ALARMS) quantile of its values on held-out clean images."""
+    return {d.name: float(np.quantile(d.score(heldout), 1 - FALSE_ALARMS)) for d in dets}
+
+
+def detect(model: nn.Module, heldout: ImageSet, clean: ImageSet, attacked: list[Attacked], *,
+           choice: ScoreChoice | None = None, seed: int = 0, device: torch.device | None = None) -> dict:
+    """For each attack: the gap bpd(clean) − bpd(adversarial) and, per score, the AUROC (adversarial positive) and
+    the detection rate at the threshold of ``thresholds``; PixelDefend's rate at p < FALSE_ALARMS."""
+    dets = build(model, clean, heldout, choice=choice, seed=seed, device=device)
+    likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(dets[0].model)
+    cut = thresholds(dets, heldout)
+    held_bpd, clean_bpd = likelihood.score(heldout), likelihood.score(clean)
+    clean_scores = {d.name: d.score(clean) for d in dets}
+    rows, per_image = {}, {"clean": clean_scores}
+    for a in attacked:
+        bpd = likelihood.score(a.images)
+        scores = per_image[a.name] = {d.name: d.score(a.images) for d in dets}
+        rows[a.name] = {
+            "gap_bpd": float(clean_bpd.mean() - bpd.mean()),
+            "auroc": {k: auroc(clean_scores[k], v) for k, v in scores.items()},
+            "detection_rate": {k: float((v > cut[k]).mean()) for k, v in scores.items()}
+            | {"pixeldefend": float((pixeldefend_pvalue(held_bpd, bpd) < FALSE_ALARMS).mean())},
+            "clean_false_alarms": {k: float((v > cut[k]).mean()) for k, v in clean_scores.items()}}
+    return {"thresholds": cut, "attacks": rows, "per_image": per_image}
+
+
+def toward_typical(density: nn.Module, heldout: ImageSet, in_test: ImageSet, ood: ImageSet, *, seed: int = 0,
+                   choice: ScoreChoice | None = None, device: torch.device | None = None) -> dict:
+    """Pope et al.'s direction: OOD images moved by PGD toward typicality's Ĥ at each ε of TOWARD_TYPICAL_EPS;
+    per ε, every score's AUROC (OOD positive) against IN-test, and the share of OOD images more typical than the
+    median IN-test image."""
+    dets = build(density, in_test, heldout, choice=choice, seed=seed, device=device)
+    typ = next(d for d in dets if d.name == "typicality")
+    in_scores = {d.name: d.score(in_test) for d in dets}
+    out = {}
+    for eps in (0, *TOWARD_TYPICAL_EPS):
+        moved = ood if eps == 0 else ood.derived(attacks.toward_typical(
+            density, torch.from_numpy(ood.images), typ.entropy, eps).numpy(), f"{ood.name} (ε={eps})",
+            f"moved toward typical: PGD ε={eps}/255")
+        scores = {d.name: d.score(moved) for d in dets}
+        out[f"{eps}/255"] = {"auroc": {k: auroc(in_scores[k], v) for k, v in scores.items()},
+                             "more_typical": float((scores["typicality"] < np.median(in_scores["typicality"])).mean())}
+        log.info("toward typical ε=%d: typicality AUROC %.3f", eps, out[f"{eps}/255"]["auroc"]["typicality"])
+    return out
