@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from empirical.cli import SOURCE_HELP, add_data_arguments, check_limit, check_seed, data_options, run_cli, writable_dir
+from empirical.cli import SOURCE_HELP, check_limit, check_seed, data_options, run_cli, writable_dir
 from empirical.data import sources
 from empirical.data.imageset import ShapeMap
 from empirical.io.atomic import atomic_write, staged, write_json
@@ -25,7 +25,7 @@ from empirical.ood.suite import choose_scores
 from empirical.training.classifier import accuracy, cached_classifier, classifier_preset
 from verify import attack_report
 from verify.attacking import attack_all, detect, toward_typical
-from verify.cli import OTHER_SET, add_model_arguments, our_models
+from verify.cli import OTHER_SET, add_family_arguments, add_run_arguments, our_models
 from verify.runs import provenance
 
 DEFAULT_LIMIT = 500  # clean IN-test images attacked
@@ -35,10 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verify.adversarial", description=__doc__.splitlines()[0],
                                 epilog=SOURCE_HELP)
     p.add_argument("in_dataset", metavar="IN", help="a registry dataset with class labels (fashionmnist, cifar10, …)")
-    add_model_arguments(p)
-    p.add_argument("--model", default="cvglow", help="our family to train or reuse when no model is named")
-    p.add_argument("--all-models", action="store_true", help="also our PixelCNN and VAE of IN")
-    p.add_argument("--preset", default="cpu", help="the preset of our generative models and classifier")
+    add_family_arguments(p)
     p.add_argument("--classifier-factory", metavar="MODULE:FUNCTION",
                    help="your classifier: FUNCTION() returns an nn.Module giving logits of pixel values in [0, 255]")
     p.add_argument("--classifier-weights", type=Path, help="a state dict for --classifier-factory")
@@ -47,10 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
                    help=f"clean IN-test images attacked, and OOD images moved (default {DEFAULT_LIMIT})")
     p.add_argument("--scores", default="cheap", metavar="SET|NAMES", help="detection scores (default cheap)")
-    add_data_arguments(p)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p)
     p.add_argument("--out", type=Path, help="the report's folder (default runs/adversarial/IN-MODEL, or IN-all)")
     return p
 

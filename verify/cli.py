@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from empirical.cli import data_options
+from empirical.cli import add_data_arguments, data_options
 from empirical.data import sources
 from empirical.data.imageset import ImageSet, ShapeMap
 from empirical.io.distributed import resolve_device
@@ -47,6 +47,23 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
     g.add_argument("--heldout", metavar="SOURCE",
                    help="images of IN the model never trained on, for typicality's Ĥ and the thresholds (our "
                         "checkpoints use the images their preset held out)")
+
+
+def add_family_arguments(p: argparse.ArgumentParser) -> None:
+    """A user's model, or our families: --model, --all-models (our PixelCNN and VAE too) and --preset."""
+    add_model_arguments(p)
+    p.add_argument("--model", default="cvglow", help="our family to train or reuse when no model is named")
+    p.add_argument("--all-models", action="store_true",
+                   help="also our PixelCNN and VAE of IN (shipped weights, or trained and cached)")
+    p.add_argument("--preset", default="cpu", help="the preset of the models we train or reuse")
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """How every verify command reads data and runs: the data options, --runs-dir, --device and --seed."""
+    add_data_arguments(p)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trained models are cached")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def check_model_arguments(args: argparse.Namespace) -> None:

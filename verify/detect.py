@@ -14,7 +14,6 @@ import torch
 
 from empirical.cli import (
     SOURCE_HELP,
-    add_data_arguments,
     add_shape_arguments,
     check_limit,
     check_seed,
@@ -32,7 +31,7 @@ from empirical.models.contract import describe
 from empirical.ood.detectors import RECOMMENDATION, RECOMMENDED
 from empirical.ood.suite import SCORE_SETS, choose_scores
 from empirical.training.checkpoint import Checkpoint
-from verify.cli import add_model_arguments, open_model
+from verify.cli import add_model_arguments, add_run_arguments, open_model
 from verify.detection import screen
 from verify.runs import extra_models, extra_origins, provenance
 
@@ -50,10 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "likelihood regret; all: also the likelihood ratio and WAIC, which train a background model "
                         "and an ensemble (cached in --runs-dir)")
     add_shape_arguments(p)
-    add_data_arguments(p)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p)
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--limit", type=int, metavar="N",
                    help="score only the first N images of IN-test and of each OUT set (all by default)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from empirical.cli import SOURCE_HELP, add_data_arguments, check_limit, check_seed, data_options, run_cli, writable_dir
+from empirical.cli import SOURCE_HELP, check_limit, check_seed, data_options, run_cli, writable_dir
 from empirical.data import sources
 from empirical.data.shifts import SEVERITIES, SHIFTS
 from empirical.io.atomic import atomic_write, staged, write_json
@@ -26,7 +26,7 @@ from empirical.ood.suite import choose_scores
 from empirical.training.presets import get_preset
 from verify import shift_figures
 from verify.agreement import IN_TEST, complexity_r2, rank_agreement, verdicts
-from verify.cli import FAMILIES, OTHER_SET, OpenedModel, add_model_arguments, our_models, trained
+from verify.cli import FAMILIES, OTHER_SET, OpenedModel, add_family_arguments, add_run_arguments, our_models, trained
 from verify.runs import provenance
 from verify.shift_report import gap_figure, render
 from verify.sweep import Sweep, best_worst_case, shifted_sets, summary, sweep, to_dict, worst_case
@@ -39,25 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verify.shifts", description=__doc__.splitlines()[0],
                                 epilog=SOURCE_HELP)
     p.add_argument("in_dataset", metavar="IN", help="the data the model was trained on (a registry name or a path)")
-    add_model_arguments(p)
-    p.add_argument("--model", default="cvglow", help="our family to train or reuse when no model is named")
-    p.add_argument("--preset", default="cpu")
+    add_family_arguments(p)
     p.add_argument("--shifts", help=f"comma-separated (default all {len(SHIFTS)}): {', '.join(SHIFTS)}")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated, from 1 to 5 (default all)")
     p.add_argument("--limit", type=int, metavar="N",
                    help="IN-test images per cell (default: " + ", ".join(
                        f"{n} for {k[1]} images{' with --all-models' if k[0] == 'all' else ''}"
                        for k, n in DEFAULT_LIMIT.items()) + ")")
-    p.add_argument("--all-models", action="store_true",
-                   help="also our PixelCNN and VAE of IN (shipped weights, or trained and cached)")
     p.add_argument("--other-set", metavar="NAME",
                    help="the set whose flow ranks the same images, for agreement across training sets (default: "
                         + ", ".join(f"{a} → {b}" for a, b in OTHER_SET.items()) + "; none to skip)")
     p.add_argument("--scores", default="cheap", metavar="SET|NAMES", help="detection scores (default cheap)")
-    add_data_arguments(p)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p)
     p.add_argument("--out", type=Path, help="the report's folder (default runs/shifts/IN-MODEL, or IN-all)")
     return p
 
