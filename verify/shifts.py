@@ -18,6 +18,7 @@ import numpy as np
 from empirical.cli import SOURCE_HELP, check_limit, check_seed, data_options, run_cli, writable_dir
 from empirical.data import sources
 from empirical.data.shifts import SEVERITIES, SHIFTS
+from empirical.io import distributed
 from empirical.io.atomic import atomic_write, staged, write_json
 from empirical.io.distributed import resolve_device
 from empirical.io.errors import DgmOodError
@@ -119,8 +120,15 @@ def _figures(stage: Path, sweeps: list[Sweep], analysis: dict, severities: tuple
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    distributed.init_from_env(args.device)  # under torchrun: every cell's evaluation is sharded across the ranks
+    try:
+        return _sweep(args, shlex.join(["python", "-m", "verify.shifts", *(sys.argv[1:] if argv is None else argv)]))
+    finally:
+        distributed.shutdown()
+
+
+def _sweep(args: argparse.Namespace, command: str) -> int:
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
-    command = shlex.join(["python", "-m", "verify.shifts", *(sys.argv[1:] if argv is None else argv)])
     sources.check_name(args.in_dataset)
     check_seed(args.seed)
     names, severities = _choices(args)
@@ -143,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     analysis = {"verdicts": verdicts(sweeps), "agreement": rank_agreement(sweeps),
                 "r2": {s.label: complexity_r2(s, shifted) for s in sweeps}, "auroc_by_family": by_model,
                 "best_worst_case": best_worst_case(list(by_model.values()))}
+    if not distributed.world().main:  # rank 0 writes the report
+        return 0
     facts, prov = summary(sweeps[0].cells), provenance(command, device, started, t0)
     head = f"trained on {_set_name(in_train)}, {len(shifted.base)} images a cell"
     model_sources = {s.label: m.source for s, m in zip(sweeps, [*opened, *([other[1]] if other else [])], strict=True)}

@@ -239,3 +239,21 @@ def test_leaving_the_group_ends_gloo_threads_after_ddp(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)):
         assert rank["during"] and rank["after"] == [], rank
+
+
+@pytest.mark.slow
+def test_the_shift_sweep_under_torchrun_writes_the_one_process_numbers(tiny, tmp_path):
+    ckpt = train(*registry_sets("fashionmnist", tiny), "cvglow", _preset("cvglow"), tmp_path / "model", device="cpu",
+                 progress=False).checkpoint
+    args = ["-m", "verify.shifts", "fashionmnist", "--checkpoint", str(ckpt), "--data-dir", str(tiny),
+            "--allow-nonstandard-data", "--shifts", "invert,contrast_scale", "--severities", "1,4", "--limit", "10",
+            "--scores", "likelihood,typicality"]
+    env = env_for(tmp_path, OMP_NUM_THREADS="1")
+    runs = {"one": [sys.executable, *args], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc-per-node={WORLD}", *args]}
+    for name, cmd in runs.items():
+        proc = subprocess.run([*cmd, "--out", str(tmp_path / name)], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "results.json").read_text()) for n in runs)
+    assert one["cells"] == two["cells"] and len(next(iter(one["cells"].values()))) == 4
