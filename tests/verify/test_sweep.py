@@ -149,3 +149,18 @@ def test_the_rule_takes_the_best_worst_case_over_every_model_among_the_scores_al
     assert best_worst_case([flow]) == "latent"
     assert best_worst_case([flow, other]) == "y"  # x's worst over both is 0.5; latent is not every model's
     assert best_worst_case([]) is None
+
+
+def test_a_missing_partner_set_skips_the_agreement_and_one_named_is_an_error(world, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world["data"] / "fashion-mnist", data / "fashion-mnist")  # no MNIST beside it
+    args = ("verify.shifts", "fashionmnist", "--preset", "smoke", "--data-dir", data, "--allow-nonstandard-data",
+            "--runs-dir", tmp_path / "runs", "--limit", "6", "--shifts", "invert", "--severities", "2",
+            "--scores", "likelihood")
+    proc = cli(*args, "--out", tmp_path / "r", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: no rank agreement across training sets" in proc.stderr
+    assert list(json.loads((tmp_path / "r" / "results.json").read_text())["cells"]) == ["cvglow (FashionMNIST)"]
+    assert_one_line_error(cli(*args, "--other-set", "mnist", "--out", tmp_path / "r2", tmp=tmp_path), "mnist")
