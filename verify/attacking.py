@@ -2,7 +2,8 @@
 attack a classifier on IN-test (empirical.ood.attacks), then ask each generative model and every detection score
 to tell the adversarial images from clean ones; and the other direction, OOD images nudged to look typical.
 
-Every detector is fitted, and every threshold set, on held-out clean IN images only: the threshold of a score is
+Every detector is fitted, and every threshold set, on held-out clean IN images only (the first SCREEN_FIT_IMAGES of
+them): the threshold of a score is
 the 95th percentile of its values there (5% false alarms), and PixelDefend flags p < 0.05 of the bits/dim among
 them. The ε, the PGD steps and the λ grid are fixed in empirical.ood.attacks, before anything is measured."""
 
@@ -22,7 +23,7 @@ from empirical.ood.detectors import Detector, Likelihood
 from empirical.ood.metrics import auroc
 from empirical.ood.scores import pixeldefend_pvalue
 from empirical.ood.suite import ScoreChoice
-from verify.detection import build
+from verify.detection import SCREEN_FIT_IMAGES, build
 
 log = logging.getLogger(__name__)
 FALSE_ALARMS = 0.05  # the detection threshold's rate of flagged clean held-out images
@@ -79,6 +80,7 @@ def detect(model: nn.Module, heldout: ImageSet, clean: ImageSet, attacked: list[
            choice: ScoreChoice | None = None, seed: int = 0, device: torch.device | None = None) -> dict:
     """For each attack: the gap bpd(clean) − bpd(adversarial) and, per score, the AUROC (adversarial positive) and
     the detection rate at the threshold of ``thresholds``; PixelDefend's rate at p < FALSE_ALARMS."""
+    heldout = heldout.head(SCREEN_FIT_IMAGES)
     dets = build(model, clean, heldout, choice=choice, seed=seed, device=device)
     likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(dets[0].model)
     cut = thresholds(dets, heldout)
@@ -102,7 +104,7 @@ def toward_typical(density: nn.Module, heldout: ImageSet, in_test: ImageSet, ood
     """Pope et al.'s direction: OOD images moved by PGD toward typicality's Ĥ at each ε of TOWARD_TYPICAL_EPS;
     per ε, every score's AUROC (OOD positive) against IN-test, and the share of OOD images more typical than the
     median IN-test image."""
-    dets = build(density, in_test, heldout, choice=choice, seed=seed, device=device)
+    dets = build(density, in_test, heldout.head(SCREEN_FIT_IMAGES), choice=choice, seed=seed, device=device)
     typ = next(d for d in dets if d.name == "typicality")
     in_scores = {d.name: d.score(in_test) for d in dets}
     out = {}

@@ -24,6 +24,7 @@ from empirical.ood.suite import ScoreChoice, detectors_for
 from verify.runs import BACKGROUND_MU
 
 log = logging.getLogger(__name__)
+SCREEN_FIT_IMAGES = 500  # held-out IN images that fit the detectors of a shift sweep or an attack experiment
 COMPRESSORS = {"png": "Pillow PNG, compress_level 9", "jpegxl": "JPEG XL lossless (libjxl via imagecodecs), effort 7"}
 
 

@@ -36,7 +36,7 @@ from verify.sweep import Sweep, best_worst_case, shifted_sets, summary, sweep, t
 log = logging.getLogger(__name__)
 
 # images per cell by default: the sweeps a user runs first finish in about 5 minutes on a 2-core machine
-DEFAULT_LIMIT = {("one", "grey"): 500, ("one", "colour"): 200, ("all", "grey"): 100, ("all", "colour"): 50}
+DEFAULT_LIMIT = {("one", "grey"): 500, ("one", "colour"): 200, ("all", "grey"): 40, ("all", "colour"): 20}
 
 
 def build_parser() -> argparse.ArgumentParser:

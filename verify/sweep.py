@@ -22,7 +22,7 @@ from empirical.ood.metrics import auroc
 from empirical.ood.scores import compressed_bits
 from empirical.ood.suite import ScoreChoice
 from theory.predict import linear_path_curvature, variance_gap
-from verify.detection import build
+from verify.detection import SCREEN_FIT_IMAGES, build
 
 log = logging.getLogger(__name__)
 Key = tuple[str, int]  # (shift, severity)
@@ -112,9 +112,9 @@ def complexity_prediction(held_bits: np.ndarray, held_bpd: np.ndarray, in_bits: 
 
 def sweep(model: nn.Module, shifted: Shifted, heldout: ImageSet | None, *, label: str = "model",
           choice: ScoreChoice | None = None, seed: int = 0, device: torch.device | None = None) -> Sweep:
-    """``model`` on every set of ``shifted``: gap, predictions and AUROC per cell (the detectors fitted on
-    ``heldout``; those that need it are left out without it)."""
-    base = shifted.base
+    """``model`` on every set of ``shifted``: gap, predictions and AUROC per cell (the detectors and the complexity
+    fit use the first SCREEN_FIT_IMAGES of ``heldout``; the detectors that need it are left out without it)."""
+    base, heldout = shifted.base, heldout.head(SCREEN_FIT_IMAGES) if heldout is not None else None
     dets = build(model, base, heldout, choice=choice, seed=seed, device=device)
     shared = next(d.models[0] if isinstance(d, WAIC) else d.model for d in dets)  # the model's one ModelPass
     likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(shared)
