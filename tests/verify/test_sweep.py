@@ -149,6 +149,9 @@ def test_the_rule_takes_the_best_worst_case_over_every_model_among_the_scores_al
     assert best_worst_case([flow]) == "latent"
     assert best_worst_case([flow, other]) == "y"  # x's worst over both is 0.5; latent is not every model's
     assert best_worst_case([]) is None
+    with_likelihood = {**other, "likelihood": {"blur": 0.99, "worst": 0.99}}
+    assert best_worst_case([with_likelihood]) == "y"  # the score under test is no candidate
+    assert best_worst_case([with_likelihood], exclude=()) == "likelihood"
 
 
 def test_a_missing_partner_set_skips_the_agreement_and_one_named_is_an_error(world, tmp_path):
