@@ -6,10 +6,8 @@ toward typicality (the other direction); one report with tables, ROC curves and 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from empirical.cli import SOURCE_HELP, check_limit, check_seed, data_options, run_cli, writable_dir
@@ -26,6 +24,7 @@ from empirical.training.classifier import accuracy, cached_classifier, classifie
 from verify import attack_report
 from verify.attacking import attack_all, detect, toward_typical
 from verify.cli import OTHER_SET, add_family_arguments, add_run_arguments, our_models
+from verify.results import Provenance
 from verify.runs import provenance
 
 DEFAULT_LIMIT = 200  # clean IN-test images attacked: the first run takes minutes on 2 cores
@@ -70,8 +69,8 @@ def _classifier(args: argparse.Namespace, in_train, in_test, options, device):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     command = shlex.join(["python", "-m", "verify.adversarial", *(sys.argv[1:] if argv is None else argv)])
+    start = Provenance(command)
     sources.check_name(args.in_dataset)
     check_seed(args.seed)
     check_limit(args.limit)
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         ood = sources.open_out(ood_name, in_train.shape, ShapeMap(), options).head(args.limit)
         typical = toward_typical(smooth.module, smooth.heldout, clean, ood, seed=args.seed, choice=choice,
                                  device=device)
-    prov = provenance(command, device, started, t0)
+    prov = provenance(start, device)
     facts = {"in": in_test.name, "limit": len(clean), "classifier": classifier_source,
              "classifier_accuracy": {"attacked_images": clean_acc, "test_2000": accuracy(
                  classifier, in_test.images[:2000], sources.labels_of(args.in_dataset, "test", options)[:2000])

@@ -114,7 +114,7 @@ def compare(model: nn.Module | Checkpoint, in_train: object, in_test: object, ou
     results["model_source"] = provenance.model_source or (origin_text(checkpoint) if checkpoint else info.name)
     if det is not None:
         results["extra_model_sources"] = extra_origins(background, ensemble)
-    results["provenance"] = run_provenance(provenance.command, dev, provenance.started, provenance.t0)
+    results["provenance"] = run_provenance(provenance, dev)
     return Result(results, m, per_image_scores)
 
 

@@ -9,10 +9,9 @@ API and writes the report.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import shlex
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
 
 from empirical.cli import (
@@ -125,11 +124,11 @@ def out_parts(args: argparse.Namespace, in_train: ImageSet, out_test: ImageSet) 
 
 
 def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, in_test: ImageSet,
-                out_test: ImageSet, out_dir: Path, started: tuple[str, float] | None = None) -> dict:
-    """Open or train the model, compare, write the report; returns results.json's content. The wall-clock counts
-    from ``started`` (ISO time, time.time()), by default from now."""
-    started = started or (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time())
+                out_test: ImageSet, out_dir: Path, started: Provenance | None = None) -> dict:
+    """Open or train the model, compare, write the report; returns results.json's content. The wall-clock (and the
+    commit) count from ``started``, by default from now."""
     command = shlex.join(["python", "-m", "verify.compare", *args.argv])
+    started = started or Provenance(command)
     opened = _model(args, model_name, in_train, in_test, command)
     device = resolve_device(args.device)
     background, ensemble, out_model = None, [], None
@@ -151,7 +150,7 @@ def compare_one(args: argparse.Namespace, model_name: str, in_train: ImageSet, i
                          background=background, ensemble=ensemble, out_model=out_model,
                          detection=args.scores,
                          budget=None if opened.checkpoint else default_budget(preset_name(args)), seed=args.seed,
-                         device=device, provenance=Provenance(command, *started, opened.source), name=opened.name)
+                         device=device, provenance=replace(started, model_source=opened.source), name=opened.name)
     if not distributed.world().main:  # under torchrun every rank evaluates its share; rank 0 reports
         return {}
     results = result.write(out_dir)
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    started = (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time())
+    started = Provenance(shlex.join(["python", "-m", "verify.compare", *args.argv]))
     for name in (args.in_dataset, args.out_dataset):
         sources.check_name(name)
     check_seed(args.seed)

@@ -4,10 +4,8 @@ table (the detectors of empirical.ood, fitted once on held-out IN images; verify
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +31,7 @@ from empirical.ood.suite import SCORE_SETS, choose_scores
 from empirical.training.checkpoint import Checkpoint
 from verify.cli import add_model_arguments, add_run_arguments, open_model
 from verify.detection import screen
+from verify.results import Provenance
 from verify.runs import extra_models, extra_origins, provenance
 
 
@@ -58,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     command = shlex.join(["python", "-m", "verify.detect", *(sys.argv[1:] if argv is None else argv)])
+    start = Provenance(command)
     for name in (args.in_dataset, *args.out_datasets):
         sources.check_name(name)
     check_seed(args.seed)
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, {"in": in_train.source, "model": opened.source, "plumbing": plumbing, "limit": args.limit,
                                "extra_model_sources": extra_sources, "detection": table,
                                "data": {"in_test": scored.provenance(), **{o.source: o.provenance() for o in outs}},
-                               "provenance": provenance(command, device, started, t0)})
+                               "provenance": provenance(start, device)})
     return 0
 
 

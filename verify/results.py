@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from empirical.io.atomic import atomic_write, staged
-from empirical.io.provenance import portable_path
+from empirical.io.provenance import git_commit, portable_path
 from empirical.models.evaluation import part_key
 from verify.report import terminal_summary, write_report
 
@@ -20,12 +20,13 @@ from verify.report import terminal_summary, write_report
 @dataclass(frozen=True)
 class Provenance:
     """Who produced a result: the command (``python -m …``, or a description of the Python call), when it started
-    (ISO time and ``time.time()``), and where the model came from (None: said by the model itself)."""
+    (ISO time and ``time.time()``), where the model came from (None: said by the model itself) and the commit."""
 
     command: str = "verify.api.compare (Python)"
     started: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     t0: float = field(default_factory=time.time)
     model_source: str | None = None
+    commit: str = field(default_factory=lambda: git_commit())  # read at the start: a later checkout is not named
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,12 +16,15 @@ from empirical.data.imageset import ImageSet, training_digest
 from empirical.data.sources import slug
 from empirical.io import distributed
 from empirical.io.atomic import atomic_write
-from empirical.io.provenance import device_description, file_sha256, git_commit, portable_path
+from empirical.io.provenance import device_description, file_sha256, portable_path
 from empirical.training.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint
 from empirical.training.loading import model_from_checkpoint
 from empirical.training.presets import Preset
 from empirical.training.shipped import Shipped, available, find
 from empirical.training.trainer import CHECKPOINT, train
+
+if TYPE_CHECKING:
+    from verify.results import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,11 @@ def cached_model(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     return ckpt
 
 
-def provenance(command: str, device: torch.device, started: str, t0: float) -> dict:
-    """results.json's ``provenance``: what produced the numbers, where, and how long it took (``t0`` from time.time)."""
-    return {"command": command, "commit": git_commit(), "device": device_description(device),
-            "torch": torch.__version__, "started": started, "seconds": time.time() - t0}
+def provenance(start: Provenance, device: torch.device) -> dict:
+    """results.json's ``provenance``: what produced the numbers (the command, and the commit read when it started),
+    where, and how long it took."""
+    return {"command": start.command, "commit": start.commit, "device": device_description(device),
+            "torch": torch.__version__, "started": start.started, "seconds": time.time() - start.t0}
 
 
 def extra_models(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Preset, device: torch.device,

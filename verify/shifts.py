@@ -7,11 +7,9 @@ report with figures (``--shifts``, ``--severities`` and ``--limit`` choose the c
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from empirical.training.presets import get_preset
 from verify import shift_figures
 from verify.agreement import IN_TEST, complexity_r2, rank_agreement, verdicts
 from verify.cli import FAMILIES, OTHER_SET, OpenedModel, add_family_arguments, add_run_arguments, our_models, trained
+from verify.results import Provenance
 from verify.runs import provenance
 from verify.shift_report import gap_figure, render
 from verify.sweep import Sweep, best_worst_case, shifted_sets, summary, sweep, to_dict, worst_case
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(args: argparse.Namespace, command: str) -> int:
-    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
+    start = Provenance(command)
     sources.check_name(args.in_dataset)
     check_seed(args.seed)
     names, severities = _choices(args)
@@ -163,7 +162,7 @@ def _sweep(args: argparse.Namespace, command: str) -> int:
                 "best_worst_case_unrestricted": best_worst_case(list(by_model.values()), exclude=())}
     if not distributed.world().main:  # rank 0 writes the report
         return 0
-    facts, prov = summary(sweeps[0].cells), provenance(command, device, started, t0)
+    facts, prov = summary(sweeps[0].cells), provenance(start, device)
     head = f"trained on {_set_name(in_train)}, {len(shifted.base)} images a cell"
     model_sources = {s.label: m.source for s, m in zip(sweeps, [*opened, *([other[1]] if other else [])], strict=True)}
     with staged(out) as stage:

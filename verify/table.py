@@ -9,10 +9,8 @@ second order (flows) predict. SVHN pairs run when its files are present and are 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from theory.predict import closed_form, to_model_space
 from theory.quadratic import Moments, exact_quadratic
 from verify import figures
 from verify.explain import entropy_decomposition
+from verify.results import Provenance
 from verify.runs import provenance, trained_model
 
 # IN → its OUT sets, each with whether it is mapped to IN's shape (--match); the paper's pairs and their reverses
@@ -222,8 +221,8 @@ def tabulate(name: str, cfg: Settings, skipped: list[str], panels: dict, labels:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     command = shlex.join(["python", "-m", "verify.table", *(sys.argv[1:] if argv is None else argv)])
+    start = Provenance(command)
     check_seed(args.seed)
     out = args.out or Path("runs/table") / f"{args.model}-{args.preset}"
     device = distributed.resolve_device(args.device)
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DataNotFound("nothing to tabulate: every pair asked for was skipped (" + "; ".join(skipped) + ")")
     add_entropy(table)
     plumbing = any(t["plumbing"] or any(r["plumbing"] for r in t["rows"]) for t in table)
-    prov = provenance(command, device, started, t0)
+    prov = provenance(start, device)
     report = markdown(table, cfg, skipped, prov, plumbing)
     with staged(out) as stage:  # the figure, the JSON and the table together, or none of them
         figures.histogram_grid(panels, labels, "bits/dim", stage / "pairs.png")

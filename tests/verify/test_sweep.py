@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from empirical.data.imageset import ImageSet
 from empirical.data.shifts import shift_images
@@ -167,3 +168,13 @@ def test_a_missing_partner_set_skips_the_agreement_and_one_named_is_an_error(wor
     assert "warning: no rank agreement across training sets" in proc.stderr
     assert list(json.loads((tmp_path / "r" / "results.json").read_text())["cells"]) == ["cvglow (FashionMNIST)"]
     assert_one_line_error(cli(*args, "--other-set", "mnist", "--out", tmp_path / "r2", tmp=tmp_path), "mnist")
+
+
+def test_a_run_names_the_commit_it_started_at(monkeypatch):
+    from verify import results
+    from verify.runs import provenance
+
+    monkeypatch.setattr(results, "git_commit", lambda: "a" * 40)
+    start = results.Provenance("python -m verify.shifts x")
+    monkeypatch.setattr(results, "git_commit", lambda: "b" * 40)  # the checkout moves on during the run
+    assert provenance(start, torch.device("cpu"))["commit"] == "a" * 40
