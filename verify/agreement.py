@@ -1,7 +1,8 @@
 """Model or data? Across the models of a shift sweep (families trained on IN, and a model trained on another set),
 the per-image rank agreement of log p on the same shifted images (Spearman ρ), and how much of the per-image
-bits/dim the input complexity explains (R² of a line in L(x)/D). The rule that names a shift data-driven is fixed
-here, before any measurement: its smallest pairwise ρ, averaged over severities, is at least ``RANK_AGREEMENT``."""
+bits/dim the input complexity explains (ρ² of the ranks of bits/dim and L(x)/D). The rule that names a shift
+data-driven is fixed here, before any measurement: its smallest pairwise ρ, averaged over severities, is at least
+``RANK_AGREEMENT``."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def r_squared(x: np.ndarray, y: np.ndarray) -> float:
-    """R² of the least-squares line y ≈ a + b·x: 1 − SS_res/SS_tot (the squared Pearson correlation)."""
+def rank_r_squared(x: np.ndarray, y: np.ndarray) -> float:
+    """The share of y's rank variance that x's ranks explain: ρ², Spearman's ρ squared (R² of the least-squares line
+    between the ranks). Ranks, because a flow gives a few images of another set astronomically many bits/dim
+    (10⁸), which would decide a Pearson R² alone."""
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    return float(np.corrcoef(x, y)[0, 1] ** 2)
+    return spearman(x, y) ** 2
 
 
 def _by_shift(keys) -> dict[str, list]:
@@ -48,11 +51,11 @@ def rank_agreement(sweeps: list[Sweep]) -> dict[str, dict[str, float]]:
 
 
 def complexity_r2(sweep: Sweep, shifted: Shifted) -> dict[str, float]:
-    """For each shift (and IN-test): R² of per-image bits/dim against the compressed length L(x)/D, the shift's
-    severities pooled."""
-    table = {IN_TEST: r_squared(shifted.bits[("", 0)], sweep.in_bpd)}
+    """For each shift (and IN-test): the rank R² (ρ²) of per-image bits/dim against the compressed length L(x)/D,
+    the shift's severities pooled."""
+    table = {IN_TEST: rank_r_squared(shifted.bits[("", 0)], sweep.in_bpd)}
     for shift, keys in _by_shift(sweep.bpd).items():
-        table[shift] = r_squared(np.concatenate([shifted.bits[k] for k in keys]),
+        table[shift] = rank_r_squared(np.concatenate([shifted.bits[k] for k in keys]),
                                  np.concatenate([sweep.bpd[k] for k in keys]))
     return table
 

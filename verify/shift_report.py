@@ -46,8 +46,9 @@ def model_or_data(verdicts: dict, agreement: dict, r2: dict[str, dict[str, float
     lines = ["## Model or data", "",
              f"Spearman ρ of per-image bits/dim between models on the same images (mean over severities); a shift is "
              f"**data-driven** when every pair ranks its images alike, min ρ ≥ {RANK_AGREEMENT} (a rule fixed before "
-             f"measuring), else **model-dependent**. R²: the share of a model's per-image bits/dim that a line in "
-             f"the PNG length L(x)/D explains (the shift's severities pooled).", ""]
+             f"measuring), else **model-dependent**. R²: the share of the rank variance of a model's per-image "
+             f"bits/dim that the PNG length L(x)/D explains (Spearman ρ², the shift's severities pooled; ranks, "
+             f"because a few images get astronomically many bits/dim under a flow of another set).", ""]
     if pairs:
         lines += [f"**Data-driven** ({len(data)}): {', '.join(data) or 'none'}. "
                   f"**Model-dependent** ({len(model)}): {', '.join(model) or 'none'}.", ""]

@@ -19,7 +19,7 @@ from tests.faults.conftest import assert_one_line_error, cli
 from tests.helpers import randomize
 from theory.predict import closed_form
 from theory.quadratic import Moments
-from verify.agreement import IN_TEST, RANK_AGREEMENT, complexity_r2, r_squared, rank_agreement, spearman, verdicts
+from verify.agreement import IN_TEST, RANK_AGREEMENT, complexity_r2, rank_agreement, rank_r_squared, spearman, verdicts
 from verify.sweep import Cell, Shifted, Sweep, best_worst_case, complexity_prediction, shifted_sets, summary, sweep
 
 
@@ -65,7 +65,8 @@ def test_the_complexity_prediction_of_an_exact_line():
 def test_rank_agreement_and_r2_of_known_cases():
     x = np.arange(10.0)
     assert spearman(x, x**3) == pytest.approx(1.0) and spearman(x, -x) == pytest.approx(-1.0)
-    assert r_squared(x, 2 * x + 1) == pytest.approx(1.0) and np.isnan(r_squared(x, np.ones(10)))
+    assert rank_r_squared(x, 2 * x + 1) == pytest.approx(1.0) and np.isnan(rank_r_squared(x, np.ones(10)))
+    assert rank_r_squared(x, np.where(x == 9, 1e12, x)) == pytest.approx(1.0)  # one huge value changes no rank
 
     def made(label, out):
         cells = [Cell("s", "noise", v, 0.3, 0.1, 3.0, {}, {}) for v in (1, 2)]
