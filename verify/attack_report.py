@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from empirical.data.imageset import ImageSet
+from empirical.ood import attacks
 from empirical.ood.detectors import RECOMMENDED
 from verify.attacking import FALSE_ALARMS, Attacked
 from verify.figures import new_figure, roc_curves, save_png, styled
@@ -28,12 +29,14 @@ def figures(stage: Path, clean: ImageSet, attacked: list[Attacked], detection: d
             aurocs = detection[first]["attacks"][name]["auroc"]
             roc_curves({k: (per_image["clean"][k], v) for k, v in per_image[name].items()}, aurocs,
                        f"{first}: {name} vs clean", stage / key)
-    examples(clean.images[:6], {a.name: a.images.images[:6] for a in attacked}, stage / "examples.png")
+    shown = [a for a in attacked if a.name in (names[len(attacks.EPSILONS) - 1], _strongest(names, False),
+                                              _strongest(names, True))]  # the largest ε of each kind
+    examples(clean.images[:6], {a.name: a.images.images[:6] for a in shown}, stage / "examples.png")
 
 
 @styled
 def examples(clean: np.ndarray, adversarial: dict[str, np.ndarray], path: Path) -> Path:
-    """Rows: clean, then each attack's images and their difference from clean (×10, grey = 0)."""
+    """Rows: clean, then each attack's images and their difference from clean (×10, mid-grey = 0)."""
     rows = [("clean", clean)]
     for name, images in adversarial.items():
         diff = np.clip(128 + 10 * (images.astype(np.int16) - clean.astype(np.int16)), 0, 255).astype(np.uint8)
@@ -46,6 +49,8 @@ def examples(clean: np.ndarray, adversarial: dict[str, np.ndarray], path: Path) 
             ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     return save_png(fig, path)
 
