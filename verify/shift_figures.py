@@ -11,6 +11,7 @@ from verify.figures import new_figure, save_png, styled
 from verify.sweep import Cell, Sweep
 
 FAMILY_ORDER = ("noise", "blur", "weather", "digital", "hypothesis")
+SYMLOG_SPAN = 50.0  # bits/dim: a panel whose error bars span more is drawn on a symmetric log scale
 PREDICTION_STYLE = {"complexity": ("--", "input-complexity fit"), "closed_form": (":", "closed form")}
 
 
@@ -53,7 +54,8 @@ def grid(cells: list[Cell], value, rows: list[str], severities: list[int]) -> np
 @styled
 def gap_curves(sweeps: list[Sweep], path: Path) -> Path:
     """One panel per shift: each model's gap (± 2 standard errors) against severity, and the first model's two
-    predictions (dashed: the input-complexity fit; dotted: the closed form) where they fall in the panel's range."""
+    predictions (dashed: the input-complexity fit; dotted: the closed form) where they fall in the panel's range; a
+    panel spanning more than SYMLOG_SPAN bits/dim on a symmetric log scale."""
     shifts = list(dict.fromkeys(c.shift for c in sweeps[0].cells))
     cols = min(6, len(shifts))
     rows = -(-len(shifts) // cols)
@@ -75,6 +77,8 @@ def gap_curves(sweeps: list[Sweep], path: Path) -> Path:
                         label=f"{sweeps[0].label}: {name}")
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_ylim(lo - pad, hi + pad)
+        if hi - lo > SYMLOG_SPAN:  # a few images with astronomical bits/dim: compress the scale beyond ±1
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_title(shift, fontsize=8)
         ax.set_xticks(sorted({c.severity for c in sweeps[0].cells}))
         ax.tick_params(labelsize=7)
