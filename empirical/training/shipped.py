@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from empirical.data.imageset import ImageSet, training_digest
-from empirical.data.sources import DataOptions, open_in
+from empirical.data.sources import DataOptions, open_in, slug
 from empirical.io.atomic import atomic_write, write_json
 from empirical.io.errors import CheckpointError, arg
 from empirical.models.evaluation import evaluate
@@ -123,6 +123,12 @@ def find(train_set: ImageSet, test_set: ImageSet, model_name: str, preset: Prese
 
 
 # ----------------------------------------------------------------------------------------------- maintainers
+def default_name(payload: dict) -> str:
+    """A shipped model's name from what trained it: ``fashionmnist-cvglow-cpu``; a path source by its file name
+    (``runs/c100.npz`` → ``c100-cvglow-cpu``)."""
+    return f"{slug(payload['dataset'])}-{payload['model']}-{payload['preset']}"
+
+
 def export(checkpoint: Path, name: str | None = None, folder: Path = WEIGHTS) -> Shipped:
     """Write a finished checkpoint's weights (safetensors) and card (JSON) into ``folder``."""
     from safetensors.torch import save
@@ -131,7 +137,7 @@ def export(checkpoint: Path, name: str | None = None, folder: Path = WEIGHTS) ->
     if payload["step"] < payload["train_config"]["steps"]:
         raise CheckpointError(f"{checkpoint} is not finished ({payload['step']} of {payload['train_config']['steps']} "
                               f"steps)")
-    name = name or f"{payload['dataset']}-{payload['model']}-{payload['preset']}"
+    name = name or default_name(payload)
     weights = folder / f"{name}.safetensors"
     data = save({k: v.contiguous() for k, v in payload["model_state"].items()})
     if len(data) > MAX_BYTES:

@@ -306,6 +306,8 @@ def test_export_records_the_training_commit_and_refuses_weights_too_big(smoke_ru
     with pytest.raises(CheckpointError, match="more than 1,000: too big to ship"):
         shipped.export(checkpoint, "big", tmp_path / "big")
     assert not (tmp_path / "big").exists()
+    payload = {"dataset": "runs/c100.npz", "model": "cvglow", "preset": "cpu"}  # a path source: no sub-folder
+    assert shipped.default_name(payload) == "c100-cvglow-cpu"
 
 
 def test_shipped_weights_as_checkpoint_say_how_they_were_made(tmp_path):
