@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _classifier(args: argparse.Namespace, in_train, in_test, options, device):
+def _classifier(args: argparse.Namespace, in_train, in_test, test_labels, options, device):
     """Ours (trained or reused from the runs cache) or the user's, with where it came from."""
     if args.classifier_factory:
         module = call_factory(args.classifier_factory)
@@ -59,10 +59,10 @@ def _classifier(args: argparse.Namespace, in_train, in_test, options, device):
         return module.to(device).eval(), source
     if args.classifier_weights:
         raise DgmOodError("--classifier-weights loads into a --classifier-factory classifier")
-    labels = sources.labels_of(args.in_dataset, "train", options), sources.labels_of(args.in_dataset, "test", options)
+    train_labels = sources.labels_of(args.in_dataset, "train", options)
     preset = classifier_preset(args.preset if args.preset == "smoke" else "cpu", in_train.shape, seed=args.seed,
                                hflip=in_train.mirror_symmetric)
-    model, path = cached_classifier(in_train, labels[0], in_test, labels[1], preset, args.runs_dir,
+    model, path = cached_classifier(in_train, train_labels, in_test, test_labels, preset, args.runs_dir,
                                     device=str(device))
     return model, f"SmallCNN ({preset.name} preset), {portable_path(path)}"
 
@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     writable_dir(out, "--out")
     device, options = resolve_device(args.device), data_options(args)
     in_train, in_test = sources.open_in(args.in_dataset, options)
-    labels = sources.labels_of(args.in_dataset, "test", options)[:args.limit]
-    classifier, classifier_source = _classifier(args, in_train, in_test, options, device)
+    test_labels = sources.labels_of(args.in_dataset, "test", options)
+    classifier, classifier_source = _classifier(args, in_train, in_test, test_labels, options, device)
     opened = our_models(args, in_train, in_test, command)
     clean = in_test.head(args.limit)
     smooth = next((m for m in opened if describe(m.module).smooth), None)
-    clean_acc, attacked = attack_all(classifier, clean, labels, seed=args.seed,
+    clean_acc, attacked = attack_all(classifier, clean, test_labels[:len(clean)], seed=args.seed,
                                      density=smooth.module.to(device).eval() if smooth else None)
     detection = {m.name: detect(m.module.to(device).eval(), m.heldout, clean, attacked, choice=choice,
                                 seed=args.seed, device=device) for m in opened}
@@ -97,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                  device=device)
     prov = provenance(start, device)
     facts = {"in": in_test.name, "limit": len(clean), "classifier": classifier_source,
-             "classifier_accuracy": {"attacked_images": clean_acc, "test_2000": accuracy(
-                 classifier, in_test.images[:2000], sources.labels_of(args.in_dataset, "test", options)[:2000])
-                 if not args.classifier_factory else None},
+             "classifier_accuracy": {"attacked_images": clean_acc,
+                                     "test_2000": accuracy(classifier, in_test.images[:2000], test_labels[:2000])},
              "models": {m.name: m.source for m in opened}, "adaptive_against": smooth.name if smooth else None,
              "attacks": {a.name: {"success_rate": a.success_rate, **a.size, "adaptive": a.adaptive}
                          for a in attacked},

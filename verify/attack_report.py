@@ -77,7 +77,7 @@ def render(facts: dict) -> str:
     acc = facts["classifier_accuracy"]
     lines = [f"# Adversarial examples: the first {facts['limit']} images of {facts['in']} attacked", "",
              f"Classifier: {facts['classifier']}; accuracy {_pct(acc['attacked_images'])} on the attacked images"
-             + (f", {_pct(acc['test_2000'])} on the first 2,000 test images" if acc["test_2000"] is not None else "")
+             + f", {_pct(acc['test_2000'])} on the first 2,000 test images"
              + ". Adversarial images are rounded to 8 bits (the generative models are discrete-data models), which "
              "keeps them in their ε-ball. A positive gap: the adversarial images get the HIGHER likelihood.", "",
              "| attack | success rate | ℓ∞ (max) | ℓ2 (mean) |", "|---|---:|---:|---:|",

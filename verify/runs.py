@@ -3,9 +3,7 @@ the provenance every result names: command, commit, device, torch, start and wal
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,9 +13,8 @@ import torch
 from empirical.data.imageset import ImageSet, training_digest
 from empirical.data.sources import slug
 from empirical.io import distributed
-from empirical.io.atomic import atomic_write
-from empirical.io.provenance import device_description, file_sha256, portable_path
-from empirical.training.checkpoint import Checkpoint, CorruptCheckpoint, code_version, load_checkpoint
+from empirical.io.provenance import device_description, portable_path
+from empirical.training.checkpoint import Checkpoint, code_version, reusable, seal
 from empirical.training.loading import model_from_checkpoint
 from empirical.training.presets import Preset
 from empirical.training.shipped import Shipped, available, find
@@ -28,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEAL = "last.pt.sha256"  # the finished checkpoint's SHA-256, written when its training ends: checked on reuse
 BACKGROUND_MU = 0.2  # Ren et al.'s perturbation rate for the background model, within their 0.1–0.3
 ENSEMBLE = 5  # K models for WAIC, as in Choi et al.
 
@@ -49,25 +45,15 @@ def cached_model(train_set: ImageSet, test_set: ImageSet, model_name: str, prese
     the images' content digest, so changed data are never given an old model. Only a checkpoint proven corrupt is
     moved aside (renamed, never deleted); an unreadable one is an error."""
     run_dir = Path(runs_dir) / "models" / run_name(train_set, test_set, model_name, preset)
-    ckpt, seal = run_dir / CHECKPOINT, run_dir / SEAL
-    if ckpt.exists():
-        try:
-            if load_checkpoint(ckpt)["step"] >= preset.train.steps:
-                if seal.is_file() and seal.read_text().strip() == file_sha256(ckpt):
-                    log.info("reusing trained model %s", ckpt)
-                    return ckpt
-                raise CorruptCheckpoint(f"the finished checkpoint {ckpt} is not the one its training sealed (its "
-                                        f"SHA-256 is not the one in {seal.name}{'' if seal.is_file() else ': none'})")
-        except CorruptCheckpoint as err:
-            aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
-            os.replace(ckpt, aside)
-            seal.unlink(missing_ok=True)
-            log.warning("warning: %s; moved it aside to %s and training again", err, aside)
+    ckpt = run_dir / CHECKPOINT
+    if reusable(ckpt, preset.train.steps) is not None:
+        log.info("reusing trained model %s", ckpt)
+        return ckpt
     log.info("training %s on %s (%d steps) into %s", model_name, train_set.name, preset.train.steps, run_dir)
     train(train_set, test_set, model_name, preset, run_dir, device=str(device), resume=True, wait_for_lock=True,
           command=command)
     if distributed.world().main:
-        atomic_write(seal, lambda f: f.write(file_sha256(ckpt).encode()))
+        seal(ckpt)
     return ckpt
 
 

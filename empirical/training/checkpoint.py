@@ -4,8 +4,11 @@ tensors and plain data only, never code."""
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import hashlib
 import io
+import logging
+import os
 import pickle
 import re
 from dataclasses import replace
@@ -17,10 +20,12 @@ import torch
 from empirical.data.imageset import ImageSet, training_digest
 from empirical.io.atomic import atomic_write
 from empirical.io.errors import CheckpointError
+from empirical.io.provenance import file_sha256
 from empirical.io.transfer import MANIFEST_SUFFIX, joined_bytes
 from empirical.models.registry import FLOWS, model_config
 from empirical.training.presets import Preset, get_preset
 
+log = logging.getLogger(__name__)
 FORMAT = 1
 
 
@@ -76,6 +81,38 @@ def write_payload(f: BinaryIO, obj: dict, path: Path) -> None:
         raise CheckpointError(f"could not write the checkpoint {path}: the write failed part-way (is the disk full?); "
                               f"an earlier {path.name} is left as it was (torch: {str(err).splitlines()[0][:160]})") \
             from err
+
+
+SEAL_SUFFIX = ".sha256"  # last.pt.sha256: the finished checkpoint's SHA-256, written when its training ends
+
+
+def seal(ckpt: Path) -> None:
+    """Record a finished checkpoint's SHA-256 beside it (``NAME.sha256``), for ``reusable`` to check."""
+    atomic_write(ckpt.with_name(ckpt.name + SEAL_SUFFIX), lambda f: f.write(file_sha256(ckpt).encode()))
+
+
+def reusable(ckpt: Path, steps: int) -> dict | None:
+    """The payload of ``ckpt`` when its training finished (``steps`` done) and its bytes are the ones it was sealed
+    with; None when it is missing or unfinished (train or resume it). A finished checkpoint that fails its seal, or
+    a corrupt one, is moved aside (renamed, never deleted) with a warning, and None returned; an unreadable one is
+    an error."""
+    if not ckpt.exists():
+        return None
+    stamp = ckpt.with_name(ckpt.name + SEAL_SUFFIX)
+    try:
+        payload = load_checkpoint(ckpt)
+        if payload["step"] < steps:
+            return None
+        if stamp.is_file() and stamp.read_text().strip() == file_sha256(ckpt):
+            return payload
+        raise CorruptCheckpoint(f"the finished checkpoint {ckpt} is not the one its training sealed (its SHA-256 is "
+                                f"not the one in {stamp.name}{'' if stamp.is_file() else ': none'})")
+    except CorruptCheckpoint as err:
+        aside = ckpt.with_name(f"{ckpt.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(ckpt, aside)
+        stamp.unlink(missing_ok=True)
+        log.warning("warning: %s; moved it aside to %s and training again", err, aside)
+        return None
 
 
 def load_checkpoint(path: Path) -> dict:

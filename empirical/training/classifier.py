@@ -5,10 +5,8 @@ finished checkpoint is sealed (SHA-256) and checked on reuse."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +17,12 @@ import torch.nn.functional as F
 
 from empirical.data.imageset import ImageSet, training_digest
 from empirical.data.sources import slug
-from empirical.io.atomic import atomic_write
 from empirical.io.errors import CheckpointError, DgmOodError
-from empirical.io.provenance import file_sha256
 from empirical.models.classifier import ClassifierConfig, SmallCNN, build_classifier, predict
-from empirical.training.checkpoint import CorruptCheckpoint, load_checkpoint, save_checkpoint
+from empirical.training.checkpoint import load_checkpoint, reusable, save_checkpoint, seal
 from empirical.training.steps import random_hflip, step_generator
 
 log = logging.getLogger(__name__)
-SEAL = "last.pt.sha256"
 # (architecture, steps of 128 images) by preset and image side: 1,500 steps are 3.2 epochs of FashionMNIST
 PRESETS = {"smoke": {28: (dict(width=8, hidden=16), 30), 32: (dict(width=8, hidden=16), 30)},
            "cpu": {28: (dict(width=16, hidden=64), 1500), 32: (dict(width=32, hidden=128), 8000)}}
@@ -118,27 +113,18 @@ def train_classifier(train: ImageSet, train_labels: np.ndarray, test: ImageSet, 
 
 def cached_classifier(train: ImageSet, train_labels: np.ndarray, test: ImageSet, test_labels: np.ndarray,
                       preset: ClassifierPreset, runs_dir: Path, *, device: str = "cpu") -> tuple[SmallCNN, Path]:
-    """The classifier of this preset and these images from ``runs_dir/classifiers``: reused when finished and its
-    seal matches, else trained or resumed; a finished checkpoint that fails its seal is moved aside."""
+    """The classifier of this preset and these images from ``runs_dir/classifiers``: reused when finished and sealed,
+    else trained or resumed (``checkpoint.reusable``: one that fails its seal is moved aside)."""
     run_dir = (Path(runs_dir) / "classifiers" /
                f"{slug(train.source)}-cnn-{preset.name}-seed{preset.config.seed}-{training_digest(train, test)[:12]}")
-    ckpt, seal = run_dir / "last.pt", run_dir / SEAL
-    if ckpt.exists():
-        try:
-            payload = load_checkpoint(ckpt)
-            if payload["step"] >= preset.steps:
-                if seal.is_file() and seal.read_text().strip() == file_sha256(ckpt):
-                    log.info("reusing the trained classifier %s", ckpt)
-                    model = build_classifier(preset.config)
-                    model.load_state_dict(payload["model_state"])
-                    return model.to(device).eval(), ckpt
-                raise CorruptCheckpoint(f"the finished classifier {ckpt} is not the one its training sealed")
-        except CorruptCheckpoint as err:
-            aside = ckpt.with_name(f"last.pt.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
-            os.replace(ckpt, aside)
-            seal.unlink(missing_ok=True)
-            log.warning("warning: %s; moved it aside to %s and training again", err, aside)
+    ckpt = run_dir / "last.pt"
+    payload = reusable(ckpt, preset.steps)
+    if payload is not None:
+        log.info("reusing the trained classifier %s", ckpt)
+        model = build_classifier(preset.config)
+        model.load_state_dict(payload["model_state"])
+        return model.to(device).eval(), ckpt
     log.info("training the %s classifier on %s (%d steps) into %s", preset.name, train.name, preset.steps, run_dir)
     model, _ = train_classifier(train, train_labels, test, test_labels, preset, run_dir, device=device)
-    atomic_write(seal, lambda f: f.write(file_sha256(ckpt).encode()))
+    seal(ckpt)
     return model, ckpt

@@ -22,11 +22,12 @@ from empirical.io.errors import CheckpointError, DataError
 from empirical.models.contract import ModelContractError
 from empirical.models.evaluation import evaluate
 from empirical.training import shipped
+from empirical.training.checkpoint import SEAL_SUFFIX
 from empirical.training.loading import model_from_checkpoint
 from tests.datafiles import write_idx_dataset
 from tests.empirical.test_contract import Gaussian
 from tests.faults.conftest import assert_one_line_error, cli
-from verify.runs import SEAL, origin_text
+from verify.runs import origin_text
 
 SHIPPED = shipped.WEIGHTS / "fashionmnist-cvglow-cpu.safetensors"
 
@@ -39,7 +40,7 @@ def test_an_edited_cached_model_is_moved_aside_and_trained_again(world, tmp_path
     first = cli(*args, "--out", tmp_path / "a", tmp=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     ckpt = next((tmp_path / "runs" / "models").glob("*/last.pt"))
-    assert (ckpt.parent / SEAL).is_file()
+    assert (ckpt.parent / f"{ckpt.name}{SEAL_SUFFIX}").is_file()
     payload = torch.load(ckpt, weights_only=True)
     name = next(k for k, v in payload["model_state"].items() if v.is_floating_point() and v.numel() > 1)
     payload["model_state"][name] = payload["model_state"][name] * 1.01  # finite, plausible: a quiet edit
