@@ -43,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
                    help=f"clean IN-test images attacked, and OOD images moved (default {DEFAULT_LIMIT})")
     p.add_argument("--scores", default="cheap", metavar="SET|NAMES", help="detection scores (default cheap)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train our models and classifier from scratch instead of using the shipped weights")
     add_run_arguments(p)
     p.add_argument("--out", type=Path, help="the report's folder (default runs/adversarial/IN-MODEL, or IN-all)")
     return p
 
 
-def _classifier(args: argparse.Namespace, in_train, in_test, test_labels, options, device):
+def _classifier(args: argparse.Namespace, in_train, in_test, test_labels, options, device, command: str):
     """Ours (trained or reused from the runs cache) or the user's, with where it came from."""
     if args.classifier_factory:
         module = call_factory(args.classifier_factory)
@@ -59,11 +61,14 @@ def _classifier(args: argparse.Namespace, in_train, in_test, test_labels, option
         return module.to(device).eval(), source
     if args.classifier_weights:
         raise DgmOodError("--classifier-weights loads into a --classifier-factory classifier")
+    if args.retrain and (args.checkpoint or args.model_factory):
+        raise DgmOodError("--retrain trains our models from scratch; it cannot be combined with --checkpoint or "
+                          "--model-factory")
     train_labels = sources.labels_of(args.in_dataset, "train", options)
     preset = classifier_preset(args.preset if args.preset == "smoke" else "cpu", in_train.shape, seed=args.seed,
                                hflip=in_train.mirror_symmetric)
     model, path = cached_classifier(in_train, train_labels, in_test, test_labels, preset, args.runs_dir,
-                                    device=str(device))
+                                    device=str(device), retrain=args.retrain, command=command)
     return model, f"SmallCNN ({preset.name} preset), {portable_path(path)}"
 
 
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     device, options = resolve_device(args.device), data_options(args)
     in_train, in_test = sources.open_in(args.in_dataset, options)
     test_labels = sources.labels_of(args.in_dataset, "test", options)
-    classifier, classifier_source = _classifier(args, in_train, in_test, test_labels, options, device)
+    classifier, classifier_source = _classifier(args, in_train, in_test, test_labels, options, device, command)
     opened = our_models(args, in_train, in_test, command)
     clean = in_test.head(args.limit)
     smooth = next((m for m in opened if describe(m.module).smooth), None)

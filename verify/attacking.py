@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from empirical.data.imageset import ImageSet
+from empirical.io.errors import DgmOodError
 from empirical.models.classifier import predict
 from empirical.ood import attacks
 from empirical.ood.detectors import Detector, Likelihood
@@ -45,7 +46,10 @@ class Attacked:
 def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, density: nn.Module | None = None,
                seed: int = 0) -> tuple[float, list[Attacked]]:
     """The clean accuracy and every attack of the fixed grid: FGSM and PGD at each ε of ``attacks.EPSILONS``, and
-    with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``."""
+    with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``. The classifier
+    must be in eval mode (a batch-normalised one in training mode would attack its batch statistics)."""
+    if classifier.training:
+        raise DgmOodError("the classifier is in training mode; call .eval() on it before attacking it")
     x, y = torch.from_numpy(clean.images), torch.as_tensor(np.asarray(labels), dtype=torch.long)
     correct = predict(classifier, x) == y
     runs = [(f"fgsm ε={e}/255", lambda e=e: attacks.fgsm(classifier, x, y, e), False) for e in attacks.EPSILONS]

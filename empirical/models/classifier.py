@@ -14,8 +14,8 @@ from empirical.models.contract import model_device
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """conv(w)-conv(w)-pool-conv(2w)-conv(2w)-pool-fc(hidden)-fc(classes), 3×3 convolutions and ReLU, no randomness
-    in the forward pass; ``seed`` initialises the weights."""
+    """conv(w)-conv(w)-pool-conv(2w)-conv(2w)-pool-fc(hidden)-fc(classes), 3×3 convolutions, each followed by batch
+    normalisation and ReLU; no randomness in the forward pass (in eval mode); ``seed`` initialises the weights."""
 
     shape: tuple[int, int, int]
     classes: int = 10
@@ -32,8 +32,14 @@ class ClassifierConfig:
         return {**asdict(self), "shape": list(self.shape)}
 
 
+def _block(c_in: int, c_out: int) -> tuple[nn.Module, ...]:
+    """3×3 convolution, batch normalisation, ReLU."""
+    return nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+
+
 class SmallCNN(nn.Module):
-    """Logits of uint8-scale images x ∈ [0, 255]^(C×H×W) (float), normalised inside to x/255 − ½."""
+    """Logits of uint8-scale images x ∈ [0, 255]^(C×H×W) (float), normalised inside to x/255 − ½; attack and score it
+    in eval mode (the batch statistics are then fixed)."""
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
@@ -42,10 +48,8 @@ class SmallCNN(nn.Module):
         k = config.width
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.features = nn.Sequential(
-                nn.Conv2d(c, k, 3, padding=1), nn.ReLU(), nn.Conv2d(k, k, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(k, 2 * k, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * k, 2 * k, 3, padding=1), nn.ReLU(),
-                nn.MaxPool2d(2))
+            self.features = nn.Sequential(*_block(c, k), *_block(k, k), nn.MaxPool2d(2),
+                                          *_block(k, 2 * k), *_block(2 * k, 2 * k), nn.MaxPool2d(2))
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * k * (h // 4) * (w // 4), config.hidden), nn.ReLU(),
                                       nn.Linear(config.hidden, config.classes))
 

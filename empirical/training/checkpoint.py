@@ -43,11 +43,11 @@ class CorruptCheckpoint(CheckpointError):
     """The file is there and readable but is not a valid dgm-ood checkpoint (as opposed to unreadable)."""
 
 
-def code_version() -> str:
-    """Hash of TRAINING_CODE's syntax trees: a cached checkpoint is reused only if it matches (an edit elsewhere, or to
-    a comment, docstring or layout, keeps the cache)."""
+def code_version(code: tuple[str, ...] = TRAINING_CODE) -> str:
+    """Hash of the syntax trees of ``code`` (TRAINING_CODE, or the classifier's): a cached checkpoint is reused only if
+    it matches (an edit elsewhere, or to a comment, docstring or layout, keeps the cache)."""
     h = hashlib.sha256()
-    files = [f for name in TRAINING_CODE for f in ((_PACKAGE / name).rglob("*.py") if (_PACKAGE / name).is_dir()
+    files = [f for name in code for f in ((_PACKAGE / name).rglob("*.py") if (_PACKAGE / name).is_dir()
                                                      else [_PACKAGE / name])]
     for path in sorted(files):
         h.update(path.relative_to(_PACKAGE).as_posix().encode())

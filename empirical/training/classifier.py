@@ -1,10 +1,13 @@
 """Training the classifier that adversarial examples attack (empirical.models.classifier), with the trainer's
 conventions: named presets, a (seed, step) generator for every batch, atomic checkpoints every few hundred steps,
-``resume`` continuing bit for bit, and a runs-folder cache keyed by the preset and the images' content whose
-finished checkpoint is sealed (SHA-256) and checked on reuse."""
+``resume`` continuing bit for bit, shipped weights for exactly the run they were trained for, and a runs-folder cache
+keyed by the preset, the code and the images' content whose finished checkpoint is sealed (SHA-256) and checked on
+reuse."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -18,14 +21,19 @@ import torch.nn.functional as F
 from empirical.data.imageset import ImageSet, training_digest
 from empirical.data.sources import slug
 from empirical.io.errors import CheckpointError, DgmOodError
+from empirical.io.provenance import command_line, device_description, git_commit
 from empirical.models.classifier import ClassifierConfig, SmallCNN, build_classifier, predict
-from empirical.training.checkpoint import load_checkpoint, reusable, save_checkpoint, seal
+from empirical.training import shipped
+from empirical.training.checkpoint import code_version, load_checkpoint, reusable, save_checkpoint, seal
 from empirical.training.steps import random_hflip, step_generator
 
 log = logging.getLogger(__name__)
-# (architecture, steps of 128 images) by preset and image side: 1,500 steps are 3.2 epochs of FashionMNIST
+# (architecture, steps of 128 images) by preset and image side: 3,000 steps are 6.4 epochs of FashionMNIST, 8,000 are
+# 20 of CIFAR-10 (0.14 s a step on 2 cores)
 PRESETS = {"smoke": {28: (dict(width=8, hidden=16), 30), 32: (dict(width=8, hidden=16), 30)},
-           "cpu": {28: (dict(width=16, hidden=64), 1500), 32: (dict(width=32, hidden=128), 8000)}}
+           "cpu": {28: (dict(width=32, hidden=128), 3000), 32: (dict(width=32, hidden=128), 8000)}}
+CLASSIFIER_CODE = ("models/classifier.py", "training/classifier.py", "training/steps.py")
+MODEL = "cnn"  # the classifier's name in checkpoints and shipped cards
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,15 @@ class ClassifierPreset:
     checkpoint_every: int = 500
     hflip: bool = False  # mirror-symmetric photographs (CIFAR) only
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "config": self.config.to_dict(), "steps": self.steps,
-                "batch_size": self.batch_size, "lr": self.lr, "hflip": self.hflip}
+    def train_config(self) -> dict:
+        """What training does (the checkpointing cadence aside), as checkpoints and cards record it."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "hflip": self.hflip,
+                "seed": self.config.seed}
+
+    def recorded(self) -> dict:
+        """The fields a checkpoint or card of this preset's classifier carries."""
+        return {"model": MODEL, "preset": self.name, "model_config": self.config.to_dict(),
+                "train_config": self.train_config()}
 
 
 def classifier_preset(name: str, shape: tuple[int, int, int], *, seed: int = 0, hflip: bool = False,
@@ -73,21 +87,24 @@ def accuracy(classifier: torch.nn.Module, images: np.ndarray, labels: np.ndarray
 
 
 def train_classifier(train: ImageSet, train_labels: np.ndarray, test: ImageSet, test_labels: np.ndarray,
-                     preset: ClassifierPreset, out_dir: Path, *, resume: bool = True,
-                     device: str = "cpu") -> tuple[SmallCNN, dict]:
-    """Train (or, with ``resume``, continue) the classifier in ``out_dir/last.pt``; returns it and its payload."""
+                     preset: ClassifierPreset, out_dir: Path, *, resume: bool = True, device: str = "cpu",
+                     command: str | None = None) -> tuple[SmallCNN, dict]:
+    """Train (or, with ``resume``, continue) the classifier in ``out_dir/last.pt``; returns it and its payload (the
+    fields of ``preset.recorded()``, the images' digest, the history and what made it)."""
     ckpt, dev = Path(out_dir) / "last.pt", torch.device(device)
     model = build_classifier(preset.config).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=preset.lr)
-    digest = training_digest(train, test)
-    payload = {"kind": "classifier", "dataset": train.source, "preset": preset.to_dict(), "data_digest": digest,
-               "step": 0, "history": [], "seconds": 0.0}
+    payload = {"kind": "classifier", "dataset": train.source, **preset.recorded(),
+               "data_digest": training_digest(train, test), "step": 0, "history": [], "seconds": 0.0,
+               "code_version": code_version(CLASSIFIER_CODE), "commit": git_commit(),
+               "command": command or command_line(), "device": device_description(dev)}
     if resume and ckpt.exists():
-        payload = load_checkpoint(ckpt)
-        if payload.get("preset") != preset.to_dict() or payload.get("data_digest") != digest:
-            raise CheckpointError(f"{ckpt} is another classifier (preset or images differ); use another folder")
-        model.load_state_dict(payload.pop("model_state"))
-        opt.load_state_dict(payload.pop("optimizer_state"))
+        found = load_checkpoint(ckpt)
+        if any(found.get(k) != payload[k] for k in (*preset.recorded(), "data_digest", "code_version")):
+            raise CheckpointError(f"{ckpt} is another classifier (preset, code or images differ); use another folder")
+        model.load_state_dict(found.pop("model_state"))
+        opt.load_state_dict(found.pop("optimizer_state"))
+        payload = found
     x, y = torch.from_numpy(train.images), torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
     t0 = time.time() - payload["seconds"]
     for step in range(payload["step"], preset.steps):
@@ -111,12 +128,32 @@ def train_classifier(train: ImageSet, train_labels: np.ndarray, test: ImageSet, 
     return model.eval(), payload
 
 
+def find_shipped(train: ImageSet, test: ImageSet, preset: ClassifierPreset) -> shipped.Shipped | None:
+    """The shipped classifier trained with exactly ``preset`` on these images, if there is one."""
+    want = {**preset.recorded(), "data_digest": training_digest(train, test)}
+    return next((s for s in shipped.available() if all(s.card.get(k) == v for k, v in want.items())), None)
+
+
+def load_shipped(found: shipped.Shipped) -> SmallCNN:
+    """A shipped classifier, its file checked against the recorded SHA-256 (``Shipped.state``)."""
+    model = build_classifier(found.card["model_config"])
+    model.load_state_dict(found.state(set(model.state_dict())))
+    return model.eval()
+
+
 def cached_classifier(train: ImageSet, train_labels: np.ndarray, test: ImageSet, test_labels: np.ndarray,
-                      preset: ClassifierPreset, runs_dir: Path, *, device: str = "cpu") -> tuple[SmallCNN, Path]:
-    """The classifier of this preset and these images from ``runs_dir/classifiers``: reused when finished and sealed,
-    else trained or resumed (``checkpoint.reusable``: one that fails its seal is moved aside)."""
-    run_dir = (Path(runs_dir) / "classifiers" /
-               f"{slug(train.source)}-cnn-{preset.name}-seed{preset.config.seed}-{training_digest(train, test)[:12]}")
+                      preset: ClassifierPreset, runs_dir: Path, *, device: str = "cpu", retrain: bool = False,
+                      command: str | None = None) -> tuple[SmallCNN, Path]:
+    """The classifier of this preset and these images: the shipped one (unless ``retrain``), else from
+    ``runs_dir/classifiers``, reused when finished and sealed, else trained or resumed (``checkpoint.reusable``: one
+    that fails its seal is moved aside). Returns it and its file."""
+    found = None if retrain else find_shipped(train, test, preset)
+    if found is not None:
+        log.info("using the shipped classifier %s", found.weights.name)
+        return load_shipped(found).to(device), found.weights
+    key = hashlib.sha256(json.dumps([preset.recorded(), code_version(CLASSIFIER_CODE)], sort_keys=True).encode())
+    run_dir = (Path(runs_dir) / "classifiers" / f"{slug(train.source)}-{MODEL}-{preset.name}-seed{preset.config.seed}-"
+               f"{training_digest(train, test)[:12]}-{key.hexdigest()[:8]}")
     ckpt = run_dir / "last.pt"
     payload = reusable(ckpt, preset.steps)
     if payload is not None:
@@ -125,6 +162,7 @@ def cached_classifier(train: ImageSet, train_labels: np.ndarray, test: ImageSet,
         model.load_state_dict(payload["model_state"])
         return model.to(device).eval(), ckpt
     log.info("training the %s classifier on %s (%d steps) into %s", preset.name, train.name, preset.steps, run_dir)
-    model, _ = train_classifier(train, train_labels, test, test_labels, preset, run_dir, device=device)
+    model, _ = train_classifier(train, train_labels, test, test_labels, preset, run_dir, device=device,
+                                command=command)
     seal(ckpt)
     return model, ckpt

@@ -31,6 +31,9 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 MAX_BYTES = 8 * 2**20  # shipped weights are at most 8 MiB each (the CV-Glows: 0.5 MiB for 28×28, 2.3 MiB for CIFAR-10)
 
 
+CLASSIFIER = "cnn"  # the model name of the shipped classifiers (empirical.training.classifier.MODEL)
+
+
 BPD_TOLERANCE = 0.01  # retrained on another torch or machine: test bits/dim within this of the shipped model's
 
 
@@ -59,20 +62,28 @@ class Shipped:
                 and _with_defaults(c["train_config"]) == preset.train.to_dict()
                 and c["data_digest"] == training_digest(train_set, test_set))
 
-    def load(self) -> Checkpoint:
-        """The model, checked: the file's SHA-256 is the recorded one, the tensors fit, every weight is finite."""
+    def state(self, expected: set[str]) -> dict:
+        """The weights, checked: the file's SHA-256 is the recorded one, the tensor names are ``expected``, every
+        weight is finite."""
         from safetensors.torch import load_file
 
         if not self.weights.is_file() or _sha256(self.weights) != self.card["sha256"]:
             raise CheckpointError(f"shipped weights {self.weights} are missing or damaged (SHA-256 is not the "
                                   f"recorded {self.card['sha256'][:16]}…); reinstall, or "
                                   f"{arg('train the model from scratch', 'pass --retrain')}")
-        model = build_model(self.card["model"], self.card["model_config"])
         state = load_file(str(self.weights))
-        if non_finite_tensors(state) or set(state) != set(model.state_dict()):
+        if non_finite_tensors(state) or set(state) != expected:
             raise CheckpointError(f"shipped weights {self.weights} do not fit their model; "
                                   f"{arg('train the model from scratch', 'pass --retrain')}")
-        model.load_state_dict(state)
+        return state
+
+    def load(self) -> Checkpoint:
+        """The generative model, its weights checked (``state``)."""
+        if self.card["model"] == CLASSIFIER:
+            raise CheckpointError(f"{self.weights.name} is a classifier (empirical.training.classifier.load_shipped), "
+                                  f"not a generative model")
+        model = build_model(self.card["model"], self.card["model_config"])
+        model.load_state_dict(self.state(set(model.state_dict())))
         payload = {k: self.card[k] for k in CARD_KEYS if k in self.card} | {"shipped": self.name}
         return Checkpoint(model.eval(), payload, self.weights)
 
@@ -150,7 +161,7 @@ def export(checkpoint: Path, name: str | None = None, folder: Path = WEIGHTS) ->
         "made_by": {"command": payload["command"], "commit": payload["commit"], "device": payload["device"],
                     "torch": torch.__version__, "code_version": payload["code_version"],
                     "seconds": history[-1]["seconds"] if history else None,
-                    "test_bpd": history[-1]["test_bpd"] if history else None}}
+                    **{k: history[-1].get(k) for k in ("test_bpd", "test_accuracy") if history and k in history[-1]}}}
     write_json(folder / f"{name}.json", card)
     return Shipped(name, card, weights)
 
@@ -176,6 +187,9 @@ def retrain(shipped: Shipped, out: Path, data_dir: str | None = None) -> dict:
         raise CheckpointError(f"{arg('out', '--out')} {out} is not empty; retrain trains from scratch into an empty "
                               f"folder, so that what it compares is a run it made")
     card = shipped.card
+    if card["model"] == CLASSIFIER:
+        raise CheckpointError(f"{shipped.name} is a classifier; train it again with python -m verify.adversarial "
+                              f"{card['dataset']} --retrain (its report prints the accuracy)")
     train_set, test_set = open_in(card["dataset"], DataOptions(data_dir))
     if training_digest(train_set, test_set) != card["data_digest"]:
         raise CheckpointError(f"the {card['dataset']} files found are not the images {shipped.name} was trained on")

@@ -1,6 +1,7 @@
 """Adversarial examples: every attack stays inside its ε-ball and in 0..255, the adaptive loss raises log p, the
 detection thresholds come from clean held-out images only, PixelDefend's p-value is the rank it should be, the
-classifier resumes bit for bit and its cache is sealed, and the command writes its report."""
+classifier resumes bit for bit, its cache is sealed, its shipped weights serve exactly their run, and the command
+writes its report."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empirical.data.imageset import ImageSet
+from empirical.io.errors import CheckpointError, DgmOodError
 from empirical.models.classifier import ClassifierConfig, SmallCNN
 from empirical.models.registry import build_model
 from empirical.ood import attacks
 from empirical.ood.scores import pixeldefend_pvalue
-from empirical.training.classifier import cached_classifier, classifier_preset, train_classifier
+from empirical.training import shipped
+from empirical.training.classifier import cached_classifier, classifier_preset, find_shipped, train_classifier
 from empirical.training.presets import get_preset
 from tests.faults.conftest import cli
 from tests.helpers import randomize
-from verify.attacking import Attacked, detect
+from verify.attacking import Attacked, attack_all, detect
 
 SHAPE = (1, 28, 28)
 
@@ -102,10 +105,7 @@ def _scores(model, images: ImageSet) -> dict:
 
 
 def test_the_classifier_resumes_bit_for_bit_and_its_cache_is_sealed(tmp_path):
-    rng = np.random.default_rng(0)
-    train = ImageSet(rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8), "tr", "train", "array")
-    test = ImageSet(rng.integers(0, 256, (16, *SHAPE), dtype=np.uint8), "te", "test", "array")
-    y_train, y_test = rng.integers(0, 10, 64), rng.integers(0, 10, 16)
+    train, y_train, test, y_test = _tiny_sets()
     preset = classifier_preset("smoke", SHAPE)
     whole, _ = train_classifier(train, y_train, test, y_test, preset, tmp_path / "whole")
     often = replace(preset, checkpoint_every=10)
@@ -121,6 +121,46 @@ def test_the_classifier_resumes_bit_for_bit_and_its_cache_is_sealed(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:-8] + b"\0" * 8)  # damaged after it was sealed
     cached_classifier(train, y_train, test, y_test, preset, tmp_path / "runs")
     assert list(ckpt.parent.glob("last.pt.corrupt-*"))
+
+
+def _tiny_sets(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    train = ImageSet(rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8), "tr", "train", "array")
+    test = ImageSet(rng.integers(0, 256, (16, *SHAPE), dtype=np.uint8), "te", "test", "array")
+    return train, rng.integers(0, 10, 64), test, rng.integers(0, 10, 16)
+
+
+def test_a_shipped_classifier_serves_exactly_its_run_and_retrain_skips_it(tmp_path, monkeypatch):
+    train, y_train, test, y_test = _tiny_sets()
+    preset = classifier_preset("smoke", SHAPE)
+    trained, ckpt = cached_classifier(train, y_train, test, y_test, preset, tmp_path / "runs", command="python -m x")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setattr(shipped, "WEIGHTS", folder)
+    s = shipped.export(ckpt, folder=folder)
+    assert s.card["model"] == "cnn" and s.card["made_by"]["command"] == "python -m x" and shipped.check() == []
+    assert 0 <= s.card["made_by"]["test_accuracy"] <= 1
+    model, path = cached_classifier(train, y_train, test, y_test, preset, tmp_path / "fresh")
+    assert path == s.weights and not (tmp_path / "fresh").exists()
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+    _, path = cached_classifier(train, y_train, test, y_test, preset, tmp_path / "runs", retrain=True)
+    assert path == ckpt  # --retrain: the runs cache (or training), never the shipped file
+    assert find_shipped(train, test, classifier_preset("smoke", SHAPE, seed=1)) is None
+    assert find_shipped(*_tiny_sets(1)[::2], preset) is None  # other images
+    with pytest.raises(CheckpointError, match="is a classifier"):
+        s.load()
+    with pytest.raises(CheckpointError, match="is a classifier"):
+        shipped.retrain(s, tmp_path / "again")
+    s.weights.write_bytes(s.weights.read_bytes()[:-4] + b"\0" * 4)
+    with pytest.raises(CheckpointError, match="missing or damaged"):
+        cached_classifier(train, y_train, test, y_test, preset, tmp_path / "fresh")
+
+
+def test_a_classifier_in_training_mode_is_refused():
+    x = ImageSet(_images(2, 0).numpy(), "x", "test", "array")
+    with pytest.raises(DgmOodError, match="training mode"):
+        attack_all(SmallCNN(ClassifierConfig(SHAPE, width=4, hidden=8)).train(), x, np.zeros(2))
 
 
 def _interrupted(train, y_train, test, y_test, preset, out, stop: int):
