@@ -69,6 +69,15 @@ def _detection_table(name: str, d: dict) -> list[str]:
         lines.append(f"| {attack} | {row['gap_bpd']:+.3f} | " + " | ".join(
             f"{row['auroc'][s]:.3f} / {_pct(row['detection_rate'][s])}" for s in scores)
             + f" | {_pct(row['detection_rate']['pixeldefend'])} |")
+    fooled = {a: r for a, r in d["attacks"].items() if r.get("fooled")}
+    if fooled:
+        lines += ["", f"**{name}, successful adversarial examples only** (the images whose correct prediction the "
+                  "attack changed, against every clean image): AUROC / detection rate", "",
+                  "| attack | n | " + " | ".join(scores) + " | PixelDefend |",
+                  "|---|---:|" + "---:|" * (len(scores) + 1)]
+        lines += [f"| {attack} | {row['fooled']} | " + " | ".join(
+            f"{row['fooled_auroc'][s]:.3f} / {_pct(row['fooled_detection_rate'][s])}" for s in scores)
+            + f" | {_pct(row['fooled_detection_rate']['pixeldefend'])} |" for attack, row in fooled.items()]
     return lines
 
 
@@ -87,9 +96,11 @@ def render(facts: dict) -> str:
         lines += [*_detection_table(name, d), ""]
     against = facts["adaptive_against"]
     lines += ["The adaptive attacker maximises the classifier's loss + λ·log p(x̃)/D under "
-              + (f"{against} (a smooth density); the other models and every score built on them face it as a "
-                 f"transfer attack. The compressed length of the complexity scores is not differentiable: the "
-                 f"attacker does not target it, only the likelihood inside it. A detection claim that holds only "
+              + (f"{against} (a smooth density); \"best λ\" keeps, per image, the successful adversarial image of "
+                 f"highest log p among plain PGD and every λ (the white-box attacker may choose); the other "
+                 f"models and every score built on them face it as a transfer attack. The compressed length of the "
+                 f"complexity scores is not differentiable: the attacker does not target it, only the likelihood "
+                 f"inside it. A detection claim that holds only "
                  f"against the plain attacks (FGSM, PGD) holds only against a non-adaptive attacker."
                  if against else "none of the models (no smooth density): only the plain attacks ran."), "",
               "![ROC, PGD](roc_pgd.png)", "", "![ROC, adaptive](roc_adaptive.png)" if against else "", "",

@@ -19,6 +19,7 @@ from torch import nn
 from empirical.data.imageset import ImageSet
 from empirical.io.errors import DgmOodError
 from empirical.models.classifier import predict
+from empirical.models.contract import model_device
 from empirical.ood import attacks
 from empirical.ood.detectors import Detector, Likelihood
 from empirical.ood.metrics import auroc
@@ -34,20 +35,22 @@ TOWARD_TYPICAL_EPS = (1, 2, 4, 8)  # grey levels, for the other direction
 @dataclass(frozen=True)
 class Attacked:
     """One attack's adversarial images (uint8, in the order of the clean ones), how often it changed a correct
-    prediction, and the perturbation's size."""
+    prediction, the perturbation's size, and which images it fooled (a correct prediction changed)."""
 
     name: str
     images: ImageSet
     success_rate: float
     size: dict[str, float]
     adaptive: bool = False
+    fooled: np.ndarray | None = None
 
 
 def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, density: nn.Module | None = None,
                seed: int = 0) -> tuple[float, list[Attacked]]:
     """The clean accuracy and every attack of the fixed grid: FGSM and PGD at each ε of ``attacks.EPSILONS``, and
-    with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``. The classifier
-    must be in eval mode (a batch-normalised one in training mode would attack its batch statistics)."""
+    with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS`` and the attacker
+    that picks the best λ per image (``_best_lambda``). The classifier must be in eval mode (a batch-normalised one in
+    training mode would attack its batch statistics)."""
     if classifier.training:
         raise DgmOodError("the classifier is in training mode; call .eval() on it before attacking it")
     x, y = torch.from_numpy(clean.images), torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -62,13 +65,37 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
             for lam in attacks.LAMBDAS if lam > 0]
     done = []
     for name, run, adaptive in runs:
-        adv = run()
-        fooled = (predict(classifier, adv) != y) & correct
-        rate = float(fooled.sum() / max(int(correct.sum()), 1))
-        done.append(Attacked(name, clean.derived(adv.numpy(), f"{clean.name} ({name})", f"adversarial: {name}"),
-                             rate, attacks.perturbation_size(x, adv), adaptive))
-        log.info("%s: success %.3f, ℓ∞ %.4f", name, rate, done[-1].size["linf_max"])
+        done.append(_attacked(classifier, clean, x, y, correct, name, run(), adaptive))
+    if density is not None:
+        done.append(_best_lambda(classifier, density, clean, x, y, correct,
+                                 [a for a in done if a.name.startswith(("adaptive", f"pgd ε={eps}/"))]))
     return float(correct.float().mean()), done
+
+
+def _attacked(classifier: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor,
+              name: str, adv: torch.Tensor, adaptive: bool) -> Attacked:
+    """An attack's images with its success: the share of correct predictions it changed."""
+    fooled = (predict(classifier, adv) != y) & correct
+    out = Attacked(name, clean.derived(adv.numpy(), f"{clean.name} ({name})", f"adversarial: {name}"),
+                   float(fooled.sum() / max(int(correct.sum()), 1)), attacks.perturbation_size(x, adv), adaptive,
+                   fooled.numpy())
+    log.info("%s: success %.3f, ℓ∞ %.4f", name, out.success_rate, out.size["linf_max"])
+    return out
+
+
+@torch.no_grad()
+def _best_lambda(classifier: nn.Module, density: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.Tensor,
+                 correct: torch.Tensor, tried: list[Attacked]) -> Attacked:
+    """The adaptive attacker that picks λ per image (white-box, so it may): of the runs at the largest ε (plain PGD
+    and each λ) that fooled the classifier, the image of highest log p; an image none fooled keeps the largest λ's."""
+    log_p = torch.stack([torch.cat([attacks.log_density_per_dim(density, torch.from_numpy(
+        a.images.images[i:i + 100]).to(model_device(density)).float()).cpu() for i in range(0, len(x), 100)])
+        for a in tried])
+    log_p[~torch.from_numpy(np.stack([a.fooled for a in tried]))] = -torch.inf
+    pick = torch.where(torch.isinf(log_p.max(0).values), len(tried) - 1, log_p.argmax(0))
+    adv = torch.from_numpy(np.stack([a.images.images for a in tried]))[pick, torch.arange(len(x))]
+    eps = max(attacks.EPSILONS)
+    return _attacked(classifier, clean, x, y, correct, f"adaptive ε={eps}/255 best λ", adv, True)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -83,7 +110,8 @@ def thresholds(dets: list[Detector], heldout: ImageSet) -> dict[str, float]:
 def detect(model: nn.Module, heldout: ImageSet, clean: ImageSet, attacked: list[Attacked], *,
            choice: ScoreChoice | None = None, seed: int = 0, device: torch.device | None = None) -> dict:
     """For each attack: the gap bpd(clean) − bpd(adversarial) and, per score, the AUROC (adversarial positive) and
-    the detection rate at the threshold of ``thresholds``; PixelDefend's rate at p < FALSE_ALARMS."""
+    the detection rate at the threshold of ``thresholds``; PixelDefend's rate at p < FALSE_ALARMS; and the same for
+    only the images that fooled the classifier (``fooled``: how many; None where none did)."""
     heldout = heldout.head(SCREEN_FIT_IMAGES)
     dets = build(model, clean, heldout, choice=choice, seed=seed, device=device)
     likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(dets[0].model)
@@ -100,7 +128,19 @@ def detect(model: nn.Module, heldout: ImageSet, clean: ImageSet, attacked: list[
             "detection_rate": {k: float((v > cut[k]).mean()) for k, v in scores.items()}
             | {"pixeldefend": float((pixeldefend_pvalue(held_bpd, bpd) < FALSE_ALARMS).mean())},
             "clean_false_alarms": {k: float((v > cut[k]).mean()) for k, v in clean_scores.items()}}
+        rows[a.name] |= _on_fooled(a.fooled, clean_scores, scores, bpd, held_bpd, cut)
     return {"thresholds": cut, "attacks": rows, "per_image": per_image}
+
+
+def _on_fooled(fooled: np.ndarray | None, clean_scores: dict, scores: dict, bpd: np.ndarray, held_bpd: np.ndarray,
+               cut: dict[str, float]) -> dict:
+    """AUROC and detection rates of the successful adversarial examples only (the ones that fooled the classifier)."""
+    n = 0 if fooled is None else int(fooled.sum())
+    if n == 0:
+        return {"fooled": n, "fooled_auroc": None, "fooled_detection_rate": None}
+    return {"fooled": n, "fooled_auroc": {k: auroc(clean_scores[k], v[fooled]) for k, v in scores.items()},
+            "fooled_detection_rate": {k: float((v[fooled] > cut[k]).mean()) for k, v in scores.items()}
+            | {"pixeldefend": float((pixeldefend_pvalue(held_bpd, bpd[fooled]) < FALSE_ALARMS).mean())}}
 
 
 def toward_typical(density: nn.Module, heldout: ImageSet, in_test: ImageSet, ood: ImageSet, *, seed: int = 0,

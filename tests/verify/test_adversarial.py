@@ -123,6 +123,24 @@ def test_the_classifier_resumes_bit_for_bit_and_its_cache_is_sealed(tmp_path):
     assert list(ckpt.parent.glob("last.pt.corrupt-*"))
 
 
+def test_the_best_lambda_attacker_keeps_the_fooling_image_of_highest_log_p(classifier, flow):
+    from verify.attacking import _best_lambda
+
+    clean = ImageSet(_images(6, 0).numpy(), "c", "test", "array")
+    x, y = torch.from_numpy(clean.images), torch.zeros(6, dtype=torch.long)
+    fooled = [np.array(m, bool) for m in ([1, 1, 0, 0, 1, 0], [1, 0, 1, 0, 1, 0], [0, 1, 1, 0, 1, 0])]
+    tried = [Attacked(f"t{i}", clean.derived(_images(6, i + 1).numpy(), f"t{i}", "t"), 0.5, {}, True, f)
+             for i, f in enumerate(fooled)]
+    best = _best_lambda(classifier, flow, clean, x, y, torch.ones(6, dtype=torch.bool), tried)
+    with torch.no_grad():
+        log_p = torch.stack([attacks.log_density_per_dim(flow, torch.from_numpy(t.images.images).float())
+                             for t in tried]).numpy()
+    for i in range(6):
+        options = [k for k in range(3) if fooled[k][i]]
+        k = max(options, key=lambda k: log_p[k, i]) if options else 2  # none fooled: the largest λ's image
+        assert np.array_equal(best.images.images[i], tried[k].images.images[i])
+
+
 def _tiny_sets(seed: int = 0):
     rng = np.random.default_rng(seed)
     train = ImageSet(rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8), "tr", "train", "array")
@@ -190,7 +208,13 @@ def test_the_command_writes_its_report(world, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = json.loads((tmp_path / "r" / "results.json").read_text())
     assert list(written["attacks"]) == ["fgsm ε=2/255", "fgsm ε=8/255", "pgd ε=2/255", "pgd ε=8/255",
-                                        "adaptive ε=8/255 λ=1", "adaptive ε=8/255 λ=10", "adaptive ε=8/255 λ=100"]
+                                        "adaptive ε=8/255 λ=1", "adaptive ε=8/255 λ=10", "adaptive ε=8/255 λ=100",
+                                        "adaptive ε=8/255 best λ"]
+    rates = {k: v["success_rate"] for k, v in written["attacks"].items()}
+    tried = [v for k, v in rates.items() if k.startswith(("pgd ε=8", "adaptive")) and "best" not in k]
+    assert rates["adaptive ε=8/255 best λ"] >= max(tried)  # it fools every image one of its runs fooled
+    rows = next(iter(written["detection"].values()))["attacks"]
+    assert all((r["fooled_auroc"] is None) == (r["fooled"] == 0) for r in rows.values())
     assert all(v["linf_max"] <= 8 / 255 + 1e-9 for v in written["attacks"].values())
     assert written["toward_typical"] and written["provenance"]["command"].startswith("python -m verify.adversarial")
     written_files = {p.name for p in (tmp_path / "r").iterdir()}
