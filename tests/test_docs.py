@@ -69,6 +69,26 @@ def test_the_main_job_finds_its_shipped_weights_and_they_load():
     assert shipped.find(train_set, test_set, "cvglow", get_preset("cpu", "cvglow", train_set.shape, seed=7)) is None
 
 
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the offline mirror ../shared/data is absent")
+@pytest.mark.parametrize("name", ["fashionmnist", "cifar10"])
+def test_the_adversarial_runs_find_their_shipped_classifiers(name):
+    """verify.adversarial IN trains nothing: the cpu preset's classifier of IN ships, loads, and reaches the accuracy
+    its card records on the first 2,000 test images (FashionMNIST ≥ 90%, CIFAR-10 ≥ 75% on the whole test set)."""
+    from empirical.data.sources import DataOptions, labels_of, open_in
+    from empirical.training.classifier import accuracy, classifier_preset, find_shipped, load_shipped
+
+    options = DataOptions(str(SHARED_DATA))
+    train_set, test_set = open_in(name, options)
+    found = find_shipped(train_set, test_set, classifier_preset("cpu", train_set.shape,
+                                                                hflip=train_set.mirror_symmetric))
+    assert found is not None and found.name == f"{name}-cnn-cpu"
+    labels = labels_of(name, "test", options)
+    model = load_shipped(found)
+    recorded = found.card["made_by"]["test_accuracy"]  # another CPU's float sums may flip a borderline image or two
+    assert abs(accuracy(model, test_set.images[:2000], labels[:2000]) - recorded) <= 0.002
+    assert accuracy(model, test_set.images, labels) >= {"fashionmnist": 0.90, "cifar10": 0.75}[name]
+
+
 def test_shipped_weights_are_a_checkpoint_for_every_command(tmp_path):
     from empirical.io.errors import CheckpointError
     from empirical.training.loading import model_from_checkpoint
