@@ -28,7 +28,7 @@ def figures(stage: Path, clean: ImageSet, attacked: list[Attacked], detection: d
         if name:
             aurocs = detection[first]["attacks"][name]["auroc"]
             roc_curves({k: (per_image["clean"][k], v) for k, v in per_image[name].items()}, aurocs,
-                       f"{first}: {name} vs clean", stage / key)
+                       f"{first}: {name} vs clean", stage / key, negative="clean", positive="adversarial")
     shown = [a for a in attacked if a.name in (names[len(attacks.EPSILONS) - 1], _strongest(names, False),
                                               _strongest(names, True))]  # the largest ε of each kind
     examples(clean.images[:6], {a.name: a.images.images[:6] for a in shown}, stage / "examples.png")

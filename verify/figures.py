@@ -185,8 +185,8 @@ def family_histograms(per_image: dict[str, dict[str, np.ndarray]], labels: dict[
 
 @styled
 def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict[str, float], title: str,
-               path: Path) -> Path:
-    """The ROC curve of every score in one panel (OUT-test positive), AUROC in the legend."""
+               path: Path, negative: str = "IN-test", positive: str = "OUT-test") -> Path:
+    """The ROC curve of every score in one panel (``positive`` flagged against ``negative``), AUROC in the legend."""
     from sklearn.metrics import roc_curve
 
     fig = new_figure(figsize=(5.2, 4.4))
@@ -196,8 +196,8 @@ def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict
         fpr, tpr, _ = roc_curve(y, np.concatenate([s_in, s_out]))
         ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUROC {aurocs[name]:.3f})")
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-    ax.set_xlabel("false-positive rate (IN-test flagged)")
-    ax.set_ylabel("true-positive rate (OUT-test flagged)")
+    ax.set_xlabel(f"false-positive rate ({negative} flagged)")
+    ax.set_ylabel(f"true-positive rate ({positive} flagged)")
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=8, loc="lower right")
     return save_png(fig, path)
