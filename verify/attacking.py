@@ -151,11 +151,11 @@ def toward_typical(density: nn.Module, heldout: ImageSet, in_test: ImageSet, ood
     dets = build(density, in_test, heldout.head(SCREEN_FIT_IMAGES), choice=choice, seed=seed, device=device)
     typ = next(d for d in dets if d.name == "typicality")
     in_scores = {d.name: d.score(in_test) for d in dets}
-    out = {}
-    for eps in (0, *TOWARD_TYPICAL_EPS):
+    out, moved = {}, ood
+    for eps in (0, *TOWARD_TYPICAL_EPS):  # each ε starts from the smaller ε's images: a larger ball never does worse
         moved = ood if eps == 0 else ood.derived(attacks.toward_typical(
-            density, torch.from_numpy(ood.images), typ.entropy, eps).numpy(), f"{ood.name} (ε={eps})",
-            f"moved toward typical: PGD ε={eps}/255")
+            density, torch.from_numpy(ood.images), typ.entropy, eps, start=torch.from_numpy(moved.images)).numpy(),
+            f"{ood.name} (ε={eps})", f"moved toward typical: PGD ε={eps}/255")
         scores = {d.name: d.score(moved) for d in dets}
         out[f"{eps}/255"] = {"auroc": {k: auroc(in_scores[k], v) for k, v in scores.items()},
                              "more_typical": float((scores["typicality"] < np.median(in_scores["typicality"])).mean())}

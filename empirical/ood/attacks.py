@@ -82,24 +82,29 @@ def pgd(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: 
 
 
 def toward_typical(density: nn.Module, images: torch.Tensor, target_bpd: float, eps: float, *,
-                   steps: int = PGD_STEPS, step: float | None = None) -> torch.Tensor:
+                   steps: int = PGD_STEPS, step: float | None = None,
+                   start: torch.Tensor | None = None) -> torch.Tensor:
     """PGD inside the ε-ball that minimises |bpd(x) − target| (typicality's score), bpd from log p at bin centres
-    (Pope et al.: how little it takes to make an OOD image look typical); uint8 in and out."""
+    (Pope et al.: how little it takes to make an OOD image look typical); uint8 in and out. It keeps each image's
+    closest 8-bit iterate, beginning with ``start`` (uint8, inside the ball; default the image itself), so that starting
+    from a smaller ball's result a larger ball never ends farther from the target."""
     dev = model_device(density)
     x = images.to(dev).float()
     step = eps / 4 if step is None else step
+
     def distance(v: torch.Tensor) -> torch.Tensor:  # bits/dim = (−log p(x̃)/D + log 256) / log 2
         return ((math.log(LEVELS) - log_density_per_dim(density, v)) / math.log(2) - target_bpd).abs()
 
-    x_adv = best = x.clone()
+    x_adv = best = x.clone() if start is None else _project(start.to(dev).float(), x, eps)
     with torch.no_grad():
         best_distance = distance(best)
-    for _ in range(steps):  # signed steps overshoot near the target: keep each image's closest iterate
+    for _ in range(steps):  # signed steps overshoot near the target: keep each image's closest 8-bit iterate
         x_adv = _project(x_adv - step * _gradient_sign(distance, x_adv), x, eps)
+        candidate = quantise(x_adv).float()
         with torch.no_grad():
-            d = distance(x_adv)
+            d = distance(candidate)
         closer = d < best_distance
-        best = torch.where(closer[:, None, None, None], x_adv, best)
+        best = torch.where(closer[:, None, None, None], candidate, best)
         best_distance = torch.minimum(d, best_distance)
     return quantise(best).cpu()
 

@@ -123,6 +123,22 @@ def test_the_classifier_resumes_bit_for_bit_and_its_cache_is_sealed(tmp_path):
     assert list(ckpt.parent.glob("last.pt.corrupt-*"))
 
 
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), target=st.floats(1.0, 9.0))
+def test_toward_typical_from_a_smaller_ball_never_ends_farther_from_the_target(flow, seed, target):
+    x = _images(3, seed)
+
+    def distance(images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            bpd = (np.log(256) - attacks.log_density_per_dim(flow, images.float()).numpy()) / np.log(2)
+        return np.abs(bpd - target)
+
+    small = attacks.toward_typical(flow, x, target, 1, steps=2)
+    large = attacks.toward_typical(flow, x, target, 4, steps=2, start=small)
+    _inside(x, large, 4)
+    assert np.all(distance(small) <= distance(x) + 1e-5) and np.all(distance(large) <= distance(small) + 1e-5)
+
+
 def test_the_best_lambda_attacker_keeps_the_fooling_image_of_highest_log_p(classifier, flow):
     from verify.attacking import _best_lambda
 
