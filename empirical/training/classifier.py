@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PRESETS = {"smoke": {28: (dict(width=8, hidden=16), 30), 32: (dict(width=8, hidden=16), 30)},
            "cpu": {28: (dict(width=32, hidden=128), 3000), 32: (dict(width=32, hidden=128), 8000)}}
 CLASSIFIER_CODE = ("models/classifier.py", "training/classifier.py", "training/steps.py")
-MODEL = "cnn"  # the classifier's name in checkpoints and shipped cards
+MODEL = shipped.CLASSIFIER  # the classifier's name in checkpoints and shipped cards ("cnn")
 
 
 @dataclass(frozen=True)

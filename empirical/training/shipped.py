@@ -31,7 +31,7 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 MAX_BYTES = 8 * 2**20  # shipped weights are at most 8 MiB each (the CV-Glows: 0.5 MiB for 28×28, 2.3 MiB for CIFAR-10)
 
 
-CLASSIFIER = "cnn"  # the model name of the shipped classifiers (empirical.training.classifier.MODEL)
+CLASSIFIER = "cnn"  # the model name of classifiers in checkpoints and shipped cards (empirical.training.classifier)
 
 
 BPD_TOLERANCE = 0.01  # retrained on another torch or machine: test bits/dim within this of the shipped model's
