@@ -16,7 +16,8 @@ from verify.figures import new_figure, roc_curves, save_png, styled
 
 
 def _strongest(names: list[str], adaptive: bool) -> str | None:
-    chosen = [n for n in names if n.startswith("adaptive") == adaptive and not n.startswith("fgsm")]
+    """The last-run attack of its kind at the largest ε: PGD, or the margin attacker's best λ."""
+    chosen = [n for n in names if n.startswith(("adaptive", "margin")) == adaptive and not n.startswith("fgsm")]
     return chosen[-1] if chosen else None
 
 
@@ -95,12 +96,15 @@ def render(facts: dict) -> str:
     for name, d in facts["detection"].items():
         lines += [*_detection_table(name, d), ""]
     against = facts["adaptive_against"]
-    lines += ["The adaptive attacker maximises the classifier's loss + λ·log p(x̃)/D under "
+    lines += ["The adaptive attacker (PGD from a random start) maximises the classifier's loss + λ·log p(x̃)/D under "
               + (f"{against} (a smooth density); \"best λ\" keeps, per image, the successful adversarial image of "
                  f"highest log p among plain PGD and every λ (the white-box attacker may choose); the other "
                  f"models and every score built on them face it as a transfer attack. The compressed length of the "
                  f"complexity scores is not differentiable: the attacker does not target it, only the likelihood "
-                 f"inside it. A detection claim that holds only "
+                 f"inside it. The margin attacker (Carlini & Wagner 2017) starts from the clean image, takes "
+                 f"{attacks.MARGIN_STEPS} signed steps of ε/10 up min(margin, {attacks.KAPPA:g}) + λ·log p(x̃)/D (once "
+                 f"the classifier is wrong by {attacks.KAPPA:g} logit every step raises log p) and keeps each image's "
+                 f"fooling 8-bit iterate of highest log p, best λ per image. A detection claim that holds only "
                  f"against the plain attacks (FGSM, PGD) holds only against a non-adaptive attacker."
                  if against else "none of the models (no smooth density): only the plain attacks ran."), "",
               "![ROC, PGD](roc_pgd.png)", "", "![ROC, adaptive](roc_adaptive.png)" if against else "", "",

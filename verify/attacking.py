@@ -48,9 +48,10 @@ class Attacked:
 def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, density: nn.Module | None = None,
                seed: int = 0) -> tuple[float, list[Attacked]]:
     """The clean accuracy and every attack of the fixed grid: FGSM and PGD at each ε of ``attacks.EPSILONS``, and
-    with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS`` and the attacker
-    that picks the best λ per image (``_best_lambda``). The classifier must be in eval mode (a batch-normalised one in
-    training mode would attack its batch statistics)."""
+    with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``, the attacker
+    that picks the best λ per image (``_best_lambda``), and the margin attacker (``attacks.margin_adaptive``) with
+    its best λ per image (its single-λ runs are not reported). The classifier must be in eval mode (a
+    batch-normalised one in training mode would attack its batch statistics)."""
     if classifier.training:
         raise DgmOodError("the classifier is in training mode; call .eval() on it before attacking it")
     x, y = torch.from_numpy(clean.images), torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -68,7 +69,11 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
         done.append(_attacked(classifier, clean, x, y, correct, name, run(), adaptive))
     if density is not None:
         done.append(_best_lambda(classifier, density, clean, x, y, correct,
-                                 [a for a in done if a.name.startswith(("adaptive", f"pgd ε={eps}/"))]))
+                                 [a for a in done if a.name.startswith(("adaptive", f"pgd ε={eps}/"))],
+                                 f"adaptive ε={eps}/255 best λ"))
+        margins = [_attacked(classifier, clean, x, y, correct, f"margin ε={eps}/255 λ={lam:g}", attacks.margin_adaptive(
+            classifier, x, y, eps, density, lam), True) for lam in attacks.LAMBDAS if lam > 0]
+        done.append(_best_lambda(classifier, density, clean, x, y, correct, margins, f"margin ε={eps}/255 best λ"))
     return float(correct.float().mean()), done
 
 
@@ -85,17 +90,17 @@ def _attacked(classifier: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.
 
 @torch.no_grad()
 def _best_lambda(classifier: nn.Module, density: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.Tensor,
-                 correct: torch.Tensor, tried: list[Attacked]) -> Attacked:
-    """The adaptive attacker that picks λ per image (white-box, so it may): of the runs at the largest ε (plain PGD
-    and each λ) that fooled the classifier, the image of highest log p; an image none fooled keeps the largest λ's."""
+                 correct: torch.Tensor, tried: list[Attacked], name: str) -> Attacked:
+    """The adaptive attacker that picks λ per image (white-box, so it may): of the ``tried`` runs (e.g. plain PGD and
+    each λ at the largest ε) that fooled the classifier, the image of highest log p; an image none fooled keeps the
+    last run's."""
     log_p = torch.stack([torch.cat([attacks.log_density_per_dim(density, torch.from_numpy(
         a.images.images[i:i + 100]).to(model_device(density)).float()).cpu() for i in range(0, len(x), 100)])
         for a in tried])
     log_p[~torch.from_numpy(np.stack([a.fooled for a in tried]))] = -torch.inf
     pick = torch.where(torch.isinf(log_p.max(0).values), len(tried) - 1, log_p.argmax(0))
     adv = torch.from_numpy(np.stack([a.images.images for a in tried]))[pick, torch.arange(len(x))]
-    eps = max(attacks.EPSILONS)
-    return _attacked(classifier, clean, x, y, correct, f"adaptive ε={eps}/255 best λ", adv, True)
+    return _attacked(classifier, clean, x, y, correct, name, adv, True)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from empirical.data.imageset import ImageSet
 from empirical.io.errors import CheckpointError, DgmOodError
@@ -58,6 +59,7 @@ def test_every_attack_stays_in_its_eps_ball_and_in_0_to_255(classifier, flow, ep
     _inside(x, attacks.pgd(classifier, x, y, eps, steps=3, generator=gen), eps)
     _inside(x, attacks.pgd(classifier, x, y, eps, steps=2, generator=gen, density=flow, lam=10.0), eps)
     _inside(x, attacks.toward_typical(flow, x, 5.0, eps, steps=2), eps)
+    _inside(x, attacks.margin_adaptive(classifier, x, y, eps, flow, 1.0, steps=2), eps)
 
 
 def test_the_adaptive_loss_raises_log_p(classifier, flow):
@@ -70,6 +72,45 @@ def test_the_adaptive_loss_raises_log_p(classifier, flow):
     plain = attacks.pgd(classifier, x, y, 8, generator=torch.Generator().manual_seed(0))
     adaptive = attacks.pgd(classifier, x, y, 8, generator=torch.Generator().manual_seed(0), density=flow, lam=100.0)
     assert log_p(adaptive) > log_p(plain) and log_p(adaptive) > log_p(x)
+
+
+def test_the_margin_is_the_best_other_logit_minus_the_true_one():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [1.0, 3.0, 2.0], [0.0, -1.0, 4.0]])
+    assert attacks.margin(logits, torch.tensor([1, 0, 2])).tolist() == [-1.0, 2.0, -4.0]
+
+
+class _Constant(nn.Module):
+    """A classifier whose logits do not depend on the image (but stay differentiable in it)."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def _log_p(flow, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return attacks.log_density_per_dim(flow, images.float())
+
+
+def test_once_the_classifier_is_wrong_the_margin_attacker_only_raises_log_p(flow):
+    x, y = _images(8, 5), torch.zeros(8, dtype=torch.long)
+    wrong = _Constant([0.0, 5.0])  # wrong by 5 > κ from the start: the clamped margin has no gradient
+    adv = attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=6)
+    _inside(x, adv, 8)
+    assert (_log_p(flow, adv) > _log_p(flow, x)).all()
+    shorter = attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=2)  # it keeps the best iterate, so more
+    assert (_log_p(flow, adv) >= _log_p(flow, shorter) - 1e-6).all()      # steps never end lower
+
+
+def test_an_image_the_margin_attacker_never_fools_gets_its_last_iterate(flow):
+    x, y = _images(4, 6), torch.zeros(4, dtype=torch.long)
+    right = _Constant([9.0, 0.0])  # always right: nothing fools it
+    adv = attacks.margin_adaptive(right, x, y, 4, flow, 1.0, steps=3)
+    _inside(x, adv, 4)
+    assert not torch.equal(adv, x)  # the steps still moved it (up log p), and the last iterate is returned
 
 
 def test_a_density_that_is_not_smooth_is_refused_by_the_adaptive_attack(classifier):
@@ -147,7 +188,7 @@ def test_the_best_lambda_attacker_keeps_the_fooling_image_of_highest_log_p(class
     fooled = [np.array(m, bool) for m in ([1, 1, 0, 0, 1, 0], [1, 0, 1, 0, 1, 0], [0, 1, 1, 0, 1, 0])]
     tried = [Attacked(f"t{i}", clean.derived(_images(6, i + 1).numpy(), f"t{i}", "t"), 0.5, {}, True, f)
              for i, f in enumerate(fooled)]
-    best = _best_lambda(classifier, flow, clean, x, y, torch.ones(6, dtype=torch.bool), tried)
+    best = _best_lambda(classifier, flow, clean, x, y, torch.ones(6, dtype=torch.bool), tried, "best")
     with torch.no_grad():
         log_p = torch.stack([attacks.log_density_per_dim(flow, torch.from_numpy(t.images.images).float())
                              for t in tried]).numpy()
@@ -225,7 +266,7 @@ def test_the_command_writes_its_report(world, tmp_path):
     written = json.loads((tmp_path / "r" / "results.json").read_text())
     assert list(written["attacks"]) == ["fgsm ε=2/255", "fgsm ε=8/255", "pgd ε=2/255", "pgd ε=8/255",
                                         "adaptive ε=8/255 λ=1", "adaptive ε=8/255 λ=10", "adaptive ε=8/255 λ=100",
-                                        "adaptive ε=8/255 best λ"]
+                                        "adaptive ε=8/255 best λ", "margin ε=8/255 best λ"]
     rates = {k: v["success_rate"] for k, v in written["attacks"].items()}
     tried = [v for k, v in rates.items() if k.startswith(("pgd ε=8", "adaptive")) and "best" not in k]
     assert rates["adaptive ε=8/255 best λ"] >= max(tried)  # it fools every image one of its runs fooled
