@@ -54,7 +54,8 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
     batch-normalised one in training mode would attack its batch statistics)."""
     if classifier.training:
         raise DgmOodError("the classifier is in training mode; call .eval() on it before attacking it")
-    x, y = torch.from_numpy(clean.images), torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    x, y = torch.from_numpy(clean.images), _labels(labels, len(clean))
+    _check_logits(classifier, x, y)
     correct = predict(classifier, x) == y
     runs = [(f"fgsm ε={e}/255", lambda e=e: attacks.fgsm(classifier, x, y, e), False) for e in attacks.EPSILONS]
     runs += [(f"pgd ε={e}/255", lambda e=e: attacks.pgd(classifier, x, y, e, generator=_gen(seed)), False)
@@ -75,6 +76,29 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
             classifier, x, y, eps, density, lam), True) for lam in attacks.LAMBDAS if lam > 0]
         done.append(_best_lambda(classifier, density, clean, x, y, correct, margins, f"margin ε={eps}/255 best λ"))
     return float(correct.float().mean()), done
+
+
+def _labels(labels: np.ndarray, n: int) -> torch.Tensor:
+    """The class labels as a long tensor: one non-negative integer per image."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or (n and labels.min() < 0):
+        raise DgmOodError(f"labels must be {n} non-negative integers, one per image; got {labels.dtype} of shape "
+                          f"{labels.shape}")
+    return torch.as_tensor(labels, dtype=torch.long)
+
+
+@torch.no_grad()
+def _check_logits(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The classifier's contract: one row of logits per image, one logit per class, every label among them."""
+    if not len(x):
+        return
+    logits = classifier(x[:2].to(model_device(classifier)).float())
+    if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(x[:2]) or logits.ndim != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise DgmOodError(f"the classifier must return logits of shape (images, classes); got {got}")
+    if int(y.max()) >= logits.shape[1]:
+        raise DgmOodError(f"the labels run up to {int(y.max())} but the classifier gives {logits.shape[1]} logits "
+                          f"per image")
 
 
 def _attacked(classifier: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor,

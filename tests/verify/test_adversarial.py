@@ -238,6 +238,31 @@ def test_a_classifier_in_training_mode_is_refused():
         attack_all(SmallCNN(ClassifierConfig(SHAPE, width=4, hidden=8)).train(), x, np.zeros(2))
 
 
+class _Flat(nn.Module):
+    """A user's classifier: a linear layer on the flattened pixels, with ``classes`` logits (or a 1-D output)."""
+
+    def __init__(self, classes: int, flat: bool = False):
+        super().__init__()
+        self.layer, self.flat = nn.Linear(784, classes), flat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer(x.flatten(1))
+        return out.sum(1) if self.flat else out
+
+
+@pytest.mark.parametrize("model, labels, match", [
+    (_Flat(2), [0, 5, 9, 1], "labels run up to 9 but the classifier gives 2 logits"),
+    (_Flat(10, flat=True), [0, 5, 9, 1], r"logits of shape \(images, classes\); got \(2,\)"),
+    (_Flat(10), [0, 5, 9], r"4 non-negative integers, one per image; got int64 of shape \(3,\)"),
+    (_Flat(10), [0.0, 5.0, 9.0, 1.0], "non-negative integers"),
+    (_Flat(10), [0, -1, 9, 1], "non-negative integers"),
+])
+def test_a_classifier_or_labels_that_do_not_fit_are_refused_by_name(model, labels, match):
+    clean = ImageSet(_images(4, 0).numpy(), "c", "test", "array")
+    with pytest.raises(DgmOodError, match=match):
+        attack_all(model.eval(), clean, np.array(labels))
+
+
 def _interrupted(train, y_train, test, y_test, preset, out, stop: int):
     """Train ``preset`` but stop (as Ctrl-C would) right after the checkpoint at step ``stop``."""
     from empirical.training import classifier as module
