@@ -18,7 +18,7 @@ from empirical.io.distributed import resolve_device
 from empirical.io.errors import DgmOodError
 from empirical.io.provenance import portable_path
 from empirical.models.contract import describe
-from empirical.models.factory import call_factory, load_weights
+from empirical.models.factory import call_classifier_factory, load_weights
 from empirical.ood.suite import choose_scores
 from empirical.training.classifier import accuracy, cached_classifier, classifier_preset
 from verify import attack_report
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _classifier(args: argparse.Namespace, in_train, in_test, test_labels, options, device, command: str):
     """Ours (trained or reused from the runs cache) or the user's, with where it came from."""
     if args.classifier_factory:
-        module = call_factory(args.classifier_factory)
+        module = call_classifier_factory(args.classifier_factory)
         source = args.classifier_factory
         if args.classifier_weights:
             record = load_weights(module, args.classifier_weights)

@@ -1,4 +1,5 @@
-"""Your own model from the command line: ``--model-factory package.module:function [--weights FILE]``.
+"""Your own model from the command line: ``--model-factory package.module:function [--weights FILE]`` (and a
+classifier to attack: ``--classifier-factory``, ``--classifier-weights``).
 
 ``function()`` is called with no arguments and must return a ``torch.nn.Module`` meeting empirical.models.contract.
 ``--weights`` then loads a state dict into it, strictly (every tensor named and shaped as the model's): a
@@ -28,28 +29,41 @@ class FactoryError(DgmOodError):
     """A model factory or its weights cannot be used."""
 
 
-def call_factory(spec: str) -> nn.Module:
-    """Import ``module`` and call ``function()`` of ``spec`` = "module:function"; the model is checked against the
-    contract."""
+def _build(spec: str, flag: str) -> object:
+    """Import ``module`` and call ``function()`` of ``spec`` = "module:function"; errors name ``flag``."""
     module_name, sep, fn_name = spec.partition(":")
     if not sep or not module_name or not fn_name:
-        raise FactoryError(f"--model-factory takes MODULE:FUNCTION (e.g. examples.bpd_glow:build), got {spec!r}")
+        raise FactoryError(f"{flag} takes MODULE:FUNCTION (e.g. examples.bpd_glow:build), got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except SystemExit as err:  # the user's module ended the program: say so instead of exiting with its code
-        raise FactoryError(f"importing {module_name} for --model-factory called sys.exit({err.code!r})") from err
+        raise FactoryError(f"importing {module_name} for {flag} called sys.exit({err.code!r})") from err
     except Exception as err:  # ImportError, or whatever the user's module raises on import
-        raise FactoryError(f"cannot import {module_name} for --model-factory: {type(err).__name__}: {err}") from err
+        raise FactoryError(f"cannot import {module_name} for {flag}: {type(err).__name__}: {err}") from err
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise FactoryError(f"{module_name} has no function {fn_name!r} (--model-factory {spec})")
+        raise FactoryError(f"{module_name} has no function {fn_name!r} ({flag} {spec})")
     try:
-        model = fn()
+        return fn()
     except SystemExit as err:
         raise FactoryError(f"{spec}() called sys.exit({err.code!r}) instead of returning a model") from err
     except Exception as err:  # the user's code: one line here; call it in Python to see the traceback
         raise FactoryError(f"{spec}() failed: {type(err).__name__}: {err}") from err
+
+
+def call_factory(spec: str) -> nn.Module:
+    """The density model of ``--model-factory`` ``spec`` = "module:function", checked against the contract."""
+    model = _build(spec, "--model-factory")
     describe(model, spec)
+    return model
+
+
+def call_classifier_factory(spec: str) -> nn.Module:
+    """The classifier of ``--classifier-factory`` ``spec``: any ``nn.Module`` (its logits are checked when it is
+    attacked, verify.attacking)."""
+    model = _build(spec, "--classifier-factory")
+    if not isinstance(model, nn.Module):
+        raise FactoryError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

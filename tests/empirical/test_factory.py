@@ -1,4 +1,5 @@
-"""--model-factory MODULE:FUNCTION and --weights: a user's model, its weights loaded strictly, clear errors."""
+"""--model-factory and --classifier-factory MODULE:FUNCTION, --weights: a user's model, its weights loaded
+strictly, clear errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from empirical.models.factory import FactoryError, call_factory, load_weights
+from empirical.models.factory import FactoryError, call_classifier_factory, call_factory, load_weights
 
 
 @pytest.fixture
@@ -36,6 +37,9 @@ def user_module(tmp_path, monkeypatch):
 
         def not_a_model():
             return 3
+
+        def classifier():  # logits, no log_prob: a classifier to attack, not a density
+            return nn.Sequential(nn.Flatten(), nn.Linear(4, 10))
 
         NOT_CALLABLE = 1
     '''))
@@ -89,3 +93,11 @@ def test_unreadable_weights(user_module):
         load_weights(call_factory("mymodels:build"), user_module / "w.pt")
     with pytest.raises(FactoryError, match="does not exist"):
         load_weights(call_factory("mymodels:build"), user_module / "none.pt")
+
+
+def test_a_classifier_factory_needs_a_module_but_no_log_prob(user_module):
+    assert isinstance(call_classifier_factory("mymodels:classifier"), torch.nn.Module)
+    with pytest.raises(FactoryError, match=r"mymodels:not_a_model\(\) returned a int, not a torch.nn.Module"):
+        call_classifier_factory("mymodels:not_a_model")
+    with pytest.raises(FactoryError, match="cannot import no_such_module_xyz for --classifier-factory"):
+        call_classifier_factory("no_such_module_xyz:build")

@@ -6,6 +6,8 @@ writes its report."""
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save_file
 from torch import nn
 
 from empirical.data.imageset import ImageSet
@@ -301,3 +304,34 @@ def test_the_command_writes_its_report(world, tmp_path):
     assert written["toward_typical"] and written["provenance"]["command"].startswith("python -m verify.adversarial")
     written_files = {p.name for p in (tmp_path / "r").iterdir()}
     assert {"report.md", "examples.png", "roc_pgd.png", "roc_adaptive.png"} <= written_files
+
+
+@pytest.mark.slow
+def test_your_classifier_is_attacked_with_its_weights_and_one_that_does_not_fit_is_named(world, tmp_path, monkeypatch):
+    (tmp_path / "myclassifier.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build(classes=10):
+            return nn.Sequential(nn.Flatten(), nn.Linear(784, classes))
+
+        def flat():
+            return nn.Sequential(build(), nn.Flatten(0))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    save_file(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).state_dict(), str(tmp_path / "w.safetensors"))
+    common = ["fashionmnist", "--checkpoint", world["ckpt"]["cvglow"], "--preset", "smoke", "--data-dir", world["data"],
+              "--allow-nonstandard-data", "--runs-dir", tmp_path / "runs", "--limit", "4", "--ood", "none",
+              "--scores", "likelihood"]
+    try:
+        proc = cli("verify.adversarial", *common, "--classifier-factory", "myclassifier:build", "--classifier-weights",
+                   tmp_path / "w.safetensors", "--out", tmp_path / "r", tmp=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        written = json.loads((tmp_path / "r" / "results.json").read_text())
+        assert written["classifier"].startswith("myclassifier:build with weights") and "margin ε=8/255 best λ" in \
+            written["attacks"]
+        proc = cli("verify.adversarial", *common, "--classifier-factory", "myclassifier:flat", "--out", tmp_path / "r2",
+                   tmp=tmp_path)
+        assert proc.returncode == 2 and "logits of shape (images, classes); got (20,)" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        sys.modules.pop("myclassifier", None)
