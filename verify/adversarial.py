@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = shlex.join(["python", "-m", "verify.adversarial", *(sys.argv[1:] if argv is None else argv)])
     start = Provenance(command)
-    sources.check_name(args.in_dataset)
+    for name in (args.in_dataset, *([args.ood] if args.ood and args.ood != "none" else [])):
+        sources.check_name(name)
     check_seed(args.seed)
     check_limit(args.limit)
     choice = choose_scores(args.scores)

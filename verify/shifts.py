@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args: argparse.Namespace, command: str) -> int:
     start = Provenance(command)
-    sources.check_name(args.in_dataset)
+    for name in (args.in_dataset, *([args.other_set] if args.other_set and args.other_set != "none" else [])):
+        sources.check_name(name)
     check_seed(args.seed)
     names, severities = _choices(args)
     choice = choose_scores(args.scores)

@@ -87,11 +87,14 @@ def _source_text(source: str | os.PathLike) -> str:
 
 
 def check_name(text: str) -> None:
-    """A clear error now (before any work) for a registry name or a shift that does not exist."""
+    """A clear error now (before any work) for a registry name, a shift or a path that does not exist."""
     if text.startswith(shifts.PREFIX):
         base = shifts.parse_source(text)[2]
         return check_name(base) if base else None
-    if not is_path(text) and text not in SYNTHETIC_NAMES:
+    if is_path(text):
+        if not _split_path(text)[0].exists():
+            raise DataError(f"no such file or folder: {_split_path(text)[0]}")
+    elif text not in SYNTHETIC_NAMES:
         registry.dataset_info(text)
 
 

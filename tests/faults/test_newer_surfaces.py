@@ -138,6 +138,18 @@ def test_output_paths_are_checked_before_any_work(world, tmp_path, module, args)
     assert not (tmp_path / "runs").exists() and (tmp_path / "afile").read_text() == "in the way"
 
 
+@pytest.mark.parametrize("module,args,needle", [
+    ("verify.adversarial", ("fashionmnist", "--ood", "nosuch"), "unknown dataset 'nosuch'"),
+    ("verify.adversarial", ("fashionmnist", "--ood", "./missing.npz"), "no such file or folder: missing.npz"),
+    ("verify.shifts", ("fashionmnist", "--other-set", "./missing.npz"), "no such file or folder: missing.npz"),
+    (COMPARE, ("fashionmnist", "./missing.npz:images"), "no such file or folder: missing.npz"),
+])
+def test_a_second_set_that_does_not_exist_is_refused_before_any_work(world, tmp_path, module, args, needle):
+    proc = cli(module, *args, *_data(world), "--runs-dir", tmp_path / "runs", tmp=tmp_path)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_report(world, tmp_path, monkeypatch, capsys):
     """ENOSPC simulated by a writer that fails after a few files (no root mounts): the report folder keeps the
