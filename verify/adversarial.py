@@ -10,6 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from torch import nn
+
 from empirical.cli import SOURCE_HELP, check_limit, check_seed, data_options, run_cli, writable_dir
 from empirical.data import sources
 from empirical.data.imageset import ShapeMap
@@ -50,26 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _classifier(args: argparse.Namespace, in_train, in_test, test_labels, options, device, command: str):
-    """Ours (trained or reused from the runs cache) or the user's, with where it came from."""
-    if args.classifier_factory:
-        module = call_classifier_factory(args.classifier_factory)
-        source = args.classifier_factory
-        if args.classifier_weights:
-            record = load_weights(module, args.classifier_weights)
-            source += f" with weights {record['path']} (SHA-256 {record['sha256'][:16]}…)"
-        return module.to(device).eval(), source
+def _user_classifier(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
+    """``--classifier-factory``'s classifier, with ``--classifier-weights`` loaded, and where it came from."""
+    module = call_classifier_factory(args.classifier_factory)
+    source = args.classifier_factory
     if args.classifier_weights:
-        raise DgmOodError("--classifier-weights loads into a --classifier-factory classifier")
-    if args.retrain and (args.checkpoint or args.model_factory):
-        raise DgmOodError("--retrain trains our models from scratch; it cannot be combined with --checkpoint or "
-                          "--model-factory")
+        record = load_weights(module, args.classifier_weights)
+        source += f" with weights {record['path']} (SHA-256 {record['sha256'][:16]}…)"
+    return module.to(device).eval(), source
+
+
+def _our_classifier(args: argparse.Namespace, in_train, in_test, test_labels, options, device, command: str):
+    """Our SmallCNN (shipped, reused from the runs cache, or trained), with where it came from."""
     train_labels = sources.labels_of(args.in_dataset, "train", options)
     preset = classifier_preset(args.preset if args.preset == "smoke" else "cpu", in_train.shape, seed=args.seed,
                                hflip=in_train.mirror_symmetric)
     model, path = cached_classifier(in_train, train_labels, in_test, test_labels, preset, args.runs_dir,
                                     device=str(device), retrain=args.retrain, command=command)
     return model, f"SmallCNN ({preset.name} preset), {portable_path(path)}"
+
+
+def _check_classifier_arguments(args: argparse.Namespace) -> None:
+    if args.classifier_weights and not args.classifier_factory:
+        raise DgmOodError("--classifier-weights loads into a --classifier-factory classifier")
+    if args.retrain and (args.checkpoint or args.model_factory):
+        raise DgmOodError("--retrain trains our models from scratch; it cannot be combined with --checkpoint or "
+                          "--model-factory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         sources.check_name(name)
     check_seed(args.seed)
     check_limit(args.limit)
+    _check_classifier_arguments(args)
     choice = choose_scores(args.scores)
     out = args.out or Path("runs/adversarial") / (f"{sources.slug(args.in_dataset)}-"
                                                   f"{'all' if args.all_models else args.model}")
@@ -87,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     device, options = resolve_device(args.device), data_options(args)
     in_train, in_test = sources.open_in(args.in_dataset, options)
     test_labels = sources.labels_of(args.in_dataset, "test", options)
-    classifier, classifier_source = _classifier(args, in_train, in_test, test_labels, options, device, command)
+    # what the user names is checked before anything trains: their classifier, then the models (ours may train)
+    user = _user_classifier(args, device) if args.classifier_factory else None
     opened = our_models(args, in_train, in_test, command)
+    classifier, classifier_source = user or _our_classifier(args, in_train, in_test, test_labels, options, device,
+                                                            command)
     clean = in_test.head(args.limit)
     smooth = next((m for m in opened if describe(m.module).smooth), None)
     clean_acc, attacked = attack_all(classifier, clean, test_labels[:len(clean)], seed=args.seed,

@@ -150,6 +150,14 @@ def test_a_second_set_that_does_not_exist_is_refused_before_any_work(world, tmp_
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_bad_checkpoint_is_refused_before_the_classifier_trains(world, tmp_path):
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    proc = cli("verify.adversarial", "mnist", "--checkpoint", tmp_path / "bad.pt", "--preset", "smoke", *_data(world),
+               "--runs-dir", tmp_path / "runs", tmp=tmp_path)
+    assert_one_line_error(proc, "bad.pt")
+    assert not (tmp_path / "runs" / "classifiers").exists()
+
+
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_report(world, tmp_path, monkeypatch, capsys):
     """ENOSPC simulated by a writer that fails after a few files (no root mounts): the report folder keeps the
