@@ -278,6 +278,9 @@ def open_in(text: str | os.PathLike, options: DataOptions = DataOptions()) -> tu
     text = _source_text(text)
     if text in SYNTHETIC_NAMES:
         raise DataError(f"{text} is a synthetic OUT set; IN needs real training images")
+    if text.startswith(shifts.PREFIX):
+        raise DataError(f"{text} is a shift, an OUT set (IN-test or SOURCE's test images moved along one axis); IN "
+                        f"needs real training images: a dataset or a path")
     if not is_path(text):
         return _registry(text, "train", options), _registry(text, "test", options)
     parts, kind, files, display = _read_path(text, options)

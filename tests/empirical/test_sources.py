@@ -44,6 +44,24 @@ def test_unknown_registry_names_list_what_is_known():
 
 
 # -------------------------------------------------------------------------------------------------- arrays
+@pytest.mark.parametrize("text,message", [
+    ("noise", "synthetic OUT set; IN needs real training images"),
+    ("shift:gaussian_blur:2", "is a shift, an OUT set"),
+    ("shift:gaussian_blur:2:fashionmnist", "is a shift, an OUT set"),
+])
+def test_in_must_be_real_training_images(text, message):
+    with pytest.raises(DataError, match=message):
+        open_in(text)
+
+
+@pytest.mark.parametrize("text,message", [("./no/such.npz", "no such file or folder: no/such.npz"),
+                                          ("./no/such.npz:images", "no such file or folder: no/such.npz"),
+                                          ("shift:hflip:1:./no/such", "no such file or folder: no/such")])
+def test_a_path_that_does_not_exist_is_named_before_any_work(text, message):
+    with pytest.raises(DataError, match=message):
+        sources.check_name(text)
+
+
 @pytest.mark.parametrize("shape,layout,expected", [((5, 28, 28), None, (5, 1, 28, 28)),
                                                    ((5, 32, 32, 3), None, (5, 3, 32, 32)),
                                                    ((5, 3, 32, 32), None, (5, 3, 32, 32)),
