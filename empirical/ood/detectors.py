@@ -50,8 +50,13 @@ class Detector:
         self.fitted: dict[str, np.ndarray] | None = None
 
     def fit(self, in_heldout: object) -> Detector:
-        """Learn what the score needs from IN images the model never trained on; returns the detector."""
-        self.fitted = {k: np.asarray(v) for k, v in self._fit(images_of(in_heldout)).items()}
+        """Learn what the score needs from IN images the model never trained on (two or more when the score needs
+        them: a spread needs two); returns the detector."""
+        images = images_of(in_heldout)
+        if self.needs_fit and len(images) < 2:
+            raise DetectorError(f"the {self.name} detector fits on held-out IN images: give at least 2, got "
+                                f"{len(images)}")
+        self.fitted = {k: np.asarray(v) for k, v in self._fit(images).items()}
         return self
 
     def score(self, images: object) -> np.ndarray:

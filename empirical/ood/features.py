@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from empirical.data.imageset import as_image_set
+from empirical.io.errors import DgmOodError
 from empirical.models.contract import describe, model_device
 from empirical.models.evaluation import Evaluation, evaluate
 
@@ -66,7 +67,12 @@ class ModelPass:
 
 def as_pass(model: nn.Module | ModelPass, seed: int = 0) -> ModelPass:
     """A ModelPass of ``model`` (itself when it is one already)."""
-    return model if isinstance(model, ModelPass) else ModelPass(model, seed=seed)
+    if isinstance(model, ModelPass):
+        return model
+    if not isinstance(model, nn.Module):
+        raise DgmOodError(f"a detector reads a density model (a torch nn.Module with log_prob, see "
+                          f"empirical.models.contract) or a ModelPass; got {type(model).__name__}")
+    return ModelPass(model, seed=seed)
 
 
 def statistics(ev: Evaluation) -> dict[str, np.ndarray]:

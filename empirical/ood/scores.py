@@ -12,6 +12,8 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
+from empirical.io.errors import DgmOodError
+
 COMPRESSORS = ("png", "jpegxl")
 
 
@@ -108,12 +110,15 @@ def dose(heldout_stats: dict[str, np.ndarray], stats: dict[str, np.ndarray]) -> 
     that is constant there (a constant-volume flow's volume) is left out."""
     from scipy.stats import gaussian_kde
 
-    total = np.zeros(len(next(iter(stats.values()))))
+    total, used = np.zeros(len(next(iter(stats.values())))), 0
     for name, ref in heldout_stats.items():
         ref = np.asarray(ref, dtype=np.float64)
         if np.ptp(ref) <= 1e-9 * max(1.0, float(np.abs(ref).max())):
             continue
         total -= gaussian_kde(ref).logpdf(np.asarray(stats[name], dtype=np.float64))
+        used += 1
+    if not used:
+        raise DgmOodError("every summary statistic is constant on the held-out images: DoSE has no density to fit")
     return total
 
 

@@ -166,3 +166,16 @@ def test_a_detection_of_one_score_alone_needs_no_other_detector(sets):
     in_test, out_test = as_image_set(sets["in_test"], "in"), as_image_set(sets["out_test"], "out")
     det, _ = detection([WAIC([flow(0), flow(1)])], in_test, out_test, None)
     assert list(det["scores"]) == ["waic"] and det["ensemble"]["k"] == 2 and det["batch_typicality"] == []
+
+
+@pytest.mark.parametrize("make", [Typicality, DoSE])
+def test_a_detector_that_fits_needs_two_held_out_images(make):
+    with pytest.raises(DetectorError, match=r"give at least 2, got 1"):
+        make(flow(0)).fit(images(1, 0))
+
+
+@pytest.mark.parametrize("make", [lambda: Typicality("flow.pt"), lambda: LikelihoodRatio(flow(0), None),
+                                  lambda: WAIC([flow(0), 3])])
+def test_a_detector_of_something_that_is_not_a_model_says_so(make):
+    with pytest.raises(DgmOodError, match="a detector reads a density model"):
+        make()

@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from empirical.io.errors import DgmOodError
 from empirical.models.flows import Glow, GlowConfig
 from empirical.models.likelihood import bits_per_dim
 from empirical.ood import scores
@@ -138,6 +139,12 @@ def test_dose_ranks_an_image_with_outlying_statistics_above_one_inside():
     outside = {"log_px": np.array([560.0]), "latent_top": np.array([-300.0]), "volume": np.array([99.0])}
     assert scores.dose(heldout, outside)[0] > scores.dose(heldout, inside)[0] + 10
     assert np.isfinite(scores.dose(heldout, {k: v * 1e6 for k, v in outside.items()})).all()
+
+
+def test_dose_with_nothing_but_constant_statistics_is_refused_not_zero():
+    heldout = {"log_px": np.full(5, 500.0), "volume": np.full(5, 12.0)}
+    with pytest.raises(DgmOodError, match="every summary statistic is constant"):
+        scores.dose(heldout, {"log_px": np.array([1.0]), "volume": np.array([2.0])})
 
 
 def test_fisher_combination_is_zero_at_the_heldout_mean_and_grows_both_ways():
