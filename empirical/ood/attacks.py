@@ -42,6 +42,20 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 255)
 
 
+def _checked(images: torch.Tensor, eps: float, labels: torch.Tensor | None = None) -> None:
+    """The attacks' inputs: uint8 images N×C×H×W (pixel values, never a [0, 1] scale), 0 < ε ≤ 255 grey levels, and
+    one integer label per image."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        got = f"{images.dtype} of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else \
+            type(images).__name__
+        raise DgmOodError(f"the attacks take uint8 image tensors N×C×H×W (pixel values 0..255); got {got}")
+    if not 0 < eps <= 255:
+        raise DgmOodError(f"ε is in grey levels, 0 < ε ≤ 255 (8/255 is 8); got {eps}")
+    if labels is not None and (labels.shape != (len(images),) or labels.dtype.is_floating_point):
+        raise DgmOodError(f"one integer label per image: {len(images)} images, labels {labels.dtype} of shape "
+                          f"{tuple(labels.shape)}")
+
+
 def log_density_per_dim(density: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """log p(x̃)/D in nats of pixel-scale images x (float, 0..255) at their bin centres x̃ = (x + ½)/256, with its
     gradient: only for a model whose log p is smooth in x̃ (empirical.models.contract)."""
@@ -60,6 +74,7 @@ def _gradient_sign(objective, x: torch.Tensor) -> torch.Tensor:
 
 def fgsm(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
     """One signed-gradient step of ε grey levels up the classifier's loss; uint8 N×C×H×W in and out."""
+    _checked(images, eps, labels)
     dev = model_device(classifier)
     x, y = images.to(dev).float(), labels.to(dev)
     step = _gradient_sign(lambda v: F.cross_entropy(classifier(v), y, reduction="none"), x)
@@ -71,6 +86,7 @@ def pgd(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: 
         lam: float = 0.0) -> torch.Tensor:
     """PGD-ℓ∞ with a random start: maximise CE(f(x), y) + λ·log p(x̃)/D (λ = 0: the plain attack) inside the
     ε-ball ∩ [0, 255], ``steps`` steps of ``step`` grey levels (default ε/4); uint8 in and out."""
+    _checked(images, eps, labels)
     dev = model_device(classifier)
     x, y = images.to(dev).float(), labels.to(dev)
     step = eps / 4 if step is None else step
@@ -98,6 +114,7 @@ def margin_adaptive(classifier: nn.Module, images: torch.Tensor, labels: torch.T
     """Signed steps from the clean image up min(margin, κ) + λ·log p(x̃)/D inside the ε-ball ∩ [0, 255] (``steps`` of
     ``step`` levels, default ε/10); returns each image's 8-bit iterate of highest log p among those the classifier
     gets wrong, and the last iterate for an image it never got wrong. uint8 in and out."""
+    _checked(images, eps, labels)
     dev = model_device(classifier)
     x, y = images.to(dev).float(), labels.to(dev)
     step = eps / 10 if step is None else step
@@ -126,6 +143,7 @@ def toward_typical(density: nn.Module, images: torch.Tensor, target_bpd: float, 
     (Pope et al.: how little it takes to make an OOD image look typical); uint8 in and out. It keeps each image's
     closest 8-bit iterate, beginning with ``start`` (uint8, inside the ball; default the image itself), so that starting
     from a smaller ball's result a larger ball never ends farther from the target."""
+    _checked(images, eps)
     dev = model_device(density)
     x = images.to(dev).float()
     step = eps / 4 if step is None else step

@@ -77,6 +77,20 @@ def test_the_adaptive_loss_raises_log_p(classifier, flow):
     assert log_p(adaptive) > log_p(plain) and log_p(adaptive) > log_p(x)
 
 
+@pytest.mark.parametrize("images, labels, eps, match", [
+    (lambda x: x.float() / 255, lambda y: y, 2, "uint8 image tensors N×C×H×W .* got torch.float32"),
+    (lambda x: x[:, 0], lambda y: y, 2, r"got torch.uint8 of shape \(4, 28, 28\)"),
+    (lambda x: x, lambda y: y[:3], 2, "one integer label per image: 4 images"),
+    (lambda x: x, lambda y: y, -2, "0 < ε ≤ 255"),
+    (lambda x: x, lambda y: y, 0, "0 < ε ≤ 255"),
+])
+def test_an_attack_refuses_what_it_would_get_silently_wrong(classifier, flow, images, labels, eps, match):
+    x, y = _images(4, 0), torch.zeros(4, dtype=torch.long)
+    for attack in (attacks.fgsm, attacks.pgd, lambda c, i, lab, e: attacks.margin_adaptive(c, i, lab, e, flow, 1.0)):
+        with pytest.raises(DgmOodError, match=match):
+            attack(classifier, images(x), labels(y), eps)
+
+
 def test_the_margin_is_the_best_other_logit_minus_the_true_one():
     logits = torch.tensor([[1.0, 3.0, 2.0], [1.0, 3.0, 2.0], [0.0, -1.0, 4.0]])
     assert attacks.margin(logits, torch.tensor([1, 0, 2])).tolist() == [-1.0, 2.0, -4.0]
