@@ -21,7 +21,7 @@ from empirical.io.errors import DgmOodError
 from empirical.io.provenance import portable_path
 from empirical.models.contract import describe
 from empirical.models.factory import call_classifier_factory, load_weights
-from empirical.ood.suite import choose_scores
+from empirical.ood.suite import one_model_choice
 from empirical.training.classifier import accuracy, cached_classifier, classifier_preset
 from verify import attack_report
 from verify.attacking import attack_all, detect, toward_typical
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     check_seed(args.seed)
     check_limit(args.limit)
     _check_classifier_arguments(args)
-    choice = choose_scores(args.scores)
+    choice = one_model_choice(args.scores, "the adversarial experiment (--scores)")
     out = args.out or Path("runs/adversarial") / (f"{sources.slug(args.in_dataset)}-"
                                                   f"{'all' if args.all_models else args.model}")
     writable_dir(out, "--out")
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                                      density=smooth.module.to(device).eval() if smooth else None)
     detection = {m.name: detect(m.module.to(device).eval(), m.heldout, clean, attacked, choice=choice,
                                 seed=args.seed, device=device) for m in opened}
+    if not any(row["auroc"] for d in detection.values() for row in d["attacks"].values()):
+        raise DgmOodError(f"--scores {args.scores}: none of these scores applies to "
+                          f"{', '.join(m.name for m in opened)} (a flow's latent terms: latent_top, latent_split1, …)")
     ood_name = args.ood or OTHER_SET.get(str(args.in_dataset).lower())
     typical = ood = None
     if smooth and ood_name and ood_name != "none":

@@ -22,6 +22,7 @@ from empirical.models.classifier import predict
 from empirical.models.contract import model_device
 from empirical.ood import attacks
 from empirical.ood.detectors import Detector, Likelihood
+from empirical.ood.features import ModelPass
 from empirical.ood.metrics import auroc
 from empirical.ood.scores import pixeldefend_pvalue
 from empirical.ood.suite import ScoreChoice
@@ -143,7 +144,8 @@ def detect(model: nn.Module, heldout: ImageSet, clean: ImageSet, attacked: list[
     only the images that fooled the classifier (``fooled``: how many; None where none did)."""
     heldout = heldout.head(SCREEN_FIT_IMAGES)
     dets = build(model, clean, heldout, choice=choice, seed=seed, device=device)
-    likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(dets[0].model)
+    likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(
+        dets[0].model if dets else ModelPass(model, seed=seed, device=device))
     cut = thresholds(dets, heldout)
     held_bpd, clean_bpd = likelihood.score(heldout), likelihood.score(clean)
     clean_scores = {d.name: d.score(clean) for d in dets}

@@ -22,7 +22,7 @@ from empirical.io.atomic import atomic_write, staged, write_json
 from empirical.io.distributed import resolve_device
 from empirical.io.errors import DataError, DgmOodError
 from empirical.ood.detectors import RECOMMENDED
-from empirical.ood.suite import choose_scores
+from empirical.ood.suite import choose_scores, one_model_choice
 from empirical.training.presets import get_preset
 from verify import shift_figures
 from verify.agreement import IN_TEST, complexity_r2, rank_agreement, verdicts
@@ -69,6 +69,10 @@ def _choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[int, ...]
         raise DgmOodError(f"--severities takes whole numbers from 1 to 5, got {args.severities!r}") from err
     if not severities or any(s not in SEVERITIES for s in severities):
         raise DgmOodError(f"--severities takes whole numbers from 1 to 5, got {args.severities!r}")
+    for flag, values in (("--shifts", names), ("--severities", severities)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise DgmOodError(f"{flag} names {', '.join(twice)} more than once")
     return names, severities
 
 
@@ -141,7 +145,7 @@ def _sweep(args: argparse.Namespace, command: str) -> int:
         sources.check_name(name)
     check_seed(args.seed)
     names, severities = _choices(args)
-    choice = choose_scores(args.scores)
+    choice = one_model_choice(args.scores, "the shift sweep (--scores)")
     which = "all" if args.all_models else args.model
     out = args.out or Path("runs/shifts") / f"{sources.slug(args.in_dataset)}-{which}"
     writable_dir(out, "--out")
@@ -156,6 +160,9 @@ def _sweep(args: argparse.Namespace, command: str) -> int:
     if other:
         sweeps.append(sweep(other[1].module.to(device).eval(), shifted, None, label=f"{other[1].name} ({other[0]})",
                             choice=choose_scores("likelihood"), seed=args.seed, device=device))
+    if not any(c.auroc for s in sweeps[:len(opened)] for c in s.cells):
+        raise DgmOodError(f"--scores {args.scores}: none of these scores applies to "
+                          f"{', '.join(m.name for m in opened)} (a flow's latent terms: latent_top, latent_split1, …)")
     by_model = {s.label: worst_case(s.cells) for s in sweeps[:len(opened)]}  # IN's models, not the other set's
     analysis = {"verdicts": verdicts(sweeps), "agreement": rank_agreement(sweeps),
                 "r2": {s.label: complexity_r2(s, shifted) for s in sweeps}, "auroc_by_family": by_model,

@@ -61,6 +61,23 @@ def choose_scores(text: str) -> ScoreChoice:
     return ScoreChoice(level, names)
 
 
+def one_model_choice(text: str, what: str) -> ScoreChoice:
+    """``choose_scores`` for an experiment that scores each model on its own, with no extra passes (``what``: the
+    shift sweep, the adversarial experiment): the cheap set or names from it; ``none``, ``model``, ``all`` and the
+    scores that need them (a background model, an ensemble, per-example gradients) are a DgmOodError saying so."""
+    choice = choose_scores(text)
+    if choice.level == "none":
+        raise DgmOodError(f"{what} needs at least one score; scores={text!r} keeps none (name cheap, or the scores "
+                          f"to keep)")
+    extra = sorted(set(choice.names or ()) & {*NEEDS_MODEL, *NEEDS_MORE_MODELS}) or (
+        [] if choice.level == "cheap" else [f"the set {choice.level}"])
+    if extra:
+        raise DgmOodError(f"{what} scores each model alone with the cheap scores (the set cheap, or names from it); "
+                          f"scores={text!r} asks for {', '.join(extra)}, which need a background model, an ensemble "
+                          f"or per-example gradients: verify.compare computes them")
+    return choice
+
+
 def detectors_for(model: ModelPass, info: ModelInfo, parts: Iterable[str], *, heldout: bool,
                   background: nn.Module | ModelPass | None = None, ensemble: Iterable[nn.Module | ModelPass] = (),
                   expensive: bool = False, choice: ScoreChoice | None = None) -> list[Detector]:

@@ -150,6 +150,30 @@ def test_a_second_set_that_does_not_exist_is_refused_before_any_work(world, tmp_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("module,args,needle", [
+    ("verify.shifts", ("--scores", "likelihood_ratio"), "asks for likelihood_ratio, which need a background model"),
+    ("verify.shifts", ("--scores", "all"), "asks for the set all"),
+    ("verify.shifts", ("--scores", "none"), "needs at least one score"),
+    ("verify.shifts", ("--severities", "2,2"), "--severities names 2 more than once"),
+    ("verify.shifts", ("--shifts", "hflip,vflip,hflip"), "--shifts names hflip more than once"),
+    ("verify.adversarial", ("--scores", "model"), "asks for the set model"),
+    ("verify.adversarial", ("--scores", "typicality,waic"), "asks for waic"),
+])
+def test_the_one_model_experiments_refuse_what_they_cannot_compute_before_any_work(world, tmp_path, module, args,
+                                                                                    needle):
+    proc = cli(module, "fashionmnist", *args, *_data(world), "--runs-dir", tmp_path / "runs", tmp=tmp_path)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_whose_scores_apply_to_no_model_writes_no_report(world, tmp_path):
+    proc = cli("verify.shifts", "fashionmnist", "--checkpoint", world["ckpt"]["cvglow"], "--scores", "latent_nosuch",
+               "--shifts", "hflip", "--severities", "1", "--limit", "4", "--other-set", "none", *_data(world),
+               "--out", tmp_path / "r", tmp=tmp_path)
+    assert_one_line_error(proc, "none of these scores applies to")
+    assert not (tmp_path / "r" / "report.md").exists()
+
+
 def test_a_bad_checkpoint_is_refused_before_the_classifier_trains(world, tmp_path):
     (tmp_path / "bad.pt").write_text("not a checkpoint")
     proc = cli("verify.adversarial", "mnist", "--checkpoint", tmp_path / "bad.pt", "--preset", "smoke", *_data(world),
