@@ -189,17 +189,18 @@ def roc_curves(per_image: dict[str, tuple[np.ndarray, np.ndarray]], aurocs: dict
     """The ROC curve of every score in one panel (``positive`` flagged against ``negative``), AUROC in the legend."""
     from sklearn.metrics import roc_curve
 
-    fig = new_figure(figsize=(5.2, 4.4))
+    fig = new_figure(figsize=(7.4, 4.4))
     ax = fig.subplots()
     for name, (s_in, s_out) in per_image.items():
         y = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])
         fpr, tpr, _ = roc_curve(y, np.concatenate([s_in, s_out]))
         ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUROC {aurocs[name]:.3f})")
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01))
     ax.set_xlabel(f"false-positive rate ({negative} flagged)")
     ax.set_ylabel(f"true-positive rate ({positive} flagged)")
     ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    fig.legend(frameon=False, fontsize=8, loc="outside right center")  # beside the panel: curves below chance too
     return save_png(fig, path)
 
 
