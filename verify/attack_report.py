@@ -104,7 +104,9 @@ def render(facts: dict) -> str:
                  f"inside it. The margin attacker (Carlini & Wagner 2017) starts from the clean image, takes "
                  f"{attacks.MARGIN_STEPS} signed steps of ε/10 up min(margin, {attacks.KAPPA:g}) + λ·log p(x̃)/D (once "
                  f"the classifier is wrong by {attacks.KAPPA:g} logit every step raises log p) and keeps each image's "
-                 f"fooling 8-bit iterate of highest log p, best λ per image. A detection claim that holds only "
+                 f"fooling 8-bit iterate of highest log p, best λ per image; \"margin+top\" raises the top latent's "
+                 f"term as well (log p + log p_top, for a flow), which the latent_top score reads on its own. A "
+                 f"detection claim that holds only "
                  f"against the plain attacks (FGSM, PGD) holds only against a non-adaptive attacker."
                  if against else "none of the models (no smooth density): only the plain attacks ran."), "",
               "![ROC, PGD](roc_pgd.png)", "", "![ROC, adaptive](roc_adaptive.png)" if against else "", "",

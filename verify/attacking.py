@@ -19,7 +19,8 @@ from torch import nn
 from empirical.data.imageset import ImageSet
 from empirical.io.errors import DgmOodError
 from empirical.models.classifier import predict
-from empirical.models.contract import model_device
+from empirical.models.contract import describe, model_device
+from empirical.models.likelihood import LEVELS
 from empirical.ood import attacks
 from empirical.ood.detectors import Detector, Likelihood
 from empirical.ood.features import ModelPass
@@ -51,7 +52,8 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
     """The clean accuracy and every attack of the fixed grid: FGSM and PGD at each ε of ``attacks.EPSILONS``, and
     with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``, the attacker
     that picks the best λ per image (``_best_lambda``), and the margin attacker (``attacks.margin_adaptive``) with
-    its best λ per image (its single-λ runs are not reported). The classifier must be in eval mode (a
+    its best λ per image (its single-λ runs are not reported), and for a flow with a top latent the margin attacker
+    that raises the top latent's term too ("margin+top"). The classifier must be in eval mode (a
     batch-normalised one in training mode would attack its batch statistics)."""
     if classifier.training:
         raise DgmOodError("the classifier is in training mode; call .eval() on it before attacking it")
@@ -73,9 +75,13 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
         done.append(_best_lambda(classifier, density, clean, x, y, correct,
                                  [a for a in done if a.name.startswith(("adaptive", f"pgd ε={eps}/"))],
                                  f"adaptive ε={eps}/255 best λ"))
-        margins = [_attacked(classifier, clean, x, y, correct, f"margin ε={eps}/255 λ={lam:g}", attacks.margin_adaptive(
-            classifier, x, y, eps, density, lam), True) for lam in attacks.LAMBDAS if lam > 0]
-        done.append(_best_lambda(classifier, density, clean, x, y, correct, margins, f"margin ε={eps}/255 best λ"))
+        for also in (None, *(["latent_top"] if _has_part(density, "latent_top", x[:1]) else [])):
+            label = "margin" if also is None else "margin+top"
+            margins = [_attacked(classifier, clean, x, y, correct, f"{label} ε={eps}/255 λ={lam:g}",
+                                 attacks.margin_adaptive(classifier, x, y, eps, density, lam, also=also), True)
+                       for lam in attacks.LAMBDAS if lam > 0]
+            done.append(_best_lambda(classifier, density, clean, x, y, correct, margins,
+                                     f"{label} ε={eps}/255 best λ", also=also))
     return float(correct.float().mean()), done
 
 
@@ -115,17 +121,26 @@ def _attacked(classifier: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.
 
 @torch.no_grad()
 def _best_lambda(classifier: nn.Module, density: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.Tensor,
-                 correct: torch.Tensor, tried: list[Attacked], name: str) -> Attacked:
+                 correct: torch.Tensor, tried: list[Attacked], name: str, also: str | None = None) -> Attacked:
     """The adaptive attacker that picks λ per image (white-box, so it may): of the ``tried`` runs (e.g. plain PGD and
-    each λ at the largest ε) that fooled the classifier, the image of highest log p; an image none fooled keeps the
-    last run's."""
-    log_p = torch.stack([torch.cat([attacks.log_density_per_dim(density, torch.from_numpy(
-        a.images.images[i:i + 100]).to(model_device(density)).float()).cpu() for i in range(0, len(x), 100)])
+    each λ at the largest ε) that fooled the classifier, the image of highest log p (with ``also``, of highest
+    ``attacks.density_gain``); an image none fooled keeps the last run's."""
+    log_p = torch.stack([torch.cat([attacks.density_gain(density, torch.from_numpy(
+        a.images.images[i:i + 100]).to(model_device(density)).float(), also).cpu() for i in range(0, len(x), 100)])
         for a in tried])
     log_p[~torch.from_numpy(np.stack([a.fooled for a in tried]))] = -torch.inf
     pick = torch.where(torch.isinf(log_p.max(0).values), len(tried) - 1, log_p.argmax(0))
     adv = torch.from_numpy(np.stack([a.images.images for a in tried]))[pick, torch.arange(len(x))]
     return _attacked(classifier, clean, x, y, correct, name, adv, True)
+
+
+@torch.no_grad()
+def _has_part(density: nn.Module, part: str, x: torch.Tensor) -> bool:
+    """Whether ``density`` has a smooth ``log_prob_parts`` with ``part`` (tried on the images ``x``)."""
+    info = describe(density)
+    if not (info.smooth and info.parts and len(x)):
+        return False
+    return part in density.log_prob_parts((x.to(model_device(density)).float() + 0.5) / LEVELS)
 
 
 def _gen(seed: int) -> torch.Generator:

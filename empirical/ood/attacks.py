@@ -9,7 +9,8 @@ keeps it inside its ε-ball, ε being whole grey levels).
   so the perturbation also raises the likelihood the defence checks (log p of a smooth model, at bin centres).
 - The margin attacker (Carlini & Wagner, AISec 2017, "not easily detected"): from the clean image, PGD on
   min(margin, κ) + λ·log p(x̃)/D, so that once the image is misclassified by κ logits every step raises log p; it
-  keeps each image's fooling 8-bit iterate of highest log p.
+  keeps each image's fooling 8-bit iterate of highest log p; with ``also="latent_top"`` it raises the top latent's
+  term too, which a score reads on its own.
 - Toward typical (Pope et al., 2020, the other direction): PGD that moves an image's bits/dim toward a target
   (typicality's Ĥ), making an OOD image look typical.
 """
@@ -108,31 +109,44 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.scatter(1, labels[:, None], -torch.inf).amax(1) - true
 
 
+def density_gain(density: nn.Module, x: torch.Tensor, also: str | None = None) -> torch.Tensor:
+    """What the margin attacker raises, per dimension in nats: log p(x̃)/D, plus with ``also`` one more part of the
+    model's ``log_prob_parts`` (e.g. ``latent_top``, the top latent's term, which a score reads on its own)."""
+    if also is None:
+        return log_density_per_dim(density, x)
+    info = describe(density)
+    parts = density.log_prob_parts((x + 0.5) / LEVELS) if info.smooth and info.parts else {}
+    if also not in parts:
+        raise DgmOodError(f"{info.name} has no smooth log_prob_parts with {also!r}; the attack on it needs a flow")
+    return (parts["log_px"] + parts[also]) / info.dims
+
+
 def margin_adaptive(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, density: nn.Module,
-                    lam: float, *, steps: int = MARGIN_STEPS, step: float | None = None,
-                    kappa: float = KAPPA) -> torch.Tensor:
-    """Signed steps from the clean image up min(margin, κ) + λ·log p(x̃)/D inside the ε-ball ∩ [0, 255] (``steps`` of
-    ``step`` levels, default ε/10); returns each image's 8-bit iterate of highest log p among those the classifier
-    gets wrong, and the last iterate for an image it never got wrong. uint8 in and out."""
+                    lam: float, *, steps: int = MARGIN_STEPS, step: float | None = None, kappa: float = KAPPA,
+                    also: str | None = None) -> torch.Tensor:
+    """Signed steps from the clean image up min(margin, κ) + λ·g(x̃) inside the ε-ball ∩ [0, 255] (``steps`` of
+    ``step`` levels, default ε/10), g = ``density_gain`` (log p/D, and with ``also`` a part of it); returns each
+    image's 8-bit iterate of highest g among those the classifier gets wrong, and the last iterate for an image it
+    never got wrong. uint8 in and out."""
     _checked(images, eps, labels)
     dev = model_device(classifier)
     x, y = images.to(dev).float(), labels.to(dev)
     step = eps / 10 if step is None else step
 
     def objective(v: torch.Tensor) -> torch.Tensor:
-        return margin(classifier(v), y).clamp(max=kappa) + lam * log_density_per_dim(density, v)
+        return margin(classifier(v), y).clamp(max=kappa) + lam * density_gain(density, v, also)
 
     x_adv, best = x.clone(), x.clone()
-    best_log_p = torch.full((len(x),), -torch.inf, device=dev)
+    best_gain = torch.full((len(x),), -torch.inf, device=dev)
     for _ in range(steps):
         x_adv = _project(x_adv + step * _gradient_sign(objective, x_adv), x, eps)
         candidate = quantise(x_adv).float()
         with torch.no_grad():
-            log_p = log_density_per_dim(density, candidate)
-            better = (margin(classifier(candidate), y) > 0) & (log_p > best_log_p)
+            gain = density_gain(density, candidate, also)
+            better = (margin(classifier(candidate), y) > 0) & (gain > best_gain)
         best = torch.where(better[:, None, None, None], candidate, best)
-        best_log_p = torch.where(better, log_p, best_log_p)
-    never = torch.isinf(best_log_p)[:, None, None, None]
+        best_gain = torch.where(better, gain, best_gain)
+    never = torch.isinf(best_gain)[:, None, None, None]
     return quantise(torch.where(never, x_adv, best)).cpu()
 
 

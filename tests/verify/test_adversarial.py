@@ -122,6 +122,24 @@ def test_once_the_classifier_is_wrong_the_margin_attacker_only_raises_log_p(flow
     assert (_log_p(flow, adv) >= _log_p(flow, shorter) - 1e-6).all()      # steps never end lower
 
 
+def test_the_margin_attacker_can_raise_the_top_latent_term_as_well(flow):
+    x, y = _images(8, 7), torch.zeros(8, dtype=torch.long)
+    wrong = _Constant([0.0, 5.0])  # fooled from the start: every step raises the gain alone
+
+    def top(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return flow.log_prob_parts((images.float() + 0.5) / 256)["latent_top"]
+
+    plain = attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=6)
+    with_top = attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=6, also="latent_top")
+    _inside(x, with_top, 8)
+    gain = attacks.density_gain(flow, with_top.float(), "latent_top")
+    assert (gain >= attacks.density_gain(flow, plain.float(), "latent_top") - 1e-6).float().mean() > 0.5
+    assert top(with_top).mean() > top(x).mean()
+    with pytest.raises(DgmOodError, match="no smooth log_prob_parts with 'latent_nosuch'"):
+        attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=1, also="latent_nosuch")
+
+
 def test_an_image_the_margin_attacker_never_fools_gets_its_last_iterate(flow):
     x, y = _images(4, 6), torch.zeros(4, dtype=torch.long)
     right = _Constant([9.0, 0.0])  # always right: nothing fools it
@@ -308,7 +326,8 @@ def test_the_command_writes_its_report(world, tmp_path):
     written = json.loads((tmp_path / "r" / "results.json").read_text())
     assert list(written["attacks"]) == ["fgsm ε=2/255", "fgsm ε=8/255", "pgd ε=2/255", "pgd ε=8/255",
                                         "adaptive ε=8/255 λ=1", "adaptive ε=8/255 λ=10", "adaptive ε=8/255 λ=100",
-                                        "adaptive ε=8/255 best λ", "margin ε=8/255 best λ"]
+                                        "adaptive ε=8/255 best λ", "margin ε=8/255 best λ",
+                                        "margin+top ε=8/255 best λ"]
     rates = {k: v["success_rate"] for k, v in written["attacks"].items()}
     tried = [v for k, v in rates.items() if k.startswith(("pgd ε=8", "adaptive")) and "best" not in k]
     assert rates["adaptive ε=8/255 best λ"] >= max(tried)  # it fools every image one of its runs fooled
