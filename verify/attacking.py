@@ -19,15 +19,13 @@ from torch import nn
 from empirical.data.imageset import ImageSet
 from empirical.io.errors import DgmOodError
 from empirical.models.classifier import predict
-from empirical.models.contract import describe, model_device
-from empirical.models.likelihood import LEVELS
+from empirical.models.contract import model_device
 from empirical.ood import attacks
-from empirical.ood.detectors import Detector, Likelihood
-from empirical.ood.features import ModelPass
+from empirical.ood.detectors import Detector
 from empirical.ood.metrics import auroc
 from empirical.ood.scores import pixeldefend_pvalue
 from empirical.ood.suite import ScoreChoice
-from verify.detection import SCREEN_FIT_IMAGES, build
+from verify.detection import SCREEN_FIT_IMAGES, build, likelihood_of
 
 log = logging.getLogger(__name__)
 FALSE_ALARMS = 0.05  # the detection threshold's rate of flagged clean held-out images
@@ -75,7 +73,9 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
         done.append(_best_lambda(classifier, density, clean, x, y, correct,
                                  [a for a in done if a.name.startswith(("adaptive", f"pgd ε={eps}/"))],
                                  f"adaptive ε={eps}/255 best λ"))
-        for also in (None, *(["latent_top"] if _has_part(density, "latent_top", x[:1]) else [])):
+        with torch.no_grad():
+            top = "latent_top" in attacks.smooth_parts(density, x[:1].to(model_device(density)).float())
+        for also in (None, *(["latent_top"] if top else [])):
             label = "margin" if also is None else "margin+top"
             margins = [_attacked(classifier, clean, x, y, correct, f"{label} ε={eps}/255 λ={lam:g}",
                                  attacks.margin_adaptive(classifier, x, y, eps, density, lam, also=also), True)
@@ -134,15 +134,6 @@ def _best_lambda(classifier: nn.Module, density: nn.Module, clean: ImageSet, x: 
     return _attacked(classifier, clean, x, y, correct, name, adv, True)
 
 
-@torch.no_grad()
-def _has_part(density: nn.Module, part: str, x: torch.Tensor) -> bool:
-    """Whether ``density`` has a smooth ``log_prob_parts`` with ``part`` (tried on the images ``x``)."""
-    info = describe(density)
-    if not (info.smooth and info.parts and len(x)):
-        return False
-    return part in density.log_prob_parts((x.to(model_device(density)).float() + 0.5) / LEVELS)
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -159,8 +150,7 @@ def detect(model: nn.Module, heldout: ImageSet, clean: ImageSet, attacked: list[
     only the images that fooled the classifier (``fooled``: how many; None where none did)."""
     heldout = heldout.head(SCREEN_FIT_IMAGES)
     dets = build(model, clean, heldout, choice=choice, seed=seed, device=device)
-    likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(
-        dets[0].model if dets else ModelPass(model, seed=seed, device=device))
+    likelihood = likelihood_of(dets, model, seed=seed, device=device)
     cut = thresholds(dets, heldout)
     held_bpd, clean_bpd = likelihood.score(heldout), likelihood.score(clean)
     clean_scores = {d.name: d.score(clean) for d in dets}

@@ -17,7 +17,7 @@ from empirical.data.imageset import ImageSet
 from empirical.models.contract import ModelInfo, describe, model_device
 from empirical.models.evaluation import Evaluation
 from empirical.ood.analysis import ALPHA, BATCH_SIZES, batch_test, ensemble_gap
-from empirical.ood.detectors import RECOMMENDED, WAIC, Detector, Typicality
+from empirical.ood.detectors import RECOMMENDED, WAIC, Detector, Likelihood, Typicality
 from empirical.ood.features import ModelPass
 from empirical.ood.metrics import metrics
 from empirical.ood.suite import ScoreChoice, detectors_for
@@ -48,6 +48,17 @@ def build(model: nn.Module, in_test: ImageSet, heldout: ImageSet | None, *, back
         if d.needs_fit:
             d.fit(heldout)
     return dets
+
+
+def likelihood_of(dets: list[Detector], model: nn.Module, *, seed: int = 0,
+                  device: torch.device | None = None) -> Likelihood:
+    """The likelihood detector among ``dets`` (built by ``build`` on ``model``), else one on the same ModelPass (a
+    new one when no chosen score applies), so that no image set is evaluated twice."""
+    found = next((d for d in dets if isinstance(d, Likelihood)), None)
+    if found:
+        return found
+    shared = next((d.models[0] if isinstance(d, WAIC) else d.model for d in dets), None)
+    return Likelihood(shared or ModelPass(model, seed=seed, device=device))
 
 
 def detection(dets: list[Detector], in_test: ImageSet, out_test: ImageSet, heldout: ImageSet | None, *,

@@ -17,13 +17,12 @@ from empirical.data.imageset import ImageSet
 from empirical.data.shifts import SEVERITIES, SHIFTS, shift_images
 from empirical.models.contract import describe
 from empirical.models.likelihood import LEVELS, nats_gap_to_bpd
-from empirical.ood.detectors import RECOMMENDED, WAIC, Likelihood
-from empirical.ood.features import ModelPass
+from empirical.ood.detectors import RECOMMENDED, Likelihood
 from empirical.ood.metrics import auroc
 from empirical.ood.scores import compressed_bits
 from empirical.ood.suite import ScoreChoice
 from theory.predict import linear_path_curvature, variance_gap
-from verify.detection import SCREEN_FIT_IMAGES, build
+from verify.detection import SCREEN_FIT_IMAGES, build, likelihood_of
 
 log = logging.getLogger(__name__)
 Key = tuple[str, int]  # (shift, severity)
@@ -117,9 +116,7 @@ def sweep(model: nn.Module, shifted: Shifted, heldout: ImageSet | None, *, label
     fit use the first SCREEN_FIT_IMAGES of ``heldout``; the detectors that need it are left out without it)."""
     base, heldout = shifted.base, heldout.head(SCREEN_FIT_IMAGES) if heldout is not None else None
     dets = build(model, base, heldout, choice=choice, seed=seed, device=device)
-    shared = next((d.models[0] if isinstance(d, WAIC) else d.model for d in dets),  # the model's one ModelPass
-                  None) or ModelPass(model, seed=seed, device=device)  # (no chosen score applies: the gaps alone)
-    likelihood = next((d for d in dets if isinstance(d, Likelihood)), None) or Likelihood(shared)
+    likelihood = likelihood_of(dets, model, seed=seed, device=device)
     in_bpd = likelihood.score(base)
     in_scores = {d.name: d.score(base) for d in dets}
     predictors = _predictors(model, likelihood, heldout, shifted)

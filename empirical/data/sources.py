@@ -92,8 +92,9 @@ def check_name(text: str) -> None:
         base = shifts.parse_source(text)[2]
         return check_name(base) if base else None
     if is_path(text):
-        if not _split_path(text)[0].exists():
-            raise DataError(f"no such file or folder: {_split_path(text)[0]}")
+        path = _split_path(text)[0]
+        if not path.exists():
+            raise DataError(f"no such file or folder: {path}")
     elif text not in SYNTHETIC_NAMES:
         registry.dataset_info(text)
 

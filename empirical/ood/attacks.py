@@ -109,16 +109,29 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.scatter(1, labels[:, None], -torch.inf).amax(1) - true
 
 
+def smooth_parts(density: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's ``log_prob_parts`` at the bin centres of pixel-scale images x, with their gradients; empty for a
+    model without smooth parts (only a flow has them)."""
+    info = describe(density)
+    return density.log_prob_parts((x + 0.5) / LEVELS) if info.smooth and info.parts else {}
+
+
 def density_gain(density: nn.Module, x: torch.Tensor, also: str | None = None) -> torch.Tensor:
     """What the margin attacker raises, per dimension in nats: log p(x̃)/D, plus with ``also`` one more part of the
     model's ``log_prob_parts`` (e.g. ``latent_top``, the top latent's term, which a score reads on its own)."""
     if also is None:
         return log_density_per_dim(density, x)
-    info = describe(density)
-    parts = density.log_prob_parts((x + 0.5) / LEVELS) if info.smooth and info.parts else {}
+    parts = smooth_parts(density, x)
     if also not in parts:
-        raise DgmOodError(f"{info.name} has no smooth log_prob_parts with {also!r}; the attack on it needs a flow")
-    return (parts["log_px"] + parts[also]) / info.dims
+        raise DgmOodError(f"{describe(density).name} has no smooth log_prob_parts with {also!r}; the attack on it "
+                          f"needs a flow")
+    return (parts["log_px"] + parts[also]) / describe(density).dims
+
+
+def _keep(better: torch.Tensor, candidate: torch.Tensor, value: torch.Tensor, best: torch.Tensor,
+          best_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's best iterate so far: ``candidate`` and its ``value`` where ``better``, else the old ones."""
+    return torch.where(better[:, None, None, None], candidate, best), torch.where(better, value, best_value)
 
 
 def margin_adaptive(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, density: nn.Module,
@@ -144,8 +157,7 @@ def margin_adaptive(classifier: nn.Module, images: torch.Tensor, labels: torch.T
         with torch.no_grad():
             gain = density_gain(density, candidate, also)
             better = (margin(classifier(candidate), y) > 0) & (gain > best_gain)
-        best = torch.where(better[:, None, None, None], candidate, best)
-        best_gain = torch.where(better, gain, best_gain)
+        best, best_gain = _keep(better, candidate, gain, best, best_gain)
     never = torch.isinf(best_gain)[:, None, None, None]
     return quantise(torch.where(never, x_adv, best)).cpu()
 
@@ -173,9 +185,7 @@ def toward_typical(density: nn.Module, images: torch.Tensor, target_bpd: float, 
         candidate = quantise(x_adv).float()
         with torch.no_grad():
             d = distance(candidate)
-        closer = d < best_distance
-        best = torch.where(closer[:, None, None, None], candidate, best)
-        best_distance = torch.minimum(d, best_distance)
+        best, best_distance = _keep(d < best_distance, candidate, d, best, best_distance)
     return quantise(best).cpu()
 
 
