@@ -68,12 +68,18 @@ def session_files(data_root: Path, anchor: Path, wheels: Path) -> tuple[list[tup
     """(first, rest): (source, path under a part) of what must come first (the wheels and the reference, which the
     benchmark needs) and of the data files the pairs read."""
     from empirical.data.registry import locate
+    from empirical.io.errors import DataNotFound
 
+    if not any(anchor.rglob("*.py")):
+        raise SystemExit(f"error: no reference Glow in {anchor} (--anchor): the benchmark's ratio needs it")
     first = [(f, Path("wheels") / f.name) for f in sorted(wheels.glob("*.whl"))] if wheels.is_dir() else []
     first += [(f, Path("data/anchors") / anchor.name / f.relative_to(anchor)) for f in sorted(anchor.rglob("*"))
               if f.is_file()]
-    rest = [(f, Path("data") / f.relative_to(data_root)) for name, splits in NEEDS.items() for split in splits
-            for f in locate(name, split, data_root)]
+    try:
+        rest = [(f, Path("data") / f.relative_to(data_root)) for name, splits in NEEDS.items() for split in splits
+                for f in locate(name, split, data_root)]
+    except DataNotFound as e:
+        raise SystemExit(f"error: {e} (--data-root)") from None
     return first, rest
 
 
@@ -107,6 +113,8 @@ def budget(n_parts: int, minutes: float) -> dict:
 
 
 def pack(args: argparse.Namespace) -> None:
+    from empirical.io.provenance import git_commit
+
     tree = tree_bytes()
     cap = CALL_BYTES - tree - MARGIN
     parts = bin_parts(*session_files(args.data_root, args.anchor, args.wheels), cap)
@@ -117,8 +125,6 @@ def pack(args: argparse.Namespace) -> None:
             (DEV / f"part-{i}" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, DEV / f"part-{i}" / rel)
         listing.append({"part": f"part-{i}", "files": [[str(rel), f.stat().st_size] for f, rel in part]})
-        from empirical.io.provenance import git_commit
-
     plan = {"commit": git_commit(), "tree_bytes": tree, "part_cap_bytes": cap,
             "parts": listing, "minutes": args.minutes, "budget": budget(len(parts), args.minutes)}
     plan_path().write_text(json.dumps(plan, indent=1))

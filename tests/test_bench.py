@@ -136,6 +136,19 @@ def test_gpu_session_plan_fits_one_call_per_part_and_the_device_budget(tmp_path,
                                                                                      "anchors/anchor/model.py"}
 
 
+def test_gpu_session_pack_refuses_a_missing_data_root_or_reference_in_one_line(tmp_path, monkeypatch, capsys):
+    from bench import gpu_session as gs
+
+    monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
+    (tmp_path / "anchor").mkdir()
+    (tmp_path / "anchor" / "model.py").write_text("")
+    with pytest.raises(SystemExit, match=r"CIFAR-10 train split not found.*\(--data-root\)"):
+        gs.main(["pack", "--data-root", str(tmp_path / "nothing"), "--anchor", str(tmp_path / "anchor")])
+    with pytest.raises(SystemExit, match=r"no reference Glow in .*\(--anchor\)"):
+        gs.main(["pack", "--data-root", str(tmp_path), "--anchor", str(tmp_path / "no-anchor")])
+    assert not (tmp_path / ".devdata").exists()  # nothing packed
+
+
 def test_gpu_session_collect_returns_at_most_8_files_that_rebuild_the_results(tmp_path, monkeypatch):
     from bench import gpu_session as gs
     from empirical.io.transfer import joined_bytes
