@@ -17,6 +17,10 @@ budgets. On the device:
 time-to-bits/dim curve and ``verify.compare`` on each pair with ``--checkpoint`` (the pairs in parallel: most of their
 time is compression on the CPU). Each step's seconds against its budget go to ``session.json`` as it ends.
 
+``pack`` takes ``results/`` and ``empirical/weights/`` (tracked, never read there) out of git's index so that they do
+not travel with every call; ``finish`` (here, after ``give_back``) puts them back and unpacks the returned results
+into ``results/gpu/``. Commit nothing in between.
+
 A dry run on the CPU: ``pack``, ``start --preset smoke --device cpu --minutes 0.2`` and ``collect`` with ``OUT`` set
 (the CUDA tests then run against the CPU: ``DGM_OOD_TEST_ACCEL=cpu``).
 """
@@ -24,6 +28,7 @@ A dry run on the CPU: ``pack``, ``start --preset smoke --device cpu --minutes 0.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -35,7 +40,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV = ROOT / ".devdata"
+REL_DEV = Path(".devdata")
+DEV = ROOT / REL_DEV
 MIB = 2**20
 CALL_BYTES = 64 * MIB  # what one device call carries: the working tree and the part
 MARGIN = 2 * MIB
@@ -50,6 +56,43 @@ STEP_BUDGET = {"cuda_tests": 60, "throughput": 120, "data": 0, "stage": 10, "tra
 COLLECT_WAIT = 510  # one collect call's wait (--wait 8.5): the call stays under 9 minutes
 TRAIN_OVERHEAD = 60  # data, model, the final evaluation of 10,000 images and the checkpoint
 DEVICE_SECONDS = 900
+
+
+SLIM = ("results", "empirical/weights")  # tracked (~50 MiB), never read on the device: left out of every call
+SLIM_BEGIN, SLIM_END = "# gpu_session pack: out of the device calls until restore", "# gpu_session pack: end"
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def _exclude_file(root: Path) -> Path:
+    return root / _git(root, "rev-parse", "--git-path", "info/exclude").strip()
+
+
+def slim(root: Path = ROOT) -> None:
+    """Leave SLIM out of what every device call carries: out of git's index (the files stay on disk) and ignored
+    in ``.git/info/exclude``, until :func:`restore`. Commit nothing meanwhile: the index lacks them."""
+    restore(root)
+    _git(root, "rm", "-r", "-q", "--cached", "--ignore-unmatch", *SLIM)
+    exclude = _exclude_file(root)
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    old = exclude.read_text() if exclude.is_file() else ""
+    lines = [SLIM_BEGIN, *(f"/{p}/" for p in SLIM), SLIM_END]
+    exclude.write_text(old + ("" if not old or old.endswith("\n") else "\n") + "\n".join(lines) + "\n")
+
+
+def restore(root: Path = ROOT) -> bool:
+    """Undo :func:`slim`: SLIM back in git's index as HEAD has it, its lines out of ``.git/info/exclude``; returns
+    whether there was anything to undo."""
+    exclude = _exclude_file(root)
+    text = exclude.read_text() if exclude.is_file() else ""
+    if SLIM_BEGIN not in text:
+        return False
+    head, rest = text.split(SLIM_BEGIN + "\n", 1)
+    exclude.write_text(head + rest.split(SLIM_END + "\n", 1)[-1])
+    _git(root, "reset", "-q", "HEAD", "--", *SLIM)
+    return True
 
 
 def plan_path() -> Path:
@@ -115,9 +158,19 @@ def budget(n_parts: int, minutes: float) -> dict:
 def pack(args: argparse.Namespace) -> None:
     from empirical.io.provenance import git_commit
 
+    restore()
+    commit = git_commit()
+    if commit.endswith("-dirty") or commit == "unknown":
+        raise SystemExit(f"error: commit first: the reports made on the device name the commit ({commit})")
+    files = session_files(args.data_root, args.anchor, args.wheels)
+    slim()
     tree = tree_bytes()
     cap = CALL_BYTES - tree - MARGIN
-    parts = bin_parts(*session_files(args.data_root, args.anchor, args.wheels), cap)
+    try:
+        parts = bin_parts(*files, cap)
+    except SystemExit:
+        restore()
+        raise
     shutil.rmtree(DEV, ignore_errors=True)
     listing = []
     for i, part in enumerate(parts, 1):
@@ -125,10 +178,12 @@ def pack(args: argparse.Namespace) -> None:
             (DEV / f"part-{i}" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, DEV / f"part-{i}" / rel)
         listing.append({"part": f"part-{i}", "files": [[str(rel), f.stat().st_size] for f, rel in part]})
-    plan = {"commit": git_commit(), "tree_bytes": tree, "part_cap_bytes": cap,
+    plan = {"commit": commit, "tree_bytes": tree, "part_cap_bytes": cap,
             "parts": listing, "minutes": args.minutes, "budget": budget(len(parts), args.minutes)}
     plan_path().write_text(json.dumps(plan, indent=1))
     print_plan(plan)
+    print(f"{' and '.join(SLIM)} are out of git's index until `python bench/gpu_session.py finish` (or restore): "
+          "commit nothing before it")
 
 
 def print_plan(plan: dict) -> None:
@@ -183,7 +238,7 @@ class Driver:
         self.plan = json.loads(plan_path().read_text())
         self.record = {"commit": self.plan["commit"], "plan": self.plan["budget"], "steps": [], "done": False,
                        "started": time.time()}
-        self.run_dir = DEV / "runs" / f"{DATASET}-{MODEL}-{args.preset}"
+        self.run_dir = REL_DEV / "runs" / f"{DATASET}-{MODEL}-{args.preset}"  # paths relative to ROOT, the cwd
 
     def save(self) -> None:
         tmp = self.out / "session.json.tmp"
@@ -196,8 +251,9 @@ class Driver:
         print(f"== {name}: " + " & ".join(" ".join(c) for c in commands), flush=True)
         procs = [subprocess.Popen(c, cwd=ROOT, stdout=sys.stdout, stderr=subprocess.STDOUT) for c in commands]
         codes = [p.wait() for p in procs]
+        shown = [["python3", *c[1:]] if c[0] == sys.executable else c for c in commands]
         self.record["steps"].append({"step": name, "seconds": round(time.time() - t0, 1), "exit": codes,
-                                     "budget": self.record["plan"]["steps"][name], "commands": commands})
+                                     "budget": self.record["plan"]["steps"][name], "commands": shown})
         self.save()
         return not any(codes)
 
@@ -215,8 +271,9 @@ class Driver:
         return True
 
     def run(self) -> None:
-        py, a, out = sys.executable, self.args, self.out
+        py, a, out, data, me = sys.executable, self.args, REL_DEV / "out", REL_DEV / "data", "bench/gpu_session.py"
         anchor = next(DEV.glob("part-*/data/anchors/*"), None)
+        anchor = anchor and anchor.relative_to(ROOT)
         self.step("cuda_tests", [[py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]])
         self.step("throughput", [[py, "bench/throughput.py", "--preset", a.preset, "--model", MODEL, "--dataset",
                                   DATASET, "--batch", "256", "--iters", "20", "--device", a.device, "--peak-tflops",
@@ -224,17 +281,17 @@ class Driver:
                                   "--json", str(out / "throughput.json")]])
         if not self.wait_for_data():
             return
-        self.step("stage", [[py, __file__, "stage"]])
+        self.step("stage", [[py, me, "stage"]])
         ckpt = self.run_dir / "last.pt"
         trained = self.step("train", [[py, "-m", "empirical.train", "--dataset", DATASET, "--model", MODEL,
                                        "--preset", a.preset, "--out", str(self.run_dir), "--data-dir",
-                                       str(DEV / "data"), "--device", a.device, "--time-limit", str(a.minutes),
+                                       str(data), "--device", a.device, "--time-limit", str(a.minutes),
                                        "--eval-every", str(a.eval_every), "--resume", "--no-progress"]])
-        if not (trained or ckpt.is_file()):
+        if not (trained or (ROOT / ckpt).is_file()):
             return
         self.step("time_to_bpd", [[py, "bench/time_to_bpd.py", str(ckpt), "--out", str(out / "time_to_bpd")]])
         self.step("compare", [[py, "-m", "verify.compare", DATASET, *pair, "--checkpoint", str(ckpt), "--data-dir",
-                               str(DEV / "data"), "--device", a.device, "--out",
+                               str(data), "--device", a.device, "--out",
                                str(out / "compare" / "-".join([DATASET, *(p.lstrip("-") for p in pair)]))]
                               for pair in PAIRS])
 
@@ -310,6 +367,31 @@ def collect(args: argparse.Namespace) -> None:
     print("done" if rec["done"] else "still running: collect again, back to back")
 
 
+def restore_step(args: argparse.Namespace) -> None:
+    print("git's index restored" if restore() else "git's index was whole")
+
+
+def finish(args: argparse.Namespace) -> None:
+    """Here, after give_back: git's index as before ``pack`` (restore), then what ``collect`` returned (its
+    ``$OUT``) unpacked into ``--into``, every part's hash checked."""
+    from empirical.io.transfer import joined_bytes
+
+    restore_step(args)
+    if args.returned is None:
+        return
+    manifest = args.returned / "results.tar.gz.parts.json"
+    if not manifest.is_file():
+        raise SystemExit(f"error: {manifest} not found: pass the folder collect's files were returned to")
+    if args.into.exists() and any(args.into.iterdir()):
+        raise SystemExit(f"error: {args.into} is not empty: name a new folder with --into")
+    args.into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(joined_bytes(manifest)), mode="r:gz") as tar:
+        tar.extractall(args.into, filter="data")
+    for name in ("session.json", "session.log"):
+        shutil.copy2(args.returned / name, args.into / name)
+    print(f"results in {args.into}: " + ", ".join(sorted(f.name for f in args.into.iterdir())))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
@@ -330,12 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stage", help="device: merge the carried parts into .devdata/data")
     c = sub.add_parser("collect", help="device: wait for the driver, then write $OUT")
     c.add_argument("--wait", type=float, default=8.5, help="minutes to wait for the driver (default 8.5)")
+    f = sub.add_parser("finish", help="here, after give_back: restore git's index, unpack the returned results")
+    f.add_argument("returned", type=Path, nargs="?", help="the folder collect's files came back to (files_at)")
+    f.add_argument("--into", type=Path, default=ROOT / "results" / "gpu")
+    sub.add_parser("restore", help="here: undo pack's change to git's index (finish does it too)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    {"pack": pack, "start": start, "drive": drive, "stage": stage, "collect": collect}[args.step](args)
+    {"pack": pack, "start": start, "drive": drive, "stage": stage, "collect": collect, "finish": finish,
+     "restore": restore_step}[args.step](args)
     return 0
 
 

@@ -112,6 +112,9 @@ def test_gpu_session_plan_fits_one_call_per_part_and_the_device_budget(tmp_path,
     from bench import gpu_session as gs
 
     monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
+    monkeypatch.setattr(gs, "slim", lambda: None)  # the repository's own index stays as it is
+    monkeypatch.setattr(gs, "restore", lambda: False)
+    monkeypatch.setattr("empirical.io.provenance.git_commit", lambda: "0" * 40)
     monkeypatch.setattr(gs, "CALL_BYTES", 3000)
     monkeypatch.setattr(gs, "MARGIN", 0)
     monkeypatch.setattr(gs, "tree_bytes", lambda: 500)
@@ -140,6 +143,9 @@ def test_gpu_session_pack_refuses_a_missing_data_root_or_reference_in_one_line(t
     from bench import gpu_session as gs
 
     monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
+    monkeypatch.setattr(gs, "slim", lambda: None)
+    monkeypatch.setattr(gs, "restore", lambda: False)
+    monkeypatch.setattr("empirical.io.provenance.git_commit", lambda: "0" * 40)
     (tmp_path / "anchor").mkdir()
     (tmp_path / "anchor" / "model.py").write_text("")
     with pytest.raises(SystemExit, match=r"CIFAR-10 train split not found.*\(--data-root\)"):
@@ -147,6 +153,62 @@ def test_gpu_session_pack_refuses_a_missing_data_root_or_reference_in_one_line(t
     with pytest.raises(SystemExit, match=r"no reference Glow in .*\(--anchor\)"):
         gs.main(["pack", "--data-root", str(tmp_path), "--anchor", str(tmp_path / "no-anchor")])
     assert not (tmp_path / ".devdata").exists()  # nothing packed
+
+
+def test_gpu_session_pack_refuses_uncommitted_changes(monkeypatch):
+    from bench import gpu_session as gs
+
+    monkeypatch.setattr(gs, "restore", lambda: False)
+    monkeypatch.setattr("empirical.io.provenance.git_commit", lambda: "0" * 40 + "-dirty")
+    with pytest.raises(SystemExit, match="commit first"):
+        gs.main(["pack"])
+
+
+def test_gpu_session_slim_leaves_results_and_weights_out_of_the_calls_and_restore_puts_them_back(tmp_path):
+    from bench import gpu_session as gs
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True,  # noqa: E731
+                                    text=True).stdout
+    git("init", "-q")
+    for rel in ("results/r/report.md", "empirical/weights/w.safetensors", "empirical/code.py", "README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    (tmp_path / ".git" / "info").mkdir(exist_ok=True)
+    (tmp_path / ".git" / "info" / "exclude").write_text("/.whl/")  # a developer's own line, without a newline
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    travelling = lambda: sorted(git("ls-files", "--cached", "--others", "--exclude-standard").split())  # noqa: E731
+    gs.slim(tmp_path)
+    gs.slim(tmp_path)  # twice is once
+    assert travelling() == ["README.md", "empirical/code.py"]
+    assert (tmp_path / "results" / "r" / "report.md").is_file()  # only git's index changed
+    assert gs.restore(tmp_path) and not gs.restore(tmp_path)
+    assert travelling() == ["README.md", "empirical/code.py", "empirical/weights/w.safetensors",
+                            "results/r/report.md"]
+    assert git("status", "--porcelain") == ""
+    assert (tmp_path / ".git" / "info" / "exclude").read_text() == "/.whl/\n"
+
+
+def test_gpu_session_finish_unpacks_what_collect_returned(tmp_path, monkeypatch, capsys):
+    from bench import gpu_session as gs
+
+    monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
+    monkeypatch.setattr(gs, "restore", lambda: True)
+    out = tmp_path / ".devdata" / "out"
+    (out / "compare" / "pair").mkdir(parents=True)
+    (out / "compare" / "pair" / "report.md").write_text("# report\n")
+    (out / "session.log").write_text("log\n")
+    (out / "session.json").write_text(json.dumps({"done": True, "started": 0, "plan": {"driver": 1}, "steps": []}))
+    monkeypatch.setenv("OUT", str(tmp_path / "OUT"))
+    gs.main(["collect", "--wait", "0"])
+    gs.main(["finish", str(tmp_path / "OUT"), "--into", str(tmp_path / "gpu")])
+    assert (tmp_path / "gpu" / "compare" / "pair" / "report.md").read_text() == "# report\n"
+    assert {"session.json", "session.log"} <= {f.name for f in (tmp_path / "gpu").iterdir()}
+    assert "git's index restored" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not empty"):
+        gs.main(["finish", str(tmp_path / "OUT"), "--into", str(tmp_path / "gpu")])
+    with pytest.raises(SystemExit, match="results.tar.gz.parts.json not found"):
+        gs.main(["finish", str(tmp_path), "--into", str(tmp_path / "gpu2")])
 
 
 def test_gpu_session_collect_returns_at_most_8_files_that_rebuild_the_results(tmp_path, monkeypatch):
