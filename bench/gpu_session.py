@@ -319,7 +319,7 @@ def stage(args: argparse.Namespace) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(f, target)
                 n += 1
-    print(f"staged {n} files into {DEV / 'data'}: " + ", ".join(sorted(p.name for p in (DEV / "data").iterdir())))
+    print(f"staged {n} files into {REL_DEV / 'data'}: " + ", ".join(sorted(p.name for p in (DEV / "data").iterdir())))
 
 
 def results_tarball(out: Path, target: Path) -> list[str]:
