@@ -16,9 +16,12 @@ from verify.figures import new_figure, roc_curves, save_png, styled
 
 
 def _strongest(names: list[str], adaptive: bool) -> str | None:
-    """The last-run attack of its kind at the largest ε: PGD, or the margin attacker's best λ."""
-    chosen = [n for n in names if n.startswith(("adaptive", "margin")) == adaptive and not n.startswith("fgsm")]
-    return chosen[-1] if chosen else None
+    """The attack a figure shows, the last run of its kind (the largest ε): PGD, or the margin attacker on log p
+    (best λ), else the adaptive PGD."""
+    for kind in ("margin ε=", "adaptive") if adaptive else ("pgd",):
+        if chosen := [n for n in names if n.startswith(kind)]:
+            return chosen[-1]
+    return None
 
 
 def figures(stage: Path, clean: ImageSet, attacked: list[Attacked], detection: dict, first: str) -> None:
@@ -105,7 +108,8 @@ def render(facts: dict) -> str:
                  f"{attacks.MARGIN_STEPS} signed steps of ε/10 up min(margin, {attacks.KAPPA:g}) + λ·log p(x̃)/D (once "
                  f"the classifier is wrong by {attacks.KAPPA:g} logit every step raises log p) and keeps each image's "
                  f"fooling 8-bit iterate of highest log p, best λ per image; \"margin+top\" raises the top latent's "
-                 f"term as well (log p + log p_top, for a flow), which the latent_top score reads on its own. A "
+                 f"term as well (log p + log p_top, for a flow), which the latent_top score reads on its own, and "
+                 f"\"margin top-only\" that term alone (log p_top). A "
                  f"detection claim that holds only "
                  f"against the plain attacks (FGSM, PGD) holds only against a non-adaptive attacker."
                  if against else "none of the models (no smooth density): only the plain attacks ran."), "",

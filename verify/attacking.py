@@ -51,8 +51,9 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
     with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``, the attacker
     that picks the best λ per image (``_best_lambda``), and the margin attacker (``attacks.margin_adaptive``) with
     its best λ per image (its single-λ runs are not reported), and for a flow with a top latent the margin attacker
-    that raises the top latent's term too ("margin+top"). The classifier must be in eval mode (a
-    batch-normalised one in training mode would attack its batch statistics)."""
+    on log p and the top latent's term ("margin+top") and on that term alone ("margin top-only"; see
+    ``attacks.MARGIN_GAINS``). The classifier must be in eval mode (a batch-normalised one in training mode would
+    attack its batch statistics)."""
     if classifier.training:
         raise DgmOodError("the classifier is in training mode; call .eval() on it before attacking it")
     x, y = torch.from_numpy(clean.images), _labels(labels, len(clean))
@@ -75,13 +76,14 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
                                  f"adaptive ε={eps}/255 best λ"))
         with torch.no_grad():
             top = "latent_top" in attacks.smooth_parts(density, x[:1].to(model_device(density)).float())
-        for also in (None, *(["latent_top"] if top else [])):
-            label = "margin" if also is None else "margin+top"
+        for label, parts in attacks.MARGIN_GAINS.items():
+            if "latent_top" in parts and not top:
+                continue
             margins = [_attacked(classifier, clean, x, y, correct, f"{label} ε={eps}/255 λ={lam:g}",
-                                 attacks.margin_adaptive(classifier, x, y, eps, density, lam, also=also), True)
+                                 attacks.margin_adaptive(classifier, x, y, eps, density, lam, parts=parts), True)
                        for lam in attacks.LAMBDAS if lam > 0]
             done.append(_best_lambda(classifier, density, clean, x, y, correct, margins,
-                                     f"{label} ε={eps}/255 best λ", also=also))
+                                     f"{label} ε={eps}/255 best λ", parts=parts))
     return float(correct.float().mean()), done
 
 
@@ -121,12 +123,13 @@ def _attacked(classifier: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.
 
 @torch.no_grad()
 def _best_lambda(classifier: nn.Module, density: nn.Module, clean: ImageSet, x: torch.Tensor, y: torch.Tensor,
-                 correct: torch.Tensor, tried: list[Attacked], name: str, also: str | None = None) -> Attacked:
+                 correct: torch.Tensor, tried: list[Attacked], name: str,
+                 parts: tuple[str, ...] = attacks.LOG_P) -> Attacked:
     """The adaptive attacker that picks λ per image (white-box, so it may): of the ``tried`` runs (e.g. plain PGD and
-    each λ at the largest ε) that fooled the classifier, the image of highest log p (with ``also``, of highest
-    ``attacks.density_gain``); an image none fooled keeps the last run's."""
+    each λ at the largest ε) that fooled the classifier, the image of highest ``attacks.density_gain`` of ``parts``
+    (default log p); an image none fooled keeps the last run's."""
     log_p = torch.stack([torch.cat([attacks.density_gain(density, torch.from_numpy(
-        a.images.images[i:i + 100]).to(model_device(density)).float(), also).cpu() for i in range(0, len(x), 100)])
+        a.images.images[i:i + 100]).to(model_device(density)).float(), parts).cpu() for i in range(0, len(x), 100)])
         for a in tried])
     log_p[~torch.from_numpy(np.stack([a.fooled for a in tried]))] = -torch.inf
     pick = torch.where(torch.isinf(log_p.max(0).values), len(tried) - 1, log_p.argmax(0))

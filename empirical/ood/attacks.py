@@ -9,8 +9,8 @@ keeps it inside its ε-ball, ε being whole grey levels).
   so the perturbation also raises the likelihood the defence checks (log p of a smooth model, at bin centres).
 - The margin attacker (Carlini & Wagner, AISec 2017, "not easily detected"): from the clean image, PGD on
   min(margin, κ) + λ·log p(x̃)/D, so that once the image is misclassified by κ logits every step raises log p; it
-  keeps each image's fooling 8-bit iterate of highest log p; with ``also="latent_top"`` it raises the top latent's
-  term too, which a score reads on its own.
+  keeps each image's fooling 8-bit iterate of highest log p. ``MARGIN_GAINS`` names what else it may raise: log p
+  with the top latent's term (which a score reads on its own), or that term alone.
 - Toward typical (Pope et al., 2020, the other direction): PGD that moves an image's bits/dim toward a target
   (typicality's Ĥ), making an OOD image look typical.
 """
@@ -32,6 +32,8 @@ PGD_STEPS = 10
 LAMBDAS = (0.0, 1.0, 10.0, 100.0)  # the adaptive attacker's weight on log p in nats per dimension
 MARGIN_STEPS = 50  # the margin attacker's steps, of ε/10 grey levels each
 KAPPA = 1.0  # logits: the margin beyond which the margin attacker only raises log p
+LOG_P = ("log_px",)
+MARGIN_GAINS = {"margin": LOG_P, "margin+top": ("log_px", "latent_top"), "margin top-only": ("latent_top",)}
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -116,16 +118,18 @@ def smooth_parts(density: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
     return density.log_prob_parts((x + 0.5) / LEVELS) if info.smooth and info.parts else {}
 
 
-def density_gain(density: nn.Module, x: torch.Tensor, also: str | None = None) -> torch.Tensor:
-    """What the margin attacker raises, per dimension in nats: log p(x̃)/D, plus with ``also`` one more part of the
-    model's ``log_prob_parts`` (e.g. ``latent_top``, the top latent's term, which a score reads on its own)."""
-    if also is None:
+def density_gain(density: nn.Module, x: torch.Tensor, parts: tuple[str, ...] = LOG_P) -> torch.Tensor:
+    """What the margin attacker raises, per dimension in nats: Σ of the named ``log_prob_parts``/D; ``("log_px",)``
+    is log p(x̃)/D for any smooth model, ``("log_px", "latent_top")`` adds the top latent's term (which a score reads
+    on its own), ``("latent_top",)`` is that term alone."""
+    if tuple(parts) == LOG_P:
         return log_density_per_dim(density, x)
-    parts = smooth_parts(density, x)
-    if also not in parts:
-        raise DgmOodError(f"{describe(density).name} has no smooth log_prob_parts with {also!r}; the attack on it "
-                          f"needs a flow")
-    return (parts["log_px"] + parts[also]) / describe(density).dims
+    got = smooth_parts(density, x)
+    missing = [p for p in parts if p not in got]
+    if missing or not parts:
+        raise DgmOodError(f"{describe(density).name} has no smooth log_prob_parts {missing or list(parts)}; the "
+                          f"attack on them needs a flow")
+    return sum(got[p] for p in parts) / describe(density).dims
 
 
 def _keep(better: torch.Tensor, candidate: torch.Tensor, value: torch.Tensor, best: torch.Tensor,
@@ -136,9 +140,9 @@ def _keep(better: torch.Tensor, candidate: torch.Tensor, value: torch.Tensor, be
 
 def margin_adaptive(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, density: nn.Module,
                     lam: float, *, steps: int = MARGIN_STEPS, step: float | None = None, kappa: float = KAPPA,
-                    also: str | None = None) -> torch.Tensor:
+                    parts: tuple[str, ...] = LOG_P) -> torch.Tensor:
     """Signed steps from the clean image up min(margin, κ) + λ·g(x̃) inside the ε-ball ∩ [0, 255] (``steps`` of
-    ``step`` levels, default ε/10), g = ``density_gain`` (log p/D, and with ``also`` a part of it); returns each
+    ``step`` levels, default ε/10), g = ``density_gain`` of ``parts`` (default log p/D); returns each
     image's 8-bit iterate of highest g among those the classifier gets wrong, and the last iterate for an image it
     never got wrong. uint8 in and out."""
     _checked(images, eps, labels)
@@ -147,7 +151,7 @@ def margin_adaptive(classifier: nn.Module, images: torch.Tensor, labels: torch.T
     step = eps / 10 if step is None else step
 
     def objective(v: torch.Tensor) -> torch.Tensor:
-        return margin(classifier(v), y).clamp(max=kappa) + lam * density_gain(density, v, also)
+        return margin(classifier(v), y).clamp(max=kappa) + lam * density_gain(density, v, parts)
 
     x_adv, best = x.clone(), x.clone()
     best_gain = torch.full((len(x),), -torch.inf, device=dev)
@@ -155,7 +159,7 @@ def margin_adaptive(classifier: nn.Module, images: torch.Tensor, labels: torch.T
         x_adv = _project(x_adv + step * _gradient_sign(objective, x_adv), x, eps)
         candidate = quantise(x_adv).float()
         with torch.no_grad():
-            gain = density_gain(density, candidate, also)
+            gain = density_gain(density, candidate, parts)
             better = (margin(classifier(candidate), y) > 0) & (gain > best_gain)
         best, best_gain = _keep(better, candidate, gain, best, best_gain)
     never = torch.isinf(best_gain)[:, None, None, None]

@@ -122,7 +122,8 @@ def test_once_the_classifier_is_wrong_the_margin_attacker_only_raises_log_p(flow
     assert (_log_p(flow, adv) >= _log_p(flow, shorter) - 1e-6).all()      # steps never end lower
 
 
-def test_the_margin_attacker_can_raise_the_top_latent_term_as_well(flow):
+@pytest.mark.parametrize("parts", [("log_px", "latent_top"), ("latent_top",)])
+def test_the_margin_attacker_can_raise_the_top_latent_term_as_well_or_alone(flow, parts):
     x, y = _images(8, 7), torch.zeros(8, dtype=torch.long)
     wrong = _Constant([0.0, 5.0])  # fooled from the start: every step raises the gain alone
 
@@ -131,13 +132,17 @@ def test_the_margin_attacker_can_raise_the_top_latent_term_as_well(flow):
             return flow.log_prob_parts((images.float() + 0.5) / 256)["latent_top"]
 
     plain = attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=6)
-    with_top = attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=6, also="latent_top")
+    with_top = attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=6, parts=parts)
     _inside(x, with_top, 8)
-    gain = attacks.density_gain(flow, with_top.float(), "latent_top")
-    assert (gain >= attacks.density_gain(flow, plain.float(), "latent_top") - 1e-6).float().mean() > 0.5
+    gain = attacks.density_gain(flow, with_top.float(), parts)
+    assert (gain >= attacks.density_gain(flow, plain.float(), parts) - 1e-6).float().mean() > 0.5
     assert top(with_top).mean() > top(x).mean()
-    with pytest.raises(DgmOodError, match="no smooth log_prob_parts with 'latent_nosuch'"):
-        attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=1, also="latent_nosuch")
+    with torch.no_grad():  # the gain is the named parts' sum per dimension
+        got = flow.log_prob_parts((with_top.float() + 0.5) / 256)
+        expected = sum(got[p] for p in parts) / with_top[0].numel()
+    assert torch.allclose(attacks.density_gain(flow, with_top.float(), parts).detach(), expected, atol=1e-5)
+    with pytest.raises(DgmOodError, match=r"no smooth log_prob_parts \['latent_nosuch'\]"):
+        attacks.margin_adaptive(wrong, x, y, 8, flow, 1.0, steps=1, parts=("log_px", "latent_nosuch"))
 
 
 def test_an_image_the_margin_attacker_never_fools_gets_its_last_iterate(flow):
@@ -327,7 +332,7 @@ def test_the_command_writes_its_report(world, tmp_path):
     assert list(written["attacks"]) == ["fgsm ε=2/255", "fgsm ε=8/255", "pgd ε=2/255", "pgd ε=8/255",
                                         "adaptive ε=8/255 λ=1", "adaptive ε=8/255 λ=10", "adaptive ε=8/255 λ=100",
                                         "adaptive ε=8/255 best λ", "margin ε=8/255 best λ",
-                                        "margin+top ε=8/255 best λ"]
+                                        "margin+top ε=8/255 best λ", "margin top-only ε=8/255 best λ"]
     rates = {k: v["success_rate"] for k, v in written["attacks"].items()}
     tried = [v for k, v in rates.items() if k.startswith(("pgd ε=8", "adaptive")) and "best" not in k]
     assert rates["adaptive ε=8/255 best λ"] >= max(tried)  # it fools every image one of its runs fooled
@@ -368,3 +373,12 @@ def test_your_classifier_is_attacked_with_its_weights_and_one_that_does_not_fit_
         assert "Traceback" not in proc.stderr
     finally:
         sys.modules.pop("myclassifier", None)
+
+
+def test_the_figures_show_pgd_and_the_margin_attacker_on_log_p():
+    from verify.attack_report import _strongest
+
+    names = ["fgsm ε=8/255", "pgd ε=2/255", "pgd ε=8/255", "adaptive ε=8/255 best λ", "margin ε=8/255 best λ",
+             "margin+top ε=8/255 best λ", "margin top-only ε=8/255 best λ"]
+    assert (_strongest(names, False), _strongest(names, True)) == ("pgd ε=8/255", "margin ε=8/255 best λ")
+    assert _strongest(names[:4], True) == "adaptive ε=8/255 best λ" and _strongest(names[:1], False) is None
