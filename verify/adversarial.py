@@ -21,6 +21,7 @@ from empirical.io.errors import DgmOodError
 from empirical.io.provenance import portable_path
 from empirical.models.contract import describe
 from empirical.models.factory import call_classifier_factory, load_weights
+from empirical.ood import attacks
 from empirical.ood.suite import one_model_choice
 from empirical.training.classifier import accuracy, cached_classifier, classifier_preset
 from verify import attack_report
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
                    help=f"clean IN-test images attacked, and OOD images moved (default {DEFAULT_LIMIT})")
     p.add_argument("--scores", default="cheap", metavar="SET|NAMES", help="detection scores (default cheap)")
+    p.add_argument("--top", action="store_true",
+                   help="also the margin attacker on the flow's top-latent term, which latent_top reads on its own: "
+                        "with log p (margin+top) and alone (margin top-only); about twice the run time")
     p.add_argument("--retrain", action="store_true",
                    help="train our models and classifier from scratch instead of using the shipped weights")
     add_run_arguments(p)
@@ -103,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             command)
     clean = in_test.head(args.limit)
     smooth = next((m for m in opened if describe(m.module).smooth), None)
+    margins = tuple(attacks.MARGIN_GAINS) if args.top else ("margin",)
     clean_acc, attacked = attack_all(classifier, clean, test_labels[:len(clean)], seed=args.seed,
-                                     density=smooth.module.to(device).eval() if smooth else None)
+                                     density=smooth.module.to(device).eval() if smooth else None, margins=margins)
     detection = {m.name: detect(m.module.to(device).eval(), m.heldout, clean, attacked, choice=choice,
                                 seed=args.seed, device=device) for m in opened}
     if not any(row["auroc"] for d in detection.values() for row in d["attacks"].values()):

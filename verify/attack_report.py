@@ -38,6 +38,19 @@ def figures(stage: Path, clean: ImageSet, attacked: list[Attacked], detection: d
     examples(clean.images[:6], {a.name: a.images.images[:6] for a in shown}, stage / "examples.png")
 
 
+def _top_variants(facts: dict) -> str:
+    """What the report says of the margin attacker on the top latent's term: what ran, or how to run it."""
+    ran = [n for n in ("margin+top", "margin top-only") if any(a.startswith(n + " ") for a in facts["attacks"])]
+    scored = facts["detection"].get(facts["adaptive_against"], {}).get("attacks", {}).values()
+    if not ran:
+        has_top = any("latent_top" in (row.get("auroc") or {}) for row in scored)
+        return ("; the top latent's term, which the latent_top score reads on its own, was not attacked on its own "
+                "(`--top` does)") if has_top else ""
+    said = {"margin+top": "\"margin+top\" raises the top latent's term as well (log p + log p_top)",
+            "margin top-only": "\"margin top-only\" that term alone (log p_top)"}
+    return "; " + " and ".join(said[n] for n in ran) + ", which the latent_top score reads on its own"
+
+
 @styled
 def examples(clean: np.ndarray, adversarial: dict[str, np.ndarray], path: Path) -> Path:
     """Rows: clean, then each attack's images and their difference from clean (×10, mid-grey = 0)."""
@@ -107,11 +120,9 @@ def render(facts: dict) -> str:
                  f"inside it. The margin attacker (Carlini & Wagner 2017) starts from the clean image, takes "
                  f"{attacks.MARGIN_STEPS} signed steps of ε/10 up min(margin, {attacks.KAPPA:g}) + λ·log p(x̃)/D (once "
                  f"the classifier is wrong by {attacks.KAPPA:g} logit every step raises log p) and keeps each image's "
-                 f"fooling 8-bit iterate of highest log p, best λ per image; \"margin+top\" raises the top latent's "
-                 f"term as well (log p + log p_top, for a flow), which the latent_top score reads on its own, and "
-                 f"\"margin top-only\" that term alone (log p_top). A "
-                 f"detection claim that holds only "
-                 f"against the plain attacks (FGSM, PGD) holds only against a non-adaptive attacker."
+                 f"fooling 8-bit iterate of highest log p, best λ per image{_top_variants(facts)}. A detection "
+                 f"claim that holds only against the plain attacks (FGSM, PGD) holds only against a non-adaptive "
+                 f"attacker."
                  if against else "none of the models (no smooth density): only the plain attacks ran."), "",
               "![ROC, PGD](roc_pgd.png)", "", "![ROC, adaptive](roc_adaptive.png)" if against else "", "",
               "![examples](examples.png)", ""]

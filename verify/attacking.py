@@ -10,6 +10,7 @@ them. The ε, the PGD steps and the λ grid are fixed in empirical.ood.attacks, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn
 from empirical.data.imageset import ImageSet
 from empirical.io.errors import DgmOodError
 from empirical.models.classifier import predict
-from empirical.models.contract import model_device
+from empirical.models.contract import describe, model_device
 from empirical.ood import attacks
 from empirical.ood.detectors import Detector
 from empirical.ood.metrics import auroc
@@ -46,16 +47,19 @@ class Attacked:
 
 
 def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, density: nn.Module | None = None,
-               seed: int = 0) -> tuple[float, list[Attacked]]:
+               seed: int = 0, margins: Sequence[str] = ("margin",)) -> tuple[float, list[Attacked]]:
     """The clean accuracy and every attack of the fixed grid: FGSM and PGD at each ε of ``attacks.EPSILONS``, and
     with a smooth ``density`` the adaptive PGD at the largest ε for each λ > 0 of ``attacks.LAMBDAS``, the attacker
     that picks the best λ per image (``_best_lambda``), and the margin attacker (``attacks.margin_adaptive``) with
-    its best λ per image (its single-λ runs are not reported), and for a flow with a top latent the margin attacker
-    on log p and the top latent's term ("margin+top") and on that term alone ("margin top-only"; see
-    ``attacks.MARGIN_GAINS``). The classifier must be in eval mode (a batch-normalised one in training mode would
-    attack its batch statistics)."""
+    its best λ per image (its single-λ runs are not reported); ``margins`` names its variants, keys of
+    ``attacks.MARGIN_GAINS``: "margin" (log p), and for a flow with a top latent "margin+top" (log p and the top
+    latent's term) and "margin top-only" (that term alone). The classifier must be in eval mode (a batch-normalised
+    one in training mode would attack its batch statistics)."""
     if classifier.training:
         raise DgmOodError("the classifier is in training mode; call .eval() on it before attacking it")
+    if unknown := [m for m in margins if m not in attacks.MARGIN_GAINS]:
+        raise DgmOodError(f"unknown margin attacker {', '.join(map(repr, unknown))}; known: "
+                          f"{', '.join(map(repr, attacks.MARGIN_GAINS))}")
     x, y = torch.from_numpy(clean.images), _labels(labels, len(clean))
     _check_logits(classifier, x, y)
     correct = predict(classifier, x) == y
@@ -76,8 +80,10 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
                                  f"adaptive ε={eps}/255 best λ"))
         with torch.no_grad():
             top = "latent_top" in attacks.smooth_parts(density, x[:1].to(model_device(density)).float())
-        for label, parts in attacks.MARGIN_GAINS.items():
+        for label in margins:
+            parts = attacks.MARGIN_GAINS[label]
             if "latent_top" in parts and not top:
+                log.info("%s: skipped, %s has no top latent", label, describe(density).name)
                 continue
             margins = [_attacked(classifier, clean, x, y, correct, f"{label} ε={eps}/255 λ={lam:g}",
                                  attacks.margin_adaptive(classifier, x, y, eps, density, lam, parts=parts), True)

@@ -326,7 +326,8 @@ def _interrupted(train, y_train, test, y_test, preset, out, stop: int):
 def test_the_command_writes_its_report(world, tmp_path):
     proc = cli("verify.adversarial", "fashionmnist", "--checkpoint", world["ckpt"]["cvglow"], "--preset", "smoke",
                "--data-dir", world["data"], "--allow-nonstandard-data", "--runs-dir", tmp_path / "runs", "--limit", "8",
-               "--scores", "likelihood,typicality,complexity_png", "--out", tmp_path / "r", tmp=tmp_path)
+               "--scores", "likelihood,typicality,complexity_png,latent_top", "--top", "--out", tmp_path / "r",
+               tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = json.loads((tmp_path / "r" / "results.json").read_text())
     assert list(written["attacks"]) == ["fgsm ε=2/255", "fgsm ε=8/255", "pgd ε=2/255", "pgd ε=8/255",
@@ -382,3 +383,24 @@ def test_the_figures_show_pgd_and_the_margin_attacker_on_log_p():
              "margin+top ε=8/255 best λ", "margin top-only ε=8/255 best λ"]
     assert (_strongest(names, False), _strongest(names, True)) == ("pgd ε=8/255", "margin ε=8/255 best λ")
     assert _strongest(names[:4], True) == "adaptive ε=8/255 best λ" and _strongest(names[:1], False) is None
+
+
+def test_the_report_says_which_margin_attackers_ran_on_the_top_latent():
+    from verify.attack_report import _top_variants
+
+    def facts(names, scores):
+        rows = {n: {"auroc": dict.fromkeys(scores, 0.5)} for n in names}
+        return {"attacks": dict.fromkeys(names), "adaptive_against": "cvglow",
+                "detection": {"cvglow": {"attacks": rows}}}
+
+    both = facts(["margin ε=8/255 best λ", "margin+top ε=8/255 best λ", "margin top-only ε=8/255 best λ"],
+                 ["likelihood", "latent_top"])
+    assert "margin+top" in _top_variants(both) and "margin top-only" in _top_variants(both)
+    assert "`--top` does" in _top_variants(facts(["margin ε=8/255 best λ"], ["likelihood", "latent_top"]))
+    assert _top_variants(facts(["margin ε=8/255 best λ"], ["likelihood"])) == ""  # no top latent to attack
+
+
+def test_an_unknown_margin_attacker_is_named():
+    clean = ImageSet(_images(4, 0).numpy(), "c", "test", "array")
+    with pytest.raises(DgmOodError, match="unknown margin attacker 'top'; known: 'margin', 'margin\\+top'"):
+        attack_all(_Constant([0.0, 5.0]).eval(), clean, np.zeros(4, dtype=np.int64), margins=("top",))
