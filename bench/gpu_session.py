@@ -164,13 +164,21 @@ def pack(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: commit first: the reports made on the device name the commit ({commit})")
     files = session_files(args.data_root, args.anchor, args.wheels)
     slim()
+    try:
+        plan = _write_parts(files, commit, args.minutes)
+    except BaseException:
+        restore()  # whatever stopped it, git's index is left as it was
+        raise
+    print_plan(plan)
+    print(f"{' and '.join(SLIM)} are out of git's index until `python bench/gpu_session.py finish` (or restore): "
+          "commit nothing before it")
+
+
+def _write_parts(files: tuple[list, list], commit: str, minutes: float) -> dict:
+    """The parts beside the (slimmed) working tree, copied into ``DEV``, and the plan, written into part 1."""
     tree = tree_bytes()
     cap = CALL_BYTES - tree - MARGIN
-    try:
-        parts = bin_parts(*files, cap)
-    except SystemExit:
-        restore()
-        raise
+    parts = bin_parts(*files, cap)
     shutil.rmtree(DEV, ignore_errors=True)
     listing = []
     for i, part in enumerate(parts, 1):
@@ -179,11 +187,9 @@ def pack(args: argparse.Namespace) -> None:
             shutil.copy2(f, DEV / f"part-{i}" / rel)
         listing.append({"part": f"part-{i}", "files": [[str(rel), f.stat().st_size] for f, rel in part]})
     plan = {"commit": commit, "tree_bytes": tree, "part_cap_bytes": cap,
-            "parts": listing, "minutes": args.minutes, "budget": budget(len(parts), args.minutes)}
+            "parts": listing, "minutes": minutes, "budget": budget(len(parts), minutes)}
     plan_path().write_text(json.dumps(plan, indent=1))
-    print_plan(plan)
-    print(f"{' and '.join(SLIM)} are out of git's index until `python bench/gpu_session.py finish` (or restore): "
-          "commit nothing before it")
+    return plan
 
 
 def print_plan(plan: dict) -> None:

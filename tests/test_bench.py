@@ -155,6 +155,25 @@ def test_gpu_session_pack_refuses_a_missing_data_root_or_reference_in_one_line(t
     assert not (tmp_path / ".devdata").exists()  # nothing packed
 
 
+def test_gpu_session_pack_that_fails_after_slimming_restores_the_index(tmp_path, monkeypatch):
+    from bench import gpu_session as gs
+
+    calls = []
+    monkeypatch.setattr(gs, "DEV", tmp_path / ".devdata")
+    monkeypatch.setattr(gs, "slim", lambda: calls.append("slim"))
+    monkeypatch.setattr(gs, "restore", lambda: calls.append("restore") or False)
+    monkeypatch.setattr("empirical.io.provenance.git_commit", lambda: "0" * 40)
+    monkeypatch.setattr(gs, "tree_bytes", lambda: 500)
+    monkeypatch.setattr(gs, "CALL_BYTES", 1000)  # no data file fits a part
+    monkeypatch.setattr(gs, "MARGIN", 0)
+    for rel, n in {**{f"data/{k}": v for k, v in GPU_FILES.items()}, "anchor/model.py": 12}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(bytes(n))
+    with pytest.raises(SystemExit, match="is larger than a part"):
+        gs.main(["pack", "--data-root", str(tmp_path / "data"), "--anchor", str(tmp_path / "anchor")])
+    assert calls == ["restore", "slim", "restore"]
+
+
 def test_gpu_session_pack_refuses_uncommitted_changes(monkeypatch):
     from bench import gpu_session as gs
 
