@@ -32,7 +32,7 @@ def heatmap(values: np.ndarray, rows: list[str], columns: list, title: str, labe
     image = ax.imshow(values, cmap="RdBu_r", vmin=vmin, vmax=vmax, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7)
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color=text_colour(v, vmin, vmax))
     ax.set_xticks(range(len(columns)), [str(c).replace(" ~ ", " ~\n") for c in columns], rotation=30 if pairs else 0,
                   ha="right" if pairs else "center", fontsize=7 if pairs else None)
     ax.set_yticks(range(len(rows)), rows)
@@ -40,6 +40,12 @@ def heatmap(values: np.ndarray, rows: list[str], columns: list, title: str, labe
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=label, shrink=0.8)
     return save_png(fig, path)
+
+
+def text_colour(value: float, vmin: float, vmax: float) -> str:
+    """White on the diverging map's dark ends (beyond 60% of the way from its middle to either end), else black."""
+    half = (vmax - vmin) / 2
+    return "white" if half > 0 and abs(value - (vmin + half)) > 0.6 * half else "black"
 
 
 def grid(cells: list[Cell], value, rows: list[str], severities: list[int]) -> np.ndarray:

@@ -179,3 +179,12 @@ def test_a_run_names_the_commit_it_started_at(monkeypatch):
     start = results.Provenance("python -m verify.shifts x")
     monkeypatch.setattr(results, "git_commit", lambda: "b" * 40)  # the checkout moves on during the run
     assert provenance(start, torch.device("cpu"))["commit"] == "a" * 40
+
+
+def test_heatmap_cells_are_written_white_on_the_dark_ends_only():
+    from verify.shift_figures import text_colour
+
+    assert [text_colour(v, 0.0, 1.0) for v in (0.0, 0.15, 0.25, 0.5, 0.75, 0.85, 1.0)] == [
+        "white", "white", "black", "black", "black", "white", "white"]  # 60% of the half-range from 0.5
+    assert text_colour(0.3, -1.0, 1.0) == "black" and text_colour(-0.7, -1.0, 1.0) == "white"
+    assert text_colour(5.0, 5.0, 5.0) == "black"  # a constant map
