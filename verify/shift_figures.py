@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import Normalize, SymLogNorm
 
 from verify.figures import new_figure, save_png, styled
 from verify.sweep import Cell, Sweep
 
 FAMILY_ORDER = ("noise", "blur", "weather", "digital", "hypothesis")
 SYMLOG_SPAN = 50.0  # bits/dim: a panel whose error bars span more is drawn on a symmetric log scale
+HEAVY_TAIL = 100.0  # a heat map whose largest |value| is this many times its median is coloured symmetric-log
 PREDICTION_STYLE = {"complexity": ("--", "input-complexity fit"), "closed_form": (":", "closed form")}
 
 
@@ -20,32 +22,63 @@ def heatmap(values: np.ndarray, rows: list[str], columns: list, title: str, labe
             *, centre: float = 0.0, fmt: str = "{:+.2f}", xlabel: str = "severity",
             limits: tuple[float, float] | None = None) -> Path:
     """One row per shift, one column per severity (or model pair), each cell's value written in it; a diverging
-    map centred on ``centre`` (0 for a gap: red, the shifted images get the higher likelihood; 0.5 for an AUROC),
-    or spanning ``limits``."""
+    map centred on ``centre`` (0 for a gap: red, the shifted images get the higher likelihood; 0.5 for an AUROC)
+    spanning the largest |value − centre|, or ``limits``; on a symmetric log scale where that is more than
+    HEAVY_TAIL times the median (a flow's bits/dim for images far outside its data can reach 10¹⁸)."""
     pairs = xlabel != "severity"  # long column labels, drawn slanted
     width, below = (1.1, 1.8) if pairs else (0.75, 0.0)
     fig = new_figure(figsize=(1.6 + width * len(columns), 0.9 + 0.28 * len(rows) + below))
     ax = fig.subplots()
-    finite = values[np.isfinite(values)]
-    span = float(np.max(np.abs(finite - centre))) if finite.size else 1.0
-    vmin, vmax = limits or (centre - (span or 1.0), centre + (span or 1.0))
-    image = ax.imshow(values, cmap="RdBu_r", vmin=vmin, vmax=vmax, aspect="auto")
+    norm = colour_norm(values[np.isfinite(values)], centre, limits)
+    image = ax.imshow(values, cmap="RdBu_r", norm=norm, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color=text_colour(v, vmin, vmax))
+            ax.text(j, i, cell_text(v, fmt), ha="center", va="center", fontsize=7, color=text_colour(float(norm(v))))
     ax.set_xticks(range(len(columns)), [str(c).replace(" ~ ", " ~\n") for c in columns], rotation=30 if pairs else 0,
                   ha="right" if pairs else "center", fontsize=7 if pairs else None)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, label=label, shrink=0.8)
+    bar = fig.colorbar(image, ax=ax, label=label, shrink=0.8)
+    if isinstance(norm, SymLogNorm):
+        bar.set_ticks(symlog_ticks(norm.linthresh, norm.vmax))
     return save_png(fig, path)
 
 
-def text_colour(value: float, vmin: float, vmax: float) -> str:
-    """White on the diverging map's dark ends (beyond 60% of the way from its middle to either end), else black."""
-    half = (vmax - vmin) / 2
-    return "white" if half > 0 and abs(value - (vmin + half)) > 0.6 * half else "black"
+def symlog_ticks(linthresh: float, span: float, per_side: int = 4) -> list[float]:
+    """0 and ± powers of ten from the first above ``linthresh`` to ``span``, at most ``per_side`` on each side."""
+    first, last = int(np.floor(np.log10(linthresh))) + 1, int(np.floor(np.log10(span)))
+    powers = list(range(first, last + 1, max(1, -(-(last - first + 1) // per_side))))
+    return sorted([0.0, *(10.0**k for k in powers), *(-(10.0**k) for k in powers)])
+
+
+def colour_norm(finite: np.ndarray, centre: float, limits: tuple[float, float] | None) -> Normalize:
+    """Linear from centre − span to centre + span (span: the largest |value − centre|), or over ``limits``; for
+    values about 0 whose span exceeds HEAVY_TAIL × their median |value|, symmetric-log, linear within that median."""
+    if limits:
+        return Normalize(*limits)
+    deviation = np.abs(finite - centre)
+    span = float(deviation.max()) if finite.size else 0.0
+    typical = float(np.median(deviation)) if finite.size else 0.0
+    if centre == 0.0 and typical > 0 and span > HEAVY_TAIL * typical:
+        return SymLogNorm(linthresh=typical, vmin=-span, vmax=span)
+    span = span or 1.0
+    return Normalize(centre - span, centre + span)
+
+
+def text_colour(position: float) -> str:
+    """White on the diverging map's dark ends (a cell's colour-map position in [0, 1] beyond 0.2 or 0.8), else
+    black."""
+    return "white" if abs(position - 0.5) > 0.3 else "black"
+
+
+def cell_text(value: float, fmt: str) -> str:
+    """``fmt`` for values below 1,000 in size, two significant digits and a power of ten beyond, so that every
+    cell's text fits its cell."""
+    if abs(value) < 1e3:
+        return fmt.format(value)
+    mantissa, exponent = f"{value:+.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def grid(cells: list[Cell], value, rows: list[str], severities: list[int]) -> np.ndarray:

@@ -184,7 +184,42 @@ def test_a_run_names_the_commit_it_started_at(monkeypatch):
 def test_heatmap_cells_are_written_white_on_the_dark_ends_only():
     from verify.shift_figures import text_colour
 
-    assert [text_colour(v, 0.0, 1.0) for v in (0.0, 0.15, 0.25, 0.5, 0.75, 0.85, 1.0)] == [
-        "white", "white", "black", "black", "black", "white", "white"]  # 60% of the half-range from 0.5
-    assert text_colour(0.3, -1.0, 1.0) == "black" and text_colour(-0.7, -1.0, 1.0) == "white"
-    assert text_colour(5.0, 5.0, 5.0) == "black"  # a constant map
+    assert [text_colour(v) for v in (0.0, 0.15, 0.25, 0.5, 0.75, 0.85, 1.0)] == [
+        "white", "white", "black", "black", "black", "white", "white"]
+
+
+def test_heatmap_colours_are_linear_but_for_a_heavy_tail():
+    from matplotlib.colors import SymLogNorm
+
+    from verify.shift_figures import colour_norm
+
+    plain = colour_norm(np.array([0.3, -1.2, 2.0]), 0.0, None)
+    assert (plain.vmin, plain.vmax) == (-2.0, 2.0) and not isinstance(plain, SymLogNorm)
+    auroc = colour_norm(np.array([0.3, 0.9]), 0.5, None)
+    assert (auroc.vmin, auroc.vmax) == pytest.approx((0.1, 0.9))
+    heavy = colour_norm(np.array([0.3, -1.2, 2.0, -1.3e18]), 0.0, None)  # a flow's bits/dim far outside its data
+    assert isinstance(heavy, SymLogNorm) and heavy.vmin == -1.3e18 and heavy(-1.2) < 0.5 < heavy(2.0)
+    assert (colour_norm(np.array([5.0]), 0.0, (-1.0, 1.0)).vmin, colour_norm(np.array([]), 0.0, None).vmax) == (
+        -1.0, 1.0)
+
+
+def test_a_symmetric_log_colour_bar_has_a_few_decades_per_side():
+    from verify.shift_figures import symlog_ticks
+
+    assert symlog_ticks(1.9, 1.3e18) == [-1e16, -1e11, -1e6, -10.0, 0.0, 10.0, 1e6, 1e11, 1e16]
+    assert symlog_ticks(0.5, 300.0) == [-100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0]
+
+
+def test_heatmap_cell_text_stays_short_for_huge_values():
+    from verify.shift_figures import cell_text
+
+    assert [cell_text(v, "{:+.2f}") for v in (0.27, -28.71, 999.0, -1352.36, -7133389.62, -1.33e18, 4.2e21)] == [
+        "+0.27", "-28.71", "+999.00", "-1.4e3", "-7.1e6", "-1.3e18", "+4.2e21"]
+
+
+def test_a_heatmap_with_an_outlier_is_drawn(tmp_path):
+    from verify.shift_figures import heatmap
+
+    values = np.array([[0.3, -1.2, np.nan], [-2.5, 0.8, -1.3e18]])  # one cell 10¹⁸ away, as a flow can give
+    path = heatmap(values, ["a", "b"], [1, 2, 3], "gap", "bpd", tmp_path / "h.png")
+    assert path.stat().st_size > 1000
