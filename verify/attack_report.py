@@ -40,7 +40,8 @@ def figures(stage: Path, clean: ImageSet, attacked: list[Attacked], detection: d
 
 def _top_variants(facts: dict) -> str:
     """What the report says of the margin attacker on the top latent's term: what ran, or how to run it."""
-    ran = [n for n in ("margin+top", "margin top-only") if any(a.startswith(n + " ") for a in facts["attacks"])]
+    on_top = [n for n, parts in attacks.MARGIN_GAINS.items() if "latent_top" in parts]
+    ran = [n for n in on_top if any(a.startswith(n + " ") for a in facts["attacks"])]
     scored = facts["detection"].get(facts["adaptive_against"], {}).get("attacks", {}).values()
     if not ran:
         has_top = any("latent_top" in (row.get("auroc") or {}) for row in scored)

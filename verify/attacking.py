@@ -85,10 +85,10 @@ def attack_all(classifier: nn.Module, clean: ImageSet, labels: np.ndarray, *, de
             if "latent_top" in parts and not top:
                 log.info("%s: skipped, %s has no top latent", label, describe(density).name)
                 continue
-            margins = [_attacked(classifier, clean, x, y, correct, f"{label} ε={eps}/255 λ={lam:g}",
-                                 attacks.margin_adaptive(classifier, x, y, eps, density, lam, parts=parts), True)
-                       for lam in attacks.LAMBDAS if lam > 0]
-            done.append(_best_lambda(classifier, density, clean, x, y, correct, margins,
+            each_lambda = [_attacked(classifier, clean, x, y, correct, f"{label} ε={eps}/255 λ={lam:g}",
+                                     attacks.margin_adaptive(classifier, x, y, eps, density, lam, parts=parts), True)
+                           for lam in attacks.LAMBDAS if lam > 0]
+            done.append(_best_lambda(classifier, density, clean, x, y, correct, each_lambda,
                                      f"{label} ε={eps}/255 best λ", parts=parts))
     return float(correct.float().mean()), done
 
@@ -134,11 +134,11 @@ def _best_lambda(classifier: nn.Module, density: nn.Module, clean: ImageSet, x: 
     """The adaptive attacker that picks λ per image (white-box, so it may): of the ``tried`` runs (e.g. plain PGD and
     each λ at the largest ε) that fooled the classifier, the image of highest ``attacks.density_gain`` of ``parts``
     (default log p); an image none fooled keeps the last run's."""
-    log_p = torch.stack([torch.cat([attacks.density_gain(density, torch.from_numpy(
+    gain = torch.stack([torch.cat([attacks.density_gain(density, torch.from_numpy(
         a.images.images[i:i + 100]).to(model_device(density)).float(), parts).cpu() for i in range(0, len(x), 100)])
         for a in tried])
-    log_p[~torch.from_numpy(np.stack([a.fooled for a in tried]))] = -torch.inf
-    pick = torch.where(torch.isinf(log_p.max(0).values), len(tried) - 1, log_p.argmax(0))
+    gain[~torch.from_numpy(np.stack([a.fooled for a in tried]))] = -torch.inf
+    pick = torch.where(torch.isinf(gain.max(0).values), len(tried) - 1, gain.argmax(0))
     adv = torch.from_numpy(np.stack([a.images.images for a in tried]))[pick, torch.arange(len(x))]
     return _attacked(classifier, clean, x, y, correct, name, adv, True)
 
